@@ -1,0 +1,295 @@
+"""``attribute``: one prompt → an attribution ``Graph``.
+
+Phases: (0) replacement step (features, errors, frozen constants); (1) targets; (2) logit rows; (3) feature rows,
+grouped by the layer they read from so each batch's backward stops at that layer, with influence-ordered selection
+when ``max_feature_nodes`` is smaller than the number of active features; (4) the square adjacency over
+``[selected features | errors | tokens | logits]``.
+
+Shapes are kept static: the prompt length fixes T; feature batches are padded to a few bucket sizes so one
+compilation serves every layer group (the start layer is a traced argument).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm.auto import tqdm
+
+from jcircuits.attribution.linear import LinearContext, Static, rows_for_features, rows_for_logits
+from jcircuits.attribution.targets import Targets, resolve_targets
+from jcircuits.graph import Graph
+from jcircuits.models.transformer import unembed_matrix
+from jcircuits.replacement import Model, Replacement, TranscoderSet, replace
+
+__all__ = ["attribute", "build_context", "encode_prompt"]
+
+
+def encode_prompt(model: Model, prompt) -> np.ndarray:
+    """Token ids ``[T]`` for a prompt given as text (tokenized with the BOS rule) or as ids (used as given)."""
+    if isinstance(prompt, str):
+        if model.tokenizer is None:
+            raise ValueError("a text prompt needs a tokenizer: load the model with its tokenizer or pass token ids")
+        if not prompt.strip():
+            raise ValueError("empty prompt")
+        return np.asarray(model.tokenizer.encode(prompt), dtype=np.int32)
+    tokens = np.asarray(prompt)
+    if tokens.ndim != 1 or tokens.size == 0:
+        raise ValueError(f"token ids must be a non-empty 1-D sequence, got shape {tokens.shape}")
+    if not np.issubdtype(tokens.dtype, np.integer):
+        raise TypeError(f"token ids must be integers, got {tokens.dtype}")
+    return tokens.astype(np.int32)
+
+
+def _source_layout(active: np.ndarray, L: int, T: int, clt: bool):
+    """Rank of each active feature within its (layer, position), the padded width K (per layer for CLT) and
+    the flat index of each feature in the padded source-edge layout used by ``linear._finish``."""
+    n = len(active)
+    key = active[:, 0].astype(np.int64) * T + active[:, 1]
+    first = np.searchsorted(key, key, side="left")  # active is sorted, so groups are contiguous
+    rank = np.arange(n) - first
+    counts = np.bincount(key, minlength=L * T).reshape(L, T)
+    if not clt:
+        K = max(int(counts.max()) if n else 0, 1)
+        flat = (active[:, 0].astype(np.int64) * T + active[:, 1]) * K + rank
+        return rank, K, flat
+    Ks = [max(int(counts[l].max()), 1) for l in range(L)]
+    offsets = np.concatenate([[0], np.cumsum([T * k for k in Ks])])
+    flat = offsets[active[:, 0]] + active[:, 1].astype(np.int64) * np.asarray(Ks)[active[:, 0]] + rank
+    return rank, Ks, flat
+
+
+def build_context(model: Model, transcoders: TranscoderSet, rep: Replacement, dtype=jnp.float32):
+    """The frozen linear model's constants for ``rep`` and the source layout. Returns
+    ``(static, ctx, src_index)``."""
+    cfg, tcfg = model.cfg, transcoders.cfg
+    L, T, D = cfg.n_layers, len(rep.tokens), cfg.d_model
+    inter = rep.inter
+    clt = tcfg.kind == "clt"
+    act = rep.active_features
+    rank, K, src_index = _source_layout(act, L, T, clt)
+    # decoder vectors of active features only, scaled by activations, padded by (layer, position)
+    if clt:
+        dec_clt = []
+        for l in range(L):
+            sel = act[:, 0] == l
+            buf = np.zeros((T, K[l], L - l, D), np.float32)
+            if sel.any():
+                rows = transcoders.decoders.rows(l, act[sel, 2]) * rep.activation_values[sel, None, None]
+                buf[act[sel, 1], rank[sel]] = rows
+            dec_clt.append(jnp.asarray(buf, dtype))
+        dec, dec_clt = None, tuple(dec_clt)
+    else:
+        buf = np.zeros((L, T, K, D), np.float32)
+        for l in np.unique(act[:, 0]):
+            sel = act[:, 0] == l
+            rows = transcoders.decoders.rows(int(l), act[sel, 2]) * rep.activation_values[sel, None]
+            buf[l, act[sel, 1], rank[sel]] = rows
+        dec, dec_clt = jnp.asarray(buf, dtype), None
+    errors = rep.errors.at[:, : rep.zero_positions].set(0.0)
+    cast = lambda a: None if a is None else jnp.asarray(a).astype(dtype)  # noqa: E731
+    sq = lambda a: None if a is None else cast(a[:, 0])  # noqa: E731  drop the batch axis
+    ctx = LinearContext(
+        layers=jax.tree.map(cast, model.params.layers),
+        ln1_scale=sq(inter.ln1_scale),
+        pattern=sq(inter.attn_pattern),
+        ln2_scale=sq(inter.ln2_scale),
+        errors=cast(errors),
+        embeddings=cast(rep.embeddings),
+        W_enc=cast(transcoders.params.W_enc),
+        final_norm=cast(model.params.final_norm),
+        final_scale=cast(inter.final_scale[0]),
+        post_attn_scale=sq(inter.post_attn_scale),
+        post_mlp_scale=sq(inter.post_mlp_scale),
+        W_skip=cast(transcoders.params.W_skip),
+        dec=dec,
+        dec_clt=dec_clt,
+    )
+    static = Static(cfg=cfg, input_hook=tcfg.input_hook, output_hook=tcfg.output_hook)
+    return static, ctx, jnp.asarray(src_index, jnp.int32)
+
+
+def _buckets(batch_size: int) -> list[int]:
+    small = max(1, batch_size // 4)
+    return sorted({small, batch_size})
+
+
+def _partial_influence(rows: np.ndarray, row_nodes: np.ndarray, logit_p: np.ndarray, n_cols: int) -> np.ndarray:
+    """Influence on the logits of every column node, from the rows computed so far (as the reference does:
+    absolute values, row-normalised with clamp 1e-8, seeded with logit probabilities on the logit nodes)."""
+    A = np.abs(rows)
+    A = A / np.maximum(A.sum(axis=1, keepdims=True), 1e-8)
+    prod = np.zeros(n_cols + len(logit_p), np.float32)
+    prod[n_cols:] = logit_p
+    influence = np.zeros(n_cols, np.float32)
+    for _ in range(128):
+        prod_cols = prod[row_nodes] @ A
+        if not prod_cols.any():
+            break
+        influence += prod_cols
+        prod = np.concatenate([prod_cols, np.zeros(len(logit_p), np.float32)])
+    else:
+        raise RuntimeError("influence did not converge in 128 iterations (is the graph cyclic?)")
+    return influence
+
+
+def attribute(
+    model: Model,
+    transcoders: TranscoderSet,
+    prompt: str | Sequence[int] | np.ndarray,
+    *,
+    attribution_targets=None,
+    max_n_logits: int = 10,
+    desired_logit_prob: float = 0.95,
+    batch_size: int = 256,
+    max_feature_nodes: int | None = None,
+    update_interval: int = 4,
+    dtype=jnp.float32,
+    zero_positions: int = 1,
+    verbose: bool = False,
+) -> Graph:
+    """Compute the attribution graph of ``prompt`` (text or token ids, BOS included for ids).
+
+    Returns a ``Graph`` whose ``adjacency_matrix [N, N]`` (rows = targets, columns = sources) covers
+    ``[selected features | error nodes (L·T) | token nodes (T) | logit nodes (K)]``; error and token rows are
+    zero. Edges into features are in units of the target's pre-activation; edges into logits are direct effects
+    on ``logit − mean logit``. See ``docs``/ALGORITHM for the exact conventions (they match circuit-tracer).
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if update_interval < 1:
+        raise ValueError(f"update_interval must be >= 1, got {update_interval}")
+    if max_feature_nodes is not None and max_feature_nodes < 0:
+        raise ValueError(f"max_feature_nodes must be >= 0 or None, got {max_feature_nodes}")
+    dtype = jnp.dtype(dtype)
+    if dtype not in (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16)):
+        raise ValueError(f"dtype must be float32 or bfloat16, got {dtype}")
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    tokens = encode_prompt(model, prompt)
+    rep = replace(model, transcoders, tokens, zero_positions=zero_positions)
+    cfg = model.cfg
+    L, T = cfg.n_layers, len(tokens)
+    n_active = rep.n_active
+    tok = model.tokenizer
+    targets: Targets = resolve_targets(
+        attribution_targets,
+        np.asarray(rep.logits[-1]),
+        np.asarray(unembed_matrix(model.params), np.float32),
+        max_n_logits=max_n_logits,
+        desired_logit_prob=desired_logit_prob,
+        decode=(lambda i: tok.decode([i])) if tok is not None else None,
+        encode_token=getattr(tok, "single_token_id", None),
+    )
+    static, ctx, src_index = build_context(model, transcoders, rep, dtype)
+    jax.block_until_ready(ctx)
+    timings["precompute_s"] = time.perf_counter() - t0
+
+    n_err, n_cols = L * T, n_active + L * T + T  # columns of the working matrix: all active features
+    n_feat_rows = n_active if max_feature_nodes is None else min(max_feature_nodes, n_active)
+    K = len(targets)
+    rows = np.zeros((K + n_feat_rows, n_cols), np.float32)
+    row_nodes = np.zeros(K + n_feat_rows, np.int64)  # working-matrix node index of each row's target
+
+    def store(at, out):
+        feats, errs, toks = (np.asarray(o) for o in out)
+        m = at.stop - at.start
+        rows[at, :n_active] = feats[:m]
+        rows[at, n_active : n_active + n_err] = errs[:m]
+        rows[at, n_active + n_err :] = toks[:m]
+
+    # ---- logit rows
+    t1 = time.perf_counter()
+    compile_s = 0.0
+    vec = jnp.asarray(targets.vectors)
+    for i in range(0, K, batch_size):
+        tc = time.perf_counter()
+        out = rows_for_logits(static, ctx, vec[i : i + batch_size], src_index)
+        jax.block_until_ready(out)
+        store(slice(i, min(i + batch_size, K)), out)
+        if i == 0:
+            compile_s += time.perf_counter() - tc  # first call includes compilation
+    row_nodes[:K] = n_cols + np.arange(K)
+    timings["logit_rows_s"] = time.perf_counter() - t1
+
+    # ---- feature rows
+    t2 = time.perf_counter()
+    act = rep.active_features
+    buckets = _buckets(batch_size)
+    compiled: set[int] = set()
+    visited = np.zeros(n_active, bool)
+    st = K
+    bar = tqdm(total=n_feat_rows, desc="feature rows", disable=not verbose, unit="row")
+
+    def run_batch(idx: np.ndarray):
+        nonlocal st, compile_s
+        # group by the layer the targets read from; each group's backward stops at that layer
+        for layer in np.unique(act[idx, 0]):
+            group = idx[act[idx, 0] == layer]
+            for j in range(0, len(group), batch_size):
+                part = group[j : j + batch_size]
+                B = next(b for b in buckets if b >= len(part))
+                pad = B - len(part)
+                pos = np.pad(act[part, 1], (0, pad)).astype(np.int32)
+                feat = np.pad(act[part, 2], (0, pad)).astype(np.int32)
+                valid = np.arange(B) < len(part)
+                tc = time.perf_counter()
+                out = rows_for_features(static, ctx, jnp.int32(layer), pos, feat, valid, src_index)
+                jax.block_until_ready(out)
+                if B not in compiled:
+                    compiled.add(B)
+                    compile_s += time.perf_counter() - tc
+                store(slice(st, st + len(part)), out)
+                row_nodes[st : st + len(part)] = part
+                visited[part] = True
+                st += len(part)
+                bar.update(len(part))
+
+    if n_feat_rows == n_active:
+        run_batch(np.arange(n_active))
+    else:
+        while st - K < n_feat_rows:
+            influence = _partial_influence(rows[:st], row_nodes[:st], targets.probabilities, n_cols)
+            rank = np.argsort(-influence[:n_active], kind="stable")
+            queue = rank[~visited[rank]][: min(update_interval * batch_size, n_feat_rows - (st - K))]
+            for j in range(0, len(queue), batch_size):
+                run_batch(queue[j : j + batch_size])
+    bar.close()
+    timings["feature_rows_s"] = time.perf_counter() - t2
+    timings["compile_s"] = compile_s
+
+    # ---- assemble the square adjacency
+    selected = np.flatnonzero(visited)
+    keep_cols = np.concatenate([selected, np.arange(n_active, n_cols)])
+    N = len(selected) + n_err + T + K
+    adj = np.zeros((N, N), np.float32)
+    feat_rows = np.flatnonzero(row_nodes[K:st] < n_active) + K
+    order = np.argsort(row_nodes[feat_rows])
+    adj[: len(selected), : N - K] = rows[feat_rows[order]][:, keep_cols]
+    adj[N - K :, : N - K] = rows[:K][:, keep_cols]
+    timings["total_s"] = time.perf_counter() - t0
+    n_rows = K + n_feat_rows
+    timings["rows_per_s"] = n_rows / max(timings["logit_rows_s"] + timings["feature_rows_s"] - compile_s, 1e-9)
+    return Graph(
+        input_string=tok.decode(tokens.tolist()) if tok is not None else " ".join(map(str, tokens.tolist())),
+        input_tokens=tokens.astype(np.int64),
+        active_features=act.astype(np.int64),
+        activation_values=rep.activation_values,
+        selected_features=selected.astype(np.int64),
+        adjacency_matrix=adj,
+        logit_token_ids=targets.ids,
+        logit_probabilities=targets.probabilities,
+        logit_labels=targets.labels,
+        n_layers=L,
+        vocab_size=cfg.vocab_size,
+        scan=transcoders.cfg.scan,
+        model_name=model.name,
+        settings=dict(
+            max_n_logits=max_n_logits, desired_logit_prob=desired_logit_prob, batch_size=batch_size,
+            max_feature_nodes=max_feature_nodes, update_interval=update_interval, dtype=str(dtype),
+            zero_positions=zero_positions, n_active=n_active, timings=timings,
+        ),
+    )

@@ -1,0 +1,285 @@
+"""Static model configuration, read from a Hugging Face ``config.json``.
+
+``ModelConfig`` is a frozen, hashable dataclass: it is passed to jitted functions as a static argument. Gemma-2 and
+Llama-3 differ only in the flags below (norm placement and gain offset, embedding scale, soft-caps, attention
+scale, activation, RoPE scaling), so one decoder implementation serves both; ``arch`` names the family for
+converters and for hook-point conventions.
+
+Reading a config is strict (as penzai's converters are): every key is either understood, a known piece of
+metadata that does not change the computation, or an error naming it. Understood keys with values we do not
+implement (an attention bias, a rope type other than ``llama3``, bidirectional attention…) are errors too, so a
+model is never silently computed differently from its checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+__all__ = ["ModelConfig", "RopeScaling", "ConfigError", "config_from_hf", "load_hf_config"]
+
+
+class ConfigError(ValueError):
+    """A model configuration the code does not understand or does not implement."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RopeScaling:
+    """Llama-3 ``rope_type: llama3`` frequency scaling (NTK-by-parts)."""
+
+    factor: float
+    low_freq_factor: float
+    high_freq_factor: float
+    original_max_position_embeddings: int
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Everything static about a decoder-only transformer.
+
+    ``layer_windows[l]`` is the sliding-window length of layer ``l`` (``None`` for global attention).
+    ``attn_scale`` multiplies ``q·k`` (Gemma-2: ``query_pre_attn_scalar**-0.5``, Llama: ``head_dim**-0.5``).
+    ``norm_offset`` is added to every RMSNorm weight to form its gain (Gemma stores ``w`` and multiplies by
+    ``1 + w``; Llama multiplies by ``w``).
+    """
+
+    arch: str  # "gemma2" | "llama"
+    vocab_size: int
+    d_model: int
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    head_dim: int
+    d_mlp: int
+    max_position_embeddings: int
+    rms_norm_eps: float
+    rope_theta: float
+    rope_scaling: RopeScaling | None
+    tie_embeddings: bool
+    activation: str  # "gelu_tanh" | "silu"
+    attn_scale: float
+    attn_softcap: float | None
+    final_softcap: float | None
+    layer_windows: tuple[int | None, ...]
+    embed_scale: bool  # multiply embeddings by sqrt(d_model) (Gemma)
+    post_norms: bool  # RMSNorm after attention and after the MLP (Gemma-2)
+    norm_offset: float
+    bos_token_id: int | None = None
+    eos_token_id: int | None = None
+    pad_token_id: int | None = None
+
+    def __post_init__(self):
+        if self.arch not in ("gemma2", "llama"):
+            raise ConfigError(f"arch must be 'gemma2' or 'llama', got {self.arch!r}")
+        if self.n_heads % self.n_kv_heads:
+            raise ConfigError(
+                f"num_attention_heads={self.n_heads} is not a multiple of num_key_value_heads={self.n_kv_heads}"
+            )
+        if len(self.layer_windows) != self.n_layers:
+            raise ConfigError(f"{len(self.layer_windows)} layer windows for {self.n_layers} layers")
+        if self.activation not in ("gelu_tanh", "silu"):
+            raise ConfigError(f"activation must be 'gelu_tanh' or 'silu', got {self.activation!r}")
+        if self.head_dim % 2:
+            raise ConfigError(f"head_dim must be even for RoPE, got {self.head_dim}")
+
+    @property
+    def n_rep(self) -> int:
+        """Query heads per key/value head (GQA group size)."""
+        return self.n_heads // self.n_kv_heads
+
+    def replace(self, **changes: Any) -> ModelConfig:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
+        d = dict(d)
+        if d.get("rope_scaling") is not None:
+            d["rope_scaling"] = RopeScaling(**d["rope_scaling"])
+        d["layer_windows"] = tuple(d["layer_windows"])
+        return cls(**d)
+
+
+# Keys that describe the checkpoint or training but never change the forward pass.
+_METADATA_KEYS = frozenset(
+    {
+        "architectures", "model_type", "torch_dtype", "dtype", "transformers_version", "_name_or_path",
+        "use_cache", "initializer_range", "attention_dropout", "cache_implementation", "output_attentions",
+        "output_hidden_states", "return_dict", "id2label", "label2id", "problem_type", "_attn_implementation",
+        "_attn_implementation_autoset", "tokenizer_class", "bos_token_id", "eos_token_id", "pad_token_id",
+        "tie_word_embeddings", "max_position_embeddings", "chunk_size_feed_forward", "is_encoder_decoder",
+        "pruned_heads", "torchscript", "use_return_dict", "residual_dropout", "embedding_dropout",
+    }
+)
+
+_COMMON_KEYS = frozenset(
+    {
+        "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+        "num_key_value_heads", "head_dim", "rms_norm_eps", "rope_theta", "rope_scaling", "rope_parameters",
+        "attention_bias",
+    }
+)
+_GEMMA2_KEYS = _COMMON_KEYS | {
+    "hidden_activation", "hidden_act", "query_pre_attn_scalar", "sliding_window", "sliding_window_size",
+    "layer_types", "final_logit_softcapping", "attn_logit_softcapping", "use_bidirectional_attention",
+}
+_LLAMA_KEYS = _COMMON_KEYS | {"hidden_act", "mlp_bias", "pretraining_tp"}
+
+
+def load_hf_config(path: str | Path) -> dict[str, Any]:
+    """Read a ``config.json`` (a file, or a directory containing one)."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / "config.json"
+    if not p.is_file():
+        raise FileNotFoundError(f"no config.json at {p}: pass a model directory that contains one")
+    with open(p) as f:
+        return json.load(f)
+
+
+def _first_id(v: Any) -> int | None:
+    if isinstance(v, list):
+        return int(v[0]) if v else None
+    return None if v is None else int(v)
+
+
+def _rope(hf: dict[str, Any]) -> tuple[float, RopeScaling | None]:
+    """RoPE base and scaling from either the transformers<5 (``rope_theta`` + ``rope_scaling``) or the
+    transformers>=5 (``rope_parameters``) spelling."""
+    params = hf.get("rope_parameters") or {}
+    scaling = hf.get("rope_scaling") or {}
+    theta = params.get("rope_theta", hf.get("rope_theta", 10000.0))
+    merged = {**scaling, **{k: v for k, v in params.items() if k != "rope_theta"}}
+    rope_type = merged.get("rope_type", merged.get("type", "default"))
+    if rope_type == "default":
+        extra = set(merged) - {"rope_type", "type"}
+        if extra:
+            raise ConfigError(f"rope parameters {sorted(extra)} given for the default rope type")
+        return float(theta), None
+    if rope_type != "llama3":
+        raise ConfigError(
+            f"rope_type {rope_type!r} is not implemented (only the default and 'llama3'); "
+            "this model would be computed wrongly"
+        )
+    try:
+        return float(theta), RopeScaling(
+            factor=float(merged["factor"]),
+            low_freq_factor=float(merged["low_freq_factor"]),
+            high_freq_factor=float(merged["high_freq_factor"]),
+            original_max_position_embeddings=int(merged["original_max_position_embeddings"]),
+        )
+    except KeyError as e:
+        raise ConfigError(f"llama3 rope scaling is missing {e.args[0]!r}") from None
+
+
+def config_from_hf(hf: dict[str, Any] | str | Path) -> ModelConfig:
+    """Translate a Hugging Face config (dict, ``config.json`` path or model directory) into a ``ModelConfig``.
+
+    Raises ``ConfigError`` naming any key that is neither understood nor known metadata, and any understood key
+    whose value selects behaviour this library does not implement.
+    """
+    if not isinstance(hf, dict):
+        hf = load_hf_config(hf)
+    model_type = hf.get("model_type")
+    if model_type == "gemma2":
+        known = _GEMMA2_KEYS
+    elif model_type == "llama":
+        known = _LLAMA_KEYS
+    else:
+        raise ConfigError(
+            f"unsupported model_type {model_type!r}: jcircuits implements 'gemma2' and 'llama' (Llama 3.x)"
+        )
+    unknown = sorted(k for k in hf if k not in known and k not in _METADATA_KEYS)
+    if unknown:
+        raise ConfigError(
+            f"{model_type} config has attributes jcircuits does not understand: {unknown}. "
+            "Refusing to guess what they change; remove them if they are metadata, or file an issue."
+        )
+    if hf.get("attention_bias"):
+        raise ConfigError("attention_bias=True is not implemented")
+    d_model = int(hf["hidden_size"])
+    n_heads = int(hf["num_attention_heads"])
+    n_layers = int(hf["num_hidden_layers"])
+    head_dim = int(hf.get("head_dim") or d_model // n_heads)
+    theta, scaling = _rope(hf)
+    common = dict(
+        vocab_size=int(hf["vocab_size"]),
+        d_model=d_model,
+        n_layers=n_layers,
+        n_heads=n_heads,
+        n_kv_heads=int(hf.get("num_key_value_heads") or n_heads),
+        head_dim=head_dim,
+        d_mlp=int(hf["intermediate_size"]),
+        max_position_embeddings=int(hf.get("max_position_embeddings", 8192)),
+        rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
+        rope_theta=theta,
+        rope_scaling=scaling,
+        bos_token_id=_first_id(hf.get("bos_token_id")),
+        eos_token_id=_first_id(hf.get("eos_token_id")),
+        pad_token_id=_first_id(hf.get("pad_token_id")),
+    )
+    if model_type == "gemma2":
+        act = hf.get("hidden_activation") or hf.get("hidden_act") or "gelu_pytorch_tanh"
+        if act not in ("gelu_pytorch_tanh", "gelu_tanh"):
+            raise ConfigError(f"gemma2 hidden_activation {act!r} is not implemented (expected gelu_pytorch_tanh)")
+        if hf.get("use_bidirectional_attention"):
+            raise ConfigError("use_bidirectional_attention=True is not implemented (decoder-only causal models)")
+        if scaling is not None:
+            raise ConfigError("gemma2 with llama3 rope scaling is not a known checkpoint layout")
+        window = hf.get("sliding_window", hf.get("sliding_window_size", 4096))
+        types = hf.get("layer_types") or [
+            "sliding_attention" if i % 2 == 0 else "full_attention" for i in range(n_layers)
+        ]
+        if len(types) != n_layers:
+            raise ConfigError(f"layer_types has {len(types)} entries for {n_layers} layers")
+        bad = sorted({t for t in types if t not in ("sliding_attention", "full_attention")})
+        if bad:
+            raise ConfigError(f"unknown layer_types {bad}")
+        windows = tuple(int(window) if t == "sliding_attention" and window else None for t in types)
+        qpas = hf.get("query_pre_attn_scalar", head_dim)
+        return ModelConfig(
+            arch="gemma2",
+            **common,
+            tie_embeddings=bool(hf.get("tie_word_embeddings", True)),
+            activation="gelu_tanh",
+            attn_scale=float(qpas) ** -0.5,
+            attn_softcap=_opt_float(hf.get("attn_logit_softcapping")),
+            final_softcap=_opt_float(hf.get("final_logit_softcapping")),
+            layer_windows=windows,
+            embed_scale=True,
+            post_norms=True,
+            norm_offset=1.0,
+        )
+    act = hf.get("hidden_act", "silu")
+    if act != "silu":
+        raise ConfigError(f"llama hidden_act {act!r} is not implemented (expected silu)")
+    if hf.get("mlp_bias"):
+        raise ConfigError("mlp_bias=True is not implemented")
+    if hf.get("pretraining_tp", 1) not in (1, None):
+        raise ConfigError("pretraining_tp != 1 changes the numerics of the MLP and is not implemented")
+    return ModelConfig(
+        arch="llama",
+        **common,
+        tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
+        activation="silu",
+        attn_scale=head_dim**-0.5,
+        attn_softcap=None,
+        final_softcap=None,
+        layer_windows=(None,) * n_layers,
+        embed_scale=False,
+        post_norms=False,
+        norm_offset=0.0,
+    )
+
+
+def _opt_float(v: Any) -> float | None:
+    return None if v is None else float(v)
+
+
+def _is_finite_positive(x: float) -> bool:
+    return math.isfinite(x) and x > 0

@@ -1,0 +1,370 @@
+"""The decoder: pure functions over a params pytree, shared by Gemma-2 and Llama-3.
+
+``forward(params, cfg, tokens)`` is the model. Two optional arguments make it the object of interpretability:
+
+* ``capture=True`` also returns ``Intermediates``: the residual stream at every block boundary and mid-block,
+  attention patterns, every RMSNorm scale, MLP inputs (before and after the norm) and outputs, the final-normed
+  residual. These are exactly the constants attribution freezes and the points transcoders read and write.
+* ``frozen=Intermediates`` (or any object with the same ``Frozen`` fields) replaces attention patterns and norm
+  scales by the given constants. With them frozen the network is linear in the residual stream except for the
+  MLPs, which a caller replaces through ``mlp_fn``.
+
+``mlp_fn(layer, points, state) -> (write, state)`` (optional) replaces what each block's MLP adds to the residual
+stream. ``points`` is an ``MLPPoints`` with the MLP's input and the true MLP output at every hook point; ``layer`` is
+a traced int (layers run under ``lax.scan``); ``state`` is threaded through the layers (a cross-layer transcoder
+carries its pending writes there). Models know nothing of transcoders: this argument is the only seam.
+
+Layers are stacked (every weight has a leading ``L`` axis) and run under ``jax.lax.scan``, so compile time does not
+grow with depth; per-layer sliding windows are scanned alongside the weights.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jcircuits.models import layers as nn
+from jcircuits.models.config import ModelConfig
+
+__all__ = [
+    "Params", "LayerParams", "Intermediates", "MLPPoints", "forward", "init_params", "param_shapes",
+    "param_axes", "layer_windows_array", "embed", "unembed", "block_attention", "block_mlp_points",
+]
+
+
+def _pytree(cls):
+    """A frozen dataclass registered as a pytree whose fields are all data (``None`` fields are empty)."""
+    cls = dataclasses.dataclass(frozen=True)(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    return jax.tree_util.register_dataclass(cls, data_fields=names, meta_fields=[])
+
+
+@_pytree
+class LayerParams:
+    """One block's weights; in ``Params.layers`` every field carries a leading layer axis ``L``.
+
+    Norm weights are stored as in the checkpoint; the gain is ``cfg.norm_offset + w``.
+    """
+
+    ln1: jax.Array  # [D]
+    wq: jax.Array  # [D, H, E]
+    wk: jax.Array  # [D, K, E]
+    wv: jax.Array  # [D, K, E]
+    wo: jax.Array  # [H, E, D]
+    ln2: jax.Array  # [D]
+    w_gate: jax.Array  # [D, F]
+    w_up: jax.Array  # [D, F]
+    w_down: jax.Array  # [F, D]
+    post_attn_norm: jax.Array | None = None  # [D] (Gemma-2)
+    post_mlp_norm: jax.Array | None = None  # [D] (Gemma-2)
+
+
+@_pytree
+class Params:
+    embed: jax.Array  # [V, D]
+    layers: LayerParams  # stacked over L
+    final_norm: jax.Array  # [D]
+    unembed: jax.Array | None = None  # [D, V]; None when tied to embed
+
+
+@_pytree
+class MLPPoints:
+    """Every hook point around one block's MLP, for one layer. ``[B, T, D]`` each.
+
+    ``resid_mid`` (``hook_resid_mid``): residual stream entering the MLP half of the block.
+    ``normalized`` (``ln2.hook_normalized``): ``resid_mid · scale``, before the norm's gain.
+    ``mlp_in`` (``mlp.hook_in``): the MLP's input, gain included.
+    ``mlp_out_raw`` (``mlp.hook_out``): the MLP's output. ``mlp_out`` (``hook_mlp_out``): what is added to the
+    residual stream (after Gemma-2's post-MLP norm; equal to ``mlp_out_raw`` for Llama).
+    """
+
+    resid_mid: jax.Array
+    normalized: jax.Array
+    mlp_in: jax.Array
+    mlp_out_raw: jax.Array
+    mlp_out: jax.Array
+
+
+@_pytree
+class Intermediates:
+    """What one forward pass captures. Per-layer fields carry a leading ``L`` axis.
+
+    Frozen constants (the fields ``forward(frozen=…)`` reads): ``ln1_scale``, ``post_attn_scale``, ``ln2_scale``,
+    ``post_mlp_scale`` ``[L, B, T, 1]`` (post-norms are ``None`` without Gemma's post-norms), ``attn_pattern``
+    ``[L, B, H, T, T]`` and ``final_scale`` ``[B, T, 1]``.
+    """
+
+    resid: jax.Array  # [L+1, B, T, D]: resid[0] = embeddings, resid[l+1] = output of block l
+    resid_mid: jax.Array  # [L, B, T, D]
+    attn_out: jax.Array  # [L, B, T, D] what attention adds to the residual stream
+    attn_pattern: jax.Array  # [L, B, H, T, T]
+    ln1_scale: jax.Array
+    ln2_scale: jax.Array
+    mlp_in: jax.Array  # [L, B, T, D]
+    mlp_out_raw: jax.Array  # [L, B, T, D]
+    mlp_out: jax.Array  # [L, B, T, D]
+    final_scale: jax.Array  # [B, T, 1]
+    final_normed: jax.Array  # [B, T, D]
+    post_attn_scale: jax.Array | None = None
+    post_mlp_scale: jax.Array | None = None
+
+    def hook(self, name: str) -> jax.Array:
+        """A TransformerLens-named hook point, stacked over layers: ``hook_resid_mid``, ``ln2.hook_normalized``,
+        ``mlp.hook_in``, ``mlp.hook_out``, ``hook_mlp_out``, ``hook_resid_pre``, ``hook_resid_post``."""
+        table = {
+            "hook_resid_pre": lambda: self.resid[:-1],
+            "hook_resid_post": lambda: self.resid[1:],
+            "hook_resid_mid": lambda: self.resid_mid,
+            "ln2.hook_normalized": lambda: (self.resid_mid.astype(jnp.float32) * self.ln2_scale).astype(
+                self.resid_mid.dtype
+            ),
+            "mlp.hook_in": lambda: self.mlp_in,
+            "mlp.hook_out": lambda: self.mlp_out_raw,
+            "hook_mlp_out": lambda: self.mlp_out,
+        }
+        if name not in table:
+            raise KeyError(f"unknown hook point {name!r}; known: {sorted(table)}")
+        return table[name]()
+
+
+MLPFn = Callable[[jax.Array, MLPPoints, Any], tuple[jax.Array, Any]]
+
+
+# --------------------------------------------------------------------------------------------------- shapes
+
+
+def param_shapes(cfg: ModelConfig, dtype=jnp.float32) -> Params:
+    """Abstract params (``jax.ShapeDtypeStruct`` leaves) for ``cfg``."""
+    L, D, H, K, E, F, V = (
+        cfg.n_layers, cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.d_mlp, cfg.vocab_size,
+    )
+    s = lambda *shape: jax.ShapeDtypeStruct(shape, dtype)  # noqa: E731
+    post = cfg.post_norms
+    return Params(
+        embed=s(V, D),
+        layers=LayerParams(
+            ln1=s(L, D), wq=s(L, D, H, E), wk=s(L, D, K, E), wv=s(L, D, K, E), wo=s(L, H, E, D), ln2=s(L, D),
+            w_gate=s(L, D, F), w_up=s(L, D, F), w_down=s(L, F, D),
+            post_attn_norm=s(L, D) if post else None, post_mlp_norm=s(L, D) if post else None,
+        ),
+        final_norm=s(D),
+        unembed=None if cfg.tie_embeddings else s(D, V),
+    )
+
+
+def param_axes(cfg: ModelConfig) -> Params:
+    """Logical axis names of every weight (same tree as ``Params``); ``jcircuits.sharding`` maps them to a mesh."""
+    post = cfg.post_norms
+    return Params(
+        embed=("vocab", "embed"),
+        layers=LayerParams(
+            ln1=("layers", "embed"), wq=("layers", "embed", "q_heads", "head_dim"),
+            wk=("layers", "embed", "kv_heads", "head_dim"), wv=("layers", "embed", "kv_heads", "head_dim"),
+            wo=("layers", "q_heads", "head_dim", "embed"), ln2=("layers", "embed"),
+            w_gate=("layers", "embed", "mlp"), w_up=("layers", "embed", "mlp"), w_down=("layers", "mlp", "embed"),
+            post_attn_norm=("layers", "embed") if post else None,
+            post_mlp_norm=("layers", "embed") if post else None,
+        ),
+        final_norm=("embed",),
+        unembed=None if cfg.tie_embeddings else ("embed", "vocab"),
+    )
+
+
+def init_params(cfg: ModelConfig, key: jax.Array, dtype=jnp.float32, scale: float = 1.0) -> Params:
+    """Random params (normal, fan-in scaled). Norm weights start at the identity gain."""
+    shapes = param_shapes(cfg, dtype)
+    leaves, treedef = jax.tree_util.tree_flatten(shapes)
+    paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(shapes)[0]]
+    keys = jax.random.split(key, len(leaves))
+    out = []
+    for path, leaf, k in zip(paths, leaves, keys, strict=True):
+        if "norm" in path or "ln" in path:
+            out.append(jnp.full(leaf.shape, 1.0 - cfg.norm_offset, dtype))
+        else:
+            fan_in = cfg.d_model if "embed" not in path else 1
+            if "wo" in path:
+                fan_in = cfg.n_heads * cfg.head_dim
+            elif "w_down" in path:
+                fan_in = cfg.d_mlp
+            std = scale / np.sqrt(fan_in)
+            out.append((jax.random.normal(k, leaf.shape, jnp.float32) * std).astype(dtype))
+    return jax.tree_util.tree_unflatten(treedef, out)
+
+
+def layer_windows_array(cfg: ModelConfig) -> np.ndarray:
+    """Per-layer sliding windows as int32 (0 = global), scanned alongside the layer weights."""
+    return np.array([w or 0 for w in cfg.layer_windows], dtype=np.int32)
+
+
+# ------------------------------------------------------------------------------------------------ pieces
+
+
+def embed(params: Params, cfg: ModelConfig, tokens_BT: jax.Array) -> jax.Array:
+    """Token embeddings as written into the residual stream ``[B, T, D]`` (Gemma: times √d, rounded to the
+    activation dtype as HF does)."""
+    x = params.embed[tokens_BT]
+    if cfg.embed_scale:
+        x = x * jnp.asarray(np.sqrt(cfg.d_model), dtype=x.dtype)
+    return x
+
+
+def unembed_matrix(params: Params) -> jax.Array:
+    """``W_U`` ``[D, V]``."""
+    return params.embed.T if params.unembed is None else params.unembed
+
+
+def unembed(params: Params, cfg: ModelConfig, x_BTD: jax.Array, final_scale=None):
+    """Final norm, unembedding and final soft-cap. Returns ``(logits [B,T,V] float32, normed, scale)``."""
+    scale = nn.rms_scale(x_BTD, cfg.rms_norm_eps) if final_scale is None else final_scale
+    normed = nn.apply_rms(x_BTD, scale, params.final_norm, cfg.norm_offset)
+    logits = (normed @ unembed_matrix(params)).astype(jnp.float32)
+    return nn.softcap(logits, cfg.final_softcap), normed, scale
+
+
+def block_attention(lp: LayerParams, cfg: ModelConfig, x, window, cos, sin, frozen=None):
+    """Attention half of a block. ``frozen`` is ``None`` or ``(ln1_scale, pattern, post_attn_scale)``.
+
+    Returns ``(resid_mid, aux)`` with ``aux = (ln1_scale, pattern, post_attn_scale, attn_out)``.
+    """
+    T = x.shape[1]
+    ln1_s = nn.rms_scale(x, cfg.rms_norm_eps) if frozen is None else frozen[0]
+    h = nn.apply_rms(x, ln1_s, lp.ln1, cfg.norm_offset)
+    if frozen is None:
+        pattern = nn.attention_pattern(h, lp.wq, lp.wk, cos, sin, nn.attention_mask(T, T, window), cfg)
+    else:
+        pattern = frozen[1]
+    a = nn.attention_values(h, pattern, lp.wv, lp.wo, cfg)
+    post_s = None
+    if cfg.post_norms:
+        post_s = nn.rms_scale(a, cfg.rms_norm_eps) if frozen is None else frozen[2]
+        a = nn.apply_rms(a, post_s, lp.post_attn_norm, cfg.norm_offset)
+    return x + a, (ln1_s, pattern, post_s, a)
+
+
+def block_mlp_points(lp: LayerParams, cfg: ModelConfig, resid_mid, frozen=None):
+    """MLP half of a block, returning every hook point (``MLPPoints``) and the scales used.
+
+    ``frozen`` is ``None`` or ``(ln2_scale, post_mlp_scale)``.
+    """
+    ln2_s = nn.rms_scale(resid_mid, cfg.rms_norm_eps) if frozen is None else frozen[0]
+    normalized = (resid_mid.astype(jnp.float32) * ln2_s).astype(resid_mid.dtype)
+    mlp_in = nn.apply_rms(resid_mid, ln2_s, lp.ln2, cfg.norm_offset)
+    raw = nn.gated_mlp(mlp_in, lp.w_gate, lp.w_up, lp.w_down, cfg.activation)
+    post_s, out = None, raw
+    if cfg.post_norms:
+        post_s = nn.rms_scale(raw, cfg.rms_norm_eps) if frozen is None else frozen[1]
+        out = nn.apply_rms(raw, post_s, lp.post_mlp_norm, cfg.norm_offset)
+    return MLPPoints(resid_mid, normalized, mlp_in, raw, out), (ln2_s, post_s)
+
+
+# ----------------------------------------------------------------------------------------------- forward
+
+
+def _check_tokens(cfg: ModelConfig, tokens) -> None:
+    shape = np.shape(tokens)
+    if len(shape) != 2:
+        raise ValueError(f"tokens must be [batch, seq], got shape {shape}")
+    if shape[1] == 0:
+        raise ValueError("empty prompt: tokens has zero positions")
+    if shape[1] > cfg.max_position_embeddings:
+        raise ValueError(
+            f"prompt of {shape[1]} tokens is longer than the model's context "
+            f"(max_position_embeddings={cfg.max_position_embeddings}); shorten it"
+        )
+    if not isinstance(tokens, jax.core.Tracer):
+        t = np.asarray(tokens)
+        if not np.issubdtype(t.dtype, np.integer):
+            raise TypeError(f"tokens must be integers, got dtype {t.dtype}")
+        bad = t[(t < 0) | (t >= cfg.vocab_size)]
+        if bad.size:
+            raise ValueError(f"token ids out of vocabulary [0, {cfg.vocab_size}): {sorted(set(bad.tolist()))[:10]}")
+
+
+def forward(
+    params: Params,
+    cfg: ModelConfig,
+    tokens: jax.Array,
+    *,
+    frozen: Intermediates | None = None,
+    capture: bool = False,
+    mlp_fn: MLPFn | None = None,
+    mlp_state: Any = None,
+    mlp_at: str = "mlp_out",
+):
+    """Run the model on ``tokens [B, T]`` (int). Returns ``logits [B, T, V]`` (float32, after any final
+    soft-cap), or ``(logits, Intermediates)`` with ``capture=True``, plus the final ``mlp_state`` when ``mlp_fn``
+    is given: ``(logits, intermediates_or_None, mlp_state)``.
+
+    Validates tokens eagerly (shape, context length, vocabulary) and dispatches to a jitted implementation.
+    """
+    _check_tokens(cfg, tokens)
+    if mlp_at not in ("mlp_out", "mlp_out_raw"):
+        raise ValueError(f"mlp_at must be 'mlp_out' or 'mlp_out_raw', got {mlp_at!r}")
+    out = _forward_jit(params, cfg, jnp.asarray(tokens), frozen, capture, mlp_fn, mlp_state, mlp_at)
+    if mlp_fn is not None:
+        return out
+    logits, inter, _ = out
+    return (logits, inter) if capture else logits
+
+
+@partial(jax.jit, static_argnums=(1, 4, 5, 7))
+def _forward_jit(params, cfg, tokens, frozen, capture, mlp_fn, mlp_state, mlp_at):
+    return forward_fn(
+        params, cfg, tokens, frozen=frozen, capture=capture, mlp_fn=mlp_fn, mlp_state=mlp_state, mlp_at=mlp_at
+    )
+
+
+def forward_fn(params, cfg, tokens, *, frozen=None, capture=False, mlp_fn=None, mlp_state=None, mlp_at="mlp_out"):
+    """Un-jitted ``forward`` for composing inside other jitted functions. Always returns
+    ``(logits, intermediates_or_None, mlp_state)``.
+
+    ``mlp_at`` says where ``mlp_fn``'s value stands: ``"mlp_out"`` (added to the residual stream as is) or
+    ``"mlp_out_raw"`` (the MLP's own output; Gemma-2's post-MLP norm is applied to it, with the frozen scale
+    when ``frozen`` is given)."""
+    T = tokens.shape[1]
+    cos, sin = nn.rope_cos_sin(jnp.arange(T), cfg)
+    x = embed(params, cfg, tokens)
+    windows = jnp.asarray(layer_windows_array(cfg))
+    layer_ids = jnp.arange(cfg.n_layers)
+    if frozen is not None:
+        fz = (frozen.ln1_scale, frozen.attn_pattern, frozen.post_attn_scale, frozen.ln2_scale, frozen.post_mlp_scale)
+    else:
+        fz = None
+
+    def step(carry, xs):
+        x, state = carry
+        lp, window, layer, fzl = xs
+        mid, (ln1_s, pattern, post_a, a) = block_attention(
+            lp, cfg, x, window, cos, sin, None if fzl is None else fzl[:3]
+        )
+        points, (ln2_s, post_m) = block_mlp_points(lp, cfg, mid, None if fzl is None else fzl[3:])
+        if mlp_fn is None:
+            write = points.mlp_out
+        else:
+            write, state = mlp_fn(layer, points, state)
+            if mlp_at == "mlp_out_raw" and cfg.post_norms:
+                s = nn.rms_scale(write, cfg.rms_norm_eps) if fzl is None else fzl[4]
+                write = nn.apply_rms(write, s, lp.post_mlp_norm, cfg.norm_offset)
+        out = mid + write.astype(mid.dtype)
+        ys = None
+        if capture:
+            ys = dict(
+                resid=out, resid_mid=mid, attn_out=a, attn_pattern=pattern, ln1_scale=ln1_s, ln2_scale=ln2_s,
+                mlp_in=points.mlp_in, mlp_out_raw=points.mlp_out_raw, mlp_out=points.mlp_out,
+                post_attn_scale=post_a, post_mlp_scale=post_m,
+            )
+        return (out, state), ys
+
+    (x_final, state), ys = jax.lax.scan(step, (x, mlp_state), (params.layers, windows, layer_ids, fz))
+    logits, normed, fscale = unembed(params, cfg, x_final, None if frozen is None else frozen.final_scale)
+    inter = None
+    if capture:
+        resid = jnp.concatenate([x[None], ys.pop("resid")], axis=0)
+        inter = Intermediates(resid=resid, final_scale=fscale, final_normed=normed, **ys)
+    return logits, inter, state

@@ -1,0 +1,172 @@
+"""Attribution checked against its definition, with no reference implementation.
+
+For sampled source nodes (features, errors, tokens) we add the node's vector in a forward pass of the *frozen*
+model (attention patterns, norm scales and MLP outputs frozen, the transcoders' skip path live) and check that every
+active feature's pre-activation and every target's demeaned logit moves by exactly the adjacency column.
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from tiny import tiny_model, tiny_transcoders
+
+from jcircuits.attribution import attribute
+from jcircuits.models import forward_fn
+from jcircuits.models.transformer import unembed_matrix
+from jcircuits.replacement import replace
+from jcircuits.transcoders.core import encode_layer
+
+CASES = [
+    # arch, kind, activation, skip, input hook, output hook
+    ("llama", "plt", "jumprelu", False, "mlp.hook_in", "mlp.hook_out"),
+    ("llama", "plt", "relu", True, "mlp.hook_in", "mlp.hook_out"),
+    ("gemma2", "plt", "jumprelu", False, "ln2.hook_normalized", "hook_mlp_out"),
+    ("gemma2", "plt", "relu", True, "mlp.hook_in", "mlp.hook_out"),
+    ("gemma2", "clt", "jumprelu", False, "hook_resid_mid", "mlp.hook_out"),
+    ("llama", "clt", "relu", True, "ln2.hook_normalized", "hook_mlp_out"),
+]
+TOKENS = np.array([1, 5, 9, 33, 7, 2, 60, 11, 4, 8, 17])
+
+
+def _frozen_effects(model, ts, rep, inject_slot, inject_embed):
+    """Feature pre-activations [L, T, F] and final-normed residual [T, D] of the frozen model with vectors
+    added at the MLP slots (``inject_slot [L, T, D]``) and at the embeddings (``inject_embed [T, D]``)."""
+    cfg, tcfg, tc = model.cfg, ts.cfg, ts.params
+    read = {"ln2.hook_normalized": "normalized", "mlp.hook_in": "mlp_in", "hook_resid_mid": "resid_mid"}
+    x_base = rep.feature_inputs  # [L, T, D]
+    skip_base = 0.0 if tc.W_skip is None else jnp.einsum("ltd,lde->lte", x_base, tc.W_skip)
+    const = rep.mlp_out - skip_base  # stop_gradient(mlp_out - skip)
+    params = model.params
+    embed_delta = inject_embed
+
+    def mlp_fn(layer, points, acc):
+        x = getattr(points, read[tcfg.input_hook])[0]
+        pre = encode_layer(tcfg, tc, layer, x, pre=True)
+        acc = acc.at[layer].set(pre)
+        w = const[layer] + inject_slot[layer]
+        if tc.W_skip is not None:
+            w = w + x @ tc.W_skip[layer]
+        return w[None], acc
+
+    mlp_at = "mlp_out" if tcfg.output_hook == "hook_mlp_out" else "mlp_out_raw"
+    # add to the embedding by shifting the embedding table rows is awkward; instead wrap embed via params trick:
+    # the embedding is linear in the table, so inject through a one-hot extra row is unnecessary — we add the delta
+    # after embedding by treating it as a write of a virtual "layer -1": run with a patched embed function.
+    from jcircuits.models import transformer as tr
+
+    orig_embed = tr.embed
+    tr.embed = lambda p, c, t: orig_embed(p, c, t) + embed_delta[None]
+    try:
+        acc0 = jnp.zeros((cfg.n_layers, len(rep.tokens), tcfg.n_features))
+        _, inter, acc = forward_fn(
+            params, cfg, jnp.asarray(rep.tokens)[None], frozen=rep.inter, capture=True, mlp_fn=mlp_fn,
+            mlp_state=acc0, mlp_at=mlp_at,
+        )
+    finally:
+        tr.embed = orig_embed
+    return acc, inter.final_normed[0]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[f"{a}-{k}-{f}{'-skip' if s else ''}" for a, k, f, s, *_ in CASES])
+def test_adjacency_columns_equal_frozen_perturbation_effects(case):
+    arch, kind, act, skip, ih, oh = case
+    model = tiny_model(arch)
+    ts = tiny_transcoders(model.cfg, kind, act, skip, input_hook=ih, output_hook=oh)
+    g = attribute(model, ts, TOKENS, batch_size=64)
+    rep = replace(model, ts, TOKENS)
+    cfg = model.cfg
+    L, T, D = cfg.n_layers, len(TOKENS), cfg.d_model
+    n_sel = len(g.selected_features)
+    assert n_sel == rep.n_active  # all features get rows by default
+    W_U = np.asarray(unembed_matrix(model.params))
+    vecs = (W_U[:, g.logit_token_ids] - W_U.mean(axis=1, keepdims=True)).T  # [K, D]
+    zero_slot, zero_emb = jnp.zeros((L, T, D)), jnp.zeros((T, D))
+    base_pre, base_final = _frozen_effects(model, ts, rep, zero_slot, zero_emb)
+    act_f = rep.active_features
+    rng = np.random.default_rng(0)
+    feat_cols = rng.choice(n_sel, size=min(6, n_sel), replace=False)
+    err_cols = [n_sel + l * T + t for l, t in [(0, 3), (L - 1, T - 1), (1, 5)]]
+    tok_cols = [n_sel + L * T + t for t in (0, 4, T - 1)]
+    dec = ts.decoders
+    for col in [*feat_cols, *err_cols, *tok_cols]:
+        slot, emb = np.zeros((L, T, D), np.float32), np.zeros((T, D), np.float32)
+        if col < n_sel:
+            l, t, f = act_f[col]
+            rows = dec.rows(int(l), np.array([f]))[0] * rep.activation_values[col]
+            if kind == "plt":
+                slot[l, t] = rows
+            else:
+                slot[l:, t] = rows
+        elif col < n_sel + L * T:
+            l, t = divmod(col - n_sel, T)
+            if t >= 1:
+                slot[l, t] = np.asarray(rep.errors[l, t])
+        else:
+            t = col - n_sel - L * T
+            emb[t] = np.asarray(rep.embeddings[t])
+        pre, final = _frozen_effects(model, ts, rep, jnp.asarray(slot), jnp.asarray(emb))
+        d_pre = np.asarray(pre - base_pre)[act_f[:, 0], act_f[:, 1], act_f[:, 2]]
+        d_logit = vecs @ np.asarray(final - base_final)[T - 1]
+        col_feats = g.adjacency_matrix[:n_sel, col]
+        col_logits = g.adjacency_matrix[-len(vecs) :, col]
+        scale = max(np.abs(d_pre).max(), np.abs(d_logit).max(), 1e-3)
+        np.testing.assert_allclose(col_feats, d_pre, atol=2e-5 * scale + 1e-6, err_msg=f"feature rows, col {col}")
+        np.testing.assert_allclose(col_logits, d_logit, atol=2e-5 * scale + 1e-6, err_msg=f"logit rows, col {col}")
+    # error and token rows are zero; nothing at position 0 is a feature
+    assert not g.adjacency_matrix[n_sel:-len(vecs)].any()
+    assert (act_f[:, 1] >= 1).all()
+
+
+def test_rows_are_deterministic_bitwise():
+    model = tiny_model("gemma2")
+    ts = tiny_transcoders(model.cfg, "clt", "jumprelu", False, input_hook="hook_resid_mid", output_hook="mlp.hook_out")
+    a = attribute(model, ts, TOKENS, batch_size=32)
+    b = attribute(model, ts, TOKENS, batch_size=32)
+    assert np.array_equal(a.adjacency_matrix, b.adjacency_matrix)
+    assert np.array_equal(a.selected_features, b.selected_features)
+
+
+def test_influence_selection_keeps_requested_number_and_matches_full_rows():
+    model = tiny_model("llama")
+    ts = tiny_transcoders(model.cfg, "plt", "jumprelu", False)
+    full = attribute(model, ts, TOKENS, batch_size=16)
+    n = len(full.selected_features)
+    part = attribute(model, ts, TOKENS, batch_size=8, max_feature_nodes=n // 3, update_interval=2)
+    s = part.selected_features
+    assert len(s) == n // 3
+    # the partial graph's rows/columns equal the corresponding block of the full graph
+    L, T = model.cfg.n_layers, len(TOKENS)
+    cols_full = np.concatenate([s, np.arange(n, n + L * T + T + len(full.logit_token_ids))])
+    np.testing.assert_allclose(part.adjacency_matrix[: len(s)], full.adjacency_matrix[s][:, cols_full], atol=1e-5)
+    np.testing.assert_allclose(
+        part.adjacency_matrix[-len(part.logit_token_ids) :],
+        full.adjacency_matrix[-len(full.logit_token_ids) :][:, cols_full], atol=1e-5,
+    )
+
+
+def test_bfloat16_rows_close_to_float32():
+    model = tiny_model("llama")
+    ts = tiny_transcoders(model.cfg, "plt", "relu", True)
+    a = attribute(model, ts, TOKENS, batch_size=64)
+    b = attribute(model, ts, TOKENS, batch_size=64, dtype=jnp.bfloat16)
+    err = np.abs(a.adjacency_matrix - b.adjacency_matrix).max() / np.abs(a.adjacency_matrix).max()
+    assert err < 3e-2, err  # bf16 has ~3 significant digits; rows accumulate over layers
+
+
+def test_bad_arguments_raise_clear_errors():
+    model = tiny_model("llama")
+    ts = tiny_transcoders(model.cfg)
+    with pytest.raises(ValueError, match="batch_size"):
+        attribute(model, ts, TOKENS, batch_size=0)
+    with pytest.raises(ValueError, match="out of vocabulary"):
+        attribute(model, ts, TOKENS, attribution_targets=[10_000])
+    with pytest.raises(ValueError, match="direction of shape"):
+        attribute(model, ts, TOKENS, attribution_targets=[("x", 1.0, np.ones(3))])
+    with pytest.raises(ValueError, match="non-empty"):
+        attribute(model, ts, np.array([], np.int32))
+    with pytest.raises(ValueError, match="longer than the model's context"):
+        attribute(model, ts, np.ones(model.cfg.max_position_embeddings + 1, np.int32))
+    with pytest.raises(ValueError, match="desired_logit_prob"):
+        attribute(model, ts, TOKENS, desired_logit_prob=1.5)

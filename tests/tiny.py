@@ -1,0 +1,69 @@
+"""Seeded tiny random models and transcoders built in-process (no files, no torch), shared by unit tests."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jcircuits.models import ModelConfig, RopeScaling, init_params
+from jcircuits.replacement import Model, TranscoderSet
+from jcircuits.transcoders.core import DenseDecoders, TranscoderConfig, Transcoders
+
+
+def tiny_config(arch: str = "llama", **kw) -> ModelConfig:
+    base = dict(
+        vocab_size=97, d_model=32, n_layers=3, n_heads=4, n_kv_heads=2, head_dim=8, d_mlp=64,
+        max_position_embeddings=256, rms_norm_eps=1e-6, rope_theta=10000.0, bos_token_id=1, pad_token_id=0,
+        eos_token_id=2,
+    )
+    if arch == "gemma2":
+        base.update(
+            rope_scaling=None, tie_embeddings=True, activation="gelu_tanh", attn_scale=12**-0.5, attn_softcap=20.0,
+            final_softcap=15.0, embed_scale=True, post_norms=True, norm_offset=1.0,
+            layer_windows=tuple(4 if i % 2 == 0 else None for i in range(kw.get("n_layers", 3))),
+        )
+    else:
+        base.update(
+            rope_scaling=RopeScaling(8.0, 1.0, 4.0, 16), tie_embeddings=False, activation="silu",
+            attn_scale=8**-0.5, attn_softcap=None, final_softcap=None, embed_scale=False, post_norms=False,
+            norm_offset=0.0, layer_windows=(None,) * kw.get("n_layers", 3),
+        )
+    base.update(kw)
+    return ModelConfig(arch=arch, **base)
+
+
+def tiny_model(arch: str = "llama", seed: int = 0, **kw) -> Model:
+    cfg = tiny_config(arch, **kw)
+    params = init_params(cfg, jax.random.key(seed), scale=1.0)
+    # non-trivial norm gains so frozen scales and gains are exercised
+    rng = np.random.default_rng(seed)
+    lay = params.layers
+    jitter = lambda a: a + jnp.asarray(rng.normal(0, 0.2, a.shape), a.dtype)  # noqa: E731
+    lay = type(lay)(**{k: (jitter(v) if k in ("ln1", "ln2", "post_attn_norm", "post_mlp_norm") and v is not None else v)
+                       for k, v in vars(lay).items()})
+    params = type(params)(embed=params.embed, layers=lay, final_norm=jitter(params.final_norm), unembed=params.unembed)
+    return Model(params=params, cfg=cfg, name=f"tiny-{arch}")
+
+
+def tiny_transcoders(
+    cfg: ModelConfig, kind: str = "plt", activation: str = "jumprelu", skip: bool = False, n_features: int = 96,
+    input_hook: str = "mlp.hook_in", output_hook: str = "mlp.hook_out", seed: int = 1, top_k: int | None = None,
+) -> TranscoderSet:
+    rng = np.random.default_rng(seed)
+    L, D, F = cfg.n_layers, cfg.d_model, n_features
+    W_enc = rng.normal(0, 1 / np.sqrt(D), (L, D, F)).astype(np.float32)
+    b_enc = rng.normal(-0.6, 0.2, (L, F)).astype(np.float32)
+    threshold = np.abs(rng.normal(0.1, 0.05, (L, F))).astype(np.float32) if activation == "jumprelu" else None
+    b_dec = rng.normal(0, 0.05, (L, D)).astype(np.float32)
+    W_skip = rng.normal(0, 0.1 / np.sqrt(D), (L, D, D)).astype(np.float32) if skip else None
+    if kind == "plt":
+        W_dec = rng.normal(0, 0.3 / np.sqrt(D), (L, F, D)).astype(np.float32)
+    else:
+        W_dec = [rng.normal(0, 0.3 / np.sqrt(D), (F, L - l, D)).astype(np.float32) for l in range(L)]
+    tcfg = TranscoderConfig(
+        kind=kind, n_layers=L, d_model=D, n_features=F, activation=activation, top_k=top_k, input_hook=input_hook,
+        output_hook=output_hook, skip=skip,
+    )
+    j = lambda a: None if a is None else jnp.asarray(a)  # noqa: E731
+    return TranscoderSet(tcfg, Transcoders(j(W_enc), j(b_enc), j(b_dec), j(threshold), j(W_skip)), DenseDecoders(kind, W_dec))
