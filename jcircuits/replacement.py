@@ -107,7 +107,9 @@ def decode_sparse(
     out = np.zeros((tcfg.n_layers, n_pos, tcfg.d_model), np.float32)
     for l in np.unique(feats[:, 0]) if len(feats) else []:
         sel = feats[:, 0] == l
-        rows = decoders.rows(int(l), feats[sel, 2]) * values[sel].reshape(-1, *([1] * (2 if tcfg.kind == "clt" else 1)))
+        rows = decoders.rows(int(l), feats[sel, 2]) * values[sel].reshape(
+            -1, *([1] * (2 if tcfg.kind == "clt" else 1))
+        )
         pos = feats[sel, 1]
         if tcfg.kind == "plt":
             np.add.at(out[l], pos, rows)
@@ -165,7 +167,9 @@ def replacement_forward(
     ``logits [T, V]``.
     """
     if not isinstance(transcoders.decoders, DenseDecoders):
-        raise TypeError("replacement_forward needs DenseDecoders (load the transcoders with lazy_decoder=False)")
+        raise TypeError(
+            "replacement_forward needs DenseDecoders (load the transcoders with lazy_decoder=False)"
+        )
     cfg, tcfg = model.cfg, transcoders.cfg
     check_compatible(cfg, tcfg)
     tokens = np.asarray(tokens)

@@ -61,15 +61,23 @@ def _frozen_effects(model, ts, rep, inject_slot, inject_embed):
     try:
         acc0 = jnp.zeros((cfg.n_layers, len(rep.tokens), tcfg.n_features))
         _, inter, acc = forward_fn(
-            params, cfg, jnp.asarray(rep.tokens)[None], frozen=rep.inter, capture=True, mlp_fn=mlp_fn,
-            mlp_state=acc0, mlp_at=mlp_at,
+            params,
+            cfg,
+            jnp.asarray(rep.tokens)[None],
+            frozen=rep.inter,
+            capture=True,
+            mlp_fn=mlp_fn,
+            mlp_state=acc0,
+            mlp_at=mlp_at,
         )
     finally:
         tr.embed = orig_embed
     return acc, inter.final_normed[0]
 
 
-@pytest.mark.parametrize("case", CASES, ids=[f"{a}-{k}-{f}{'-skip' if s else ''}" for a, k, f, s, *_ in CASES])
+@pytest.mark.parametrize(
+    "case", CASES, ids=[f"{a}-{k}-{f}{'-skip' if s else ''}" for a, k, f, s, *_ in CASES]
+)
 def test_adjacency_columns_equal_frozen_perturbation_effects(case):
     arch, kind, act, skip, ih, oh = case
     model = tiny_model(arch)
@@ -112,16 +120,22 @@ def test_adjacency_columns_equal_frozen_perturbation_effects(case):
         col_feats = g.adjacency_matrix[:n_sel, col]
         col_logits = g.adjacency_matrix[-len(vecs) :, col]
         scale = max(np.abs(d_pre).max(), np.abs(d_logit).max(), 1e-3)
-        np.testing.assert_allclose(col_feats, d_pre, atol=2e-5 * scale + 1e-6, err_msg=f"feature rows, col {col}")
-        np.testing.assert_allclose(col_logits, d_logit, atol=2e-5 * scale + 1e-6, err_msg=f"logit rows, col {col}")
+        np.testing.assert_allclose(
+            col_feats, d_pre, atol=2e-5 * scale + 1e-6, err_msg=f"feature rows, col {col}"
+        )
+        np.testing.assert_allclose(
+            col_logits, d_logit, atol=2e-5 * scale + 1e-6, err_msg=f"logit rows, col {col}"
+        )
     # error and token rows are zero; nothing at position 0 is a feature
-    assert not g.adjacency_matrix[n_sel:-len(vecs)].any()
+    assert not g.adjacency_matrix[n_sel : -len(vecs)].any()
     assert (act_f[:, 1] >= 1).all()
 
 
 def test_rows_are_deterministic_bitwise():
     model = tiny_model("gemma2")
-    ts = tiny_transcoders(model.cfg, "clt", "jumprelu", False, input_hook="hook_resid_mid", output_hook="mlp.hook_out")
+    ts = tiny_transcoders(
+        model.cfg, "clt", "jumprelu", False, input_hook="hook_resid_mid", output_hook="mlp.hook_out"
+    )
     a = attribute(model, ts, TOKENS, batch_size=32)
     b = attribute(model, ts, TOKENS, batch_size=32)
     assert np.array_equal(a.adjacency_matrix, b.adjacency_matrix)
@@ -139,10 +153,13 @@ def test_influence_selection_keeps_requested_number_and_matches_full_rows():
     # the partial graph's rows/columns equal the corresponding block of the full graph
     L, T = model.cfg.n_layers, len(TOKENS)
     cols_full = np.concatenate([s, np.arange(n, n + L * T + T + len(full.logit_token_ids))])
-    np.testing.assert_allclose(part.adjacency_matrix[: len(s)], full.adjacency_matrix[s][:, cols_full], atol=1e-5)
+    np.testing.assert_allclose(
+        part.adjacency_matrix[: len(s)], full.adjacency_matrix[s][:, cols_full], atol=1e-5
+    )
     np.testing.assert_allclose(
         part.adjacency_matrix[-len(part.logit_token_ids) :],
-        full.adjacency_matrix[-len(full.logit_token_ids) :][:, cols_full], atol=1e-5,
+        full.adjacency_matrix[-len(full.logit_token_ids) :][:, cols_full],
+        atol=1e-5,
     )
 
 

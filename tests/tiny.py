@@ -13,21 +13,45 @@ from jcircuits.transcoders.core import DenseDecoders, TranscoderConfig, Transcod
 
 def tiny_config(arch: str = "llama", **kw) -> ModelConfig:
     base = dict(
-        vocab_size=97, d_model=32, n_layers=3, n_heads=4, n_kv_heads=2, head_dim=8, d_mlp=64,
-        max_position_embeddings=256, rms_norm_eps=1e-6, rope_theta=10000.0, bos_token_id=1, pad_token_id=0,
+        vocab_size=97,
+        d_model=32,
+        n_layers=3,
+        n_heads=4,
+        n_kv_heads=2,
+        head_dim=8,
+        d_mlp=64,
+        max_position_embeddings=256,
+        rms_norm_eps=1e-6,
+        rope_theta=10000.0,
+        bos_token_id=1,
+        pad_token_id=0,
         eos_token_id=2,
     )
     if arch == "gemma2":
         base.update(
-            rope_scaling=None, tie_embeddings=True, activation="gelu_tanh", attn_scale=12**-0.5, attn_softcap=20.0,
-            final_softcap=15.0, embed_scale=True, post_norms=True, norm_offset=1.0,
+            rope_scaling=None,
+            tie_embeddings=True,
+            activation="gelu_tanh",
+            attn_scale=12**-0.5,
+            attn_softcap=20.0,
+            final_softcap=15.0,
+            embed_scale=True,
+            post_norms=True,
+            norm_offset=1.0,
             layer_windows=tuple(4 if i % 2 == 0 else None for i in range(kw.get("n_layers", 3))),
         )
     else:
         base.update(
-            rope_scaling=RopeScaling(8.0, 1.0, 4.0, 16), tie_embeddings=False, activation="silu",
-            attn_scale=8**-0.5, attn_softcap=None, final_softcap=None, embed_scale=False, post_norms=False,
-            norm_offset=0.0, layer_windows=(None,) * kw.get("n_layers", 3),
+            rope_scaling=RopeScaling(8.0, 1.0, 4.0, 16),
+            tie_embeddings=False,
+            activation="silu",
+            attn_scale=8**-0.5,
+            attn_softcap=None,
+            final_softcap=None,
+            embed_scale=False,
+            post_norms=False,
+            norm_offset=0.0,
+            layer_windows=(None,) * kw.get("n_layers", 3),
         )
     base.update(kw)
     return ModelConfig(arch=arch, **base)
@@ -40,15 +64,28 @@ def tiny_model(arch: str = "llama", seed: int = 0, **kw) -> Model:
     rng = np.random.default_rng(seed)
     lay = params.layers
     jitter = lambda a: a + jnp.asarray(rng.normal(0, 0.2, a.shape), a.dtype)  # noqa: E731
-    lay = type(lay)(**{k: (jitter(v) if k in ("ln1", "ln2", "post_attn_norm", "post_mlp_norm") and v is not None else v)
-                       for k, v in vars(lay).items()})
-    params = type(params)(embed=params.embed, layers=lay, final_norm=jitter(params.final_norm), unembed=params.unembed)
+    lay = type(lay)(
+        **{
+            k: (jitter(v) if k in ("ln1", "ln2", "post_attn_norm", "post_mlp_norm") and v is not None else v)
+            for k, v in vars(lay).items()
+        }
+    )
+    params = type(params)(
+        embed=params.embed, layers=lay, final_norm=jitter(params.final_norm), unembed=params.unembed
+    )
     return Model(params=params, cfg=cfg, name=f"tiny-{arch}")
 
 
 def tiny_transcoders(
-    cfg: ModelConfig, kind: str = "plt", activation: str = "jumprelu", skip: bool = False, n_features: int = 96,
-    input_hook: str = "mlp.hook_in", output_hook: str = "mlp.hook_out", seed: int = 1, top_k: int | None = None,
+    cfg: ModelConfig,
+    kind: str = "plt",
+    activation: str = "jumprelu",
+    skip: bool = False,
+    n_features: int = 96,
+    input_hook: str = "mlp.hook_in",
+    output_hook: str = "mlp.hook_out",
+    seed: int = 1,
+    top_k: int | None = None,
 ) -> TranscoderSet:
     rng = np.random.default_rng(seed)
     L, D, F = cfg.n_layers, cfg.d_model, n_features
@@ -62,8 +99,17 @@ def tiny_transcoders(
     else:
         W_dec = [rng.normal(0, 0.3 / np.sqrt(D), (F, L - l, D)).astype(np.float32) for l in range(L)]
     tcfg = TranscoderConfig(
-        kind=kind, n_layers=L, d_model=D, n_features=F, activation=activation, top_k=top_k, input_hook=input_hook,
-        output_hook=output_hook, skip=skip,
+        kind=kind,
+        n_layers=L,
+        d_model=D,
+        n_features=F,
+        activation=activation,
+        top_k=top_k,
+        input_hook=input_hook,
+        output_hook=output_hook,
+        skip=skip,
     )
     j = lambda a: None if a is None else jnp.asarray(a)  # noqa: E731
-    return TranscoderSet(tcfg, Transcoders(j(W_enc), j(b_enc), j(b_dec), j(threshold), j(W_skip)), DenseDecoders(kind, W_dec))
+    return TranscoderSet(
+        tcfg, Transcoders(j(W_enc), j(b_enc), j(b_dec), j(threshold), j(W_skip)), DenseDecoders(kind, W_dec)
+    )

@@ -32,7 +32,9 @@ def encode_prompt(model: Model, prompt) -> np.ndarray:
     """Token ids ``[T]`` for a prompt given as text (tokenized with the BOS rule) or as ids (used as given)."""
     if isinstance(prompt, str):
         if model.tokenizer is None:
-            raise ValueError("a text prompt needs a tokenizer: load the model with its tokenizer or pass token ids")
+            raise ValueError(
+                "a text prompt needs a tokenizer: load the model with its tokenizer or pass token ids"
+            )
         if not prompt.strip():
             raise ValueError("empty prompt")
         return np.asarray(model.tokenizer.encode(prompt), dtype=np.int32)
@@ -42,6 +44,13 @@ def encode_prompt(model: Model, prompt) -> np.ndarray:
     if not np.issubdtype(tokens.dtype, np.integer):
         raise TypeError(f"token ids must be integers, got {tokens.dtype}")
     return tokens.astype(np.int32)
+
+
+def _single_token_id(tok, s: str) -> int:
+    try:
+        return int(tok.token_to_id(s))
+    except KeyError:
+        raise ValueError(f"target {s!r} is not a single token of this tokenizer") from None
 
 
 def _source_layout(active: np.ndarray, L: int, T: int, clt: bool):
@@ -117,7 +126,9 @@ def _buckets(batch_size: int) -> list[int]:
     return sorted({small, batch_size})
 
 
-def _partial_influence(rows: np.ndarray, row_nodes: np.ndarray, logit_p: np.ndarray, n_cols: int) -> np.ndarray:
+def _partial_influence(
+    rows: np.ndarray, row_nodes: np.ndarray, logit_p: np.ndarray, n_cols: int
+) -> np.ndarray:
     """Influence on the logits of every column node, from the rows computed so far (as the reference does:
     absolute values, row-normalised with clamp 1e-8, seeded with logit probabilities on the logit nodes)."""
     A = np.abs(rows)
@@ -182,7 +193,7 @@ def attribute(
         max_n_logits=max_n_logits,
         desired_logit_prob=desired_logit_prob,
         decode=(lambda i: tok.decode([i])) if tok is not None else None,
-        encode_token=getattr(tok, "single_token_id", None),
+        encode_token=(lambda s: _single_token_id(tok, s)) if tok is not None else None,
     )
     static, ctx, src_index = build_context(model, transcoders, rep, dtype)
     jax.block_until_ready(ctx)
@@ -272,7 +283,9 @@ def attribute(
     adj[N - K :, : N - K] = rows[:K][:, keep_cols]
     timings["total_s"] = time.perf_counter() - t0
     n_rows = K + n_feat_rows
-    timings["rows_per_s"] = n_rows / max(timings["logit_rows_s"] + timings["feature_rows_s"] - compile_s, 1e-9)
+    timings["rows_per_s"] = n_rows / max(
+        timings["logit_rows_s"] + timings["feature_rows_s"] - compile_s, 1e-9
+    )
     return Graph(
         input_string=tok.decode(tokens.tolist()) if tok is not None else " ".join(map(str, tokens.tolist())),
         input_tokens=tokens.astype(np.int64),
@@ -288,8 +301,14 @@ def attribute(
         scan=transcoders.cfg.scan,
         model_name=model.name,
         settings=dict(
-            max_n_logits=max_n_logits, desired_logit_prob=desired_logit_prob, batch_size=batch_size,
-            max_feature_nodes=max_feature_nodes, update_interval=update_interval, dtype=str(dtype),
-            zero_positions=zero_positions, n_active=n_active, timings=timings,
+            max_n_logits=max_n_logits,
+            desired_logit_prob=desired_logit_prob,
+            batch_size=batch_size,
+            max_feature_nodes=max_feature_nodes,
+            update_interval=update_interval,
+            dtype=str(dtype),
+            zero_positions=zero_positions,
+            n_active=n_active,
+            timings=timings,
         ),
     )

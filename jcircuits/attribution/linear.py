@@ -39,7 +39,9 @@ __all__ = ["LinearContext", "backward_rows", "logit_cotangents"]
 
 def _pytree(cls):
     cls = dataclasses.dataclass(frozen=True)(cls)
-    return jax.tree_util.register_dataclass(cls, data_fields=[f.name for f in dataclasses.fields(cls)], meta_fields=[])
+    return jax.tree_util.register_dataclass(
+        cls, data_fields=[f.name for f in dataclasses.fields(cls)], meta_fields=[]
+    )
 
 
 @_pytree
@@ -78,8 +80,15 @@ class Static:
 def _layer_consts(ctx: LinearContext):
     """Per-layer constants to scan over (all lead with L)."""
     return dict(
-        lp=ctx.layers, ln1=ctx.ln1_scale, pattern=ctx.pattern, post_attn=ctx.post_attn_scale, ln2=ctx.ln2_scale,
-        post_mlp=ctx.post_mlp_scale, err=ctx.errors, skip=ctx.W_skip, dec=ctx.dec,
+        lp=ctx.layers,
+        ln1=ctx.ln1_scale,
+        pattern=ctx.pattern,
+        post_attn=ctx.post_attn_scale,
+        ln2=ctx.ln2_scale,
+        post_mlp=ctx.post_mlp_scale,
+        err=ctx.errors,
+        skip=ctx.W_skip,
+        dec=ctx.dec,
     )
 
 
@@ -181,7 +190,7 @@ def rows_for_features(st: Static, ctx: LinearContext, start, pos_B, feat_B, vali
     ``src_index`` maps every active feature to its flat (layer, position, k) slot of the padded source edges.
     Returns ``(features [B, n], errors [B, L·T], tokens [B, T])`` in float32.
     """
-    L, T, D = st.cfg.n_layers, ctx.embeddings.shape[0], st.cfg.d_model
+    T, D = ctx.embeddings.shape[0], st.cfg.d_model
     dtype = ctx.embeddings.dtype
     enc = jnp.take(ctx.W_enc[start], feat_B, axis=1).T * valid_B[:, None].astype(dtype)  # [B, D]
     B = pos_B.shape[0]

@@ -8,7 +8,6 @@ column ``W_U[:, i] − mean_j W_U[:, j]``, so a logit row holds direct effects o
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
 
 import numpy as np
 

@@ -14,6 +14,18 @@ from jcircuits.models.transformer import (
 )
 
 __all__ = [
-    "ConfigError", "ModelConfig", "RopeScaling", "config_from_hf", "load_hf_config", "Intermediates",
-    "LayerParams", "MLPPoints", "Params", "forward", "forward_fn", "init_params", "param_axes", "param_shapes",
+    "ConfigError",
+    "ModelConfig",
+    "RopeScaling",
+    "config_from_hf",
+    "load_hf_config",
+    "Intermediates",
+    "LayerParams",
+    "MLPPoints",
+    "Params",
+    "forward",
+    "forward_fn",
+    "init_params",
+    "param_axes",
+    "param_shapes",
 ]

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from pathlib import Path
 from typing import Any
 
@@ -108,25 +107,66 @@ class ModelConfig:
 # Keys that describe the checkpoint or training but never change the forward pass.
 _METADATA_KEYS = frozenset(
     {
-        "architectures", "model_type", "torch_dtype", "dtype", "transformers_version", "_name_or_path",
-        "use_cache", "initializer_range", "attention_dropout", "cache_implementation", "output_attentions",
-        "output_hidden_states", "return_dict", "id2label", "label2id", "problem_type", "_attn_implementation",
-        "_attn_implementation_autoset", "tokenizer_class", "bos_token_id", "eos_token_id", "pad_token_id",
-        "tie_word_embeddings", "max_position_embeddings", "chunk_size_feed_forward", "is_encoder_decoder",
-        "pruned_heads", "torchscript", "use_return_dict", "residual_dropout", "embedding_dropout",
+        "architectures",
+        "model_type",
+        "torch_dtype",
+        "dtype",
+        "transformers_version",
+        "_name_or_path",
+        "use_cache",
+        "initializer_range",
+        "attention_dropout",
+        "cache_implementation",
+        "output_attentions",
+        "output_hidden_states",
+        "return_dict",
+        "id2label",
+        "label2id",
+        "problem_type",
+        "_attn_implementation",
+        "_attn_implementation_autoset",
+        "tokenizer_class",
+        "bos_token_id",
+        "eos_token_id",
+        "pad_token_id",
+        "tie_word_embeddings",
+        "max_position_embeddings",
+        "chunk_size_feed_forward",
+        "is_encoder_decoder",
+        "pruned_heads",
+        "torchscript",
+        "use_return_dict",
+        "residual_dropout",
+        "embedding_dropout",
     }
 )
 
 _COMMON_KEYS = frozenset(
     {
-        "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-        "num_key_value_heads", "head_dim", "rms_norm_eps", "rope_theta", "rope_scaling", "rope_parameters",
+        "vocab_size",
+        "hidden_size",
+        "intermediate_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "num_key_value_heads",
+        "head_dim",
+        "rms_norm_eps",
+        "rope_theta",
+        "rope_scaling",
+        "rope_parameters",
         "attention_bias",
     }
 )
 _GEMMA2_KEYS = _COMMON_KEYS | {
-    "hidden_activation", "hidden_act", "query_pre_attn_scalar", "sliding_window", "sliding_window_size",
-    "layer_types", "final_logit_softcapping", "attn_logit_softcapping", "use_bidirectional_attention",
+    "hidden_activation",
+    "hidden_act",
+    "query_pre_attn_scalar",
+    "sliding_window",
+    "sliding_window_size",
+    "layer_types",
+    "final_logit_softcapping",
+    "attn_logit_softcapping",
+    "use_bidirectional_attention",
 }
 _LLAMA_KEYS = _COMMON_KEYS | {"hidden_act", "mlp_bias", "pretraining_tp"}
 
@@ -226,9 +266,13 @@ def config_from_hf(hf: dict[str, Any] | str | Path) -> ModelConfig:
     if model_type == "gemma2":
         act = hf.get("hidden_activation") or hf.get("hidden_act") or "gelu_pytorch_tanh"
         if act not in ("gelu_pytorch_tanh", "gelu_tanh"):
-            raise ConfigError(f"gemma2 hidden_activation {act!r} is not implemented (expected gelu_pytorch_tanh)")
+            raise ConfigError(
+                f"gemma2 hidden_activation {act!r} is not implemented (expected gelu_pytorch_tanh)"
+            )
         if hf.get("use_bidirectional_attention"):
-            raise ConfigError("use_bidirectional_attention=True is not implemented (decoder-only causal models)")
+            raise ConfigError(
+                "use_bidirectional_attention=True is not implemented (decoder-only causal models)"
+            )
         if scaling is not None:
             raise ConfigError("gemma2 with llama3 rope scaling is not a known checkpoint layout")
         window = hf.get("sliding_window", hf.get("sliding_window_size", 4096))
@@ -280,6 +324,3 @@ def config_from_hf(hf: dict[str, Any] | str | Path) -> ModelConfig:
 def _opt_float(v: Any) -> float | None:
     return None if v is None else float(v)
 
-
-def _is_finite_positive(x: float) -> bool:
-    return math.isfinite(x) and x > 0

@@ -33,8 +33,19 @@ from jcircuits.models import layers as nn
 from jcircuits.models.config import ModelConfig
 
 __all__ = [
-    "Params", "LayerParams", "Intermediates", "MLPPoints", "forward", "init_params", "param_shapes",
-    "param_axes", "layer_windows_array", "embed", "unembed", "block_attention", "block_mlp_points",
+    "Params",
+    "LayerParams",
+    "Intermediates",
+    "MLPPoints",
+    "forward",
+    "init_params",
+    "param_shapes",
+    "param_axes",
+    "layer_windows_array",
+    "embed",
+    "unembed",
+    "block_attention",
+    "block_mlp_points",
 ]
 
 
@@ -142,16 +153,30 @@ MLPFn = Callable[[jax.Array, MLPPoints, Any], tuple[jax.Array, Any]]
 def param_shapes(cfg: ModelConfig, dtype=jnp.float32) -> Params:
     """Abstract params (``jax.ShapeDtypeStruct`` leaves) for ``cfg``."""
     L, D, H, K, E, F, V = (
-        cfg.n_layers, cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.d_mlp, cfg.vocab_size,
+        cfg.n_layers,
+        cfg.d_model,
+        cfg.n_heads,
+        cfg.n_kv_heads,
+        cfg.head_dim,
+        cfg.d_mlp,
+        cfg.vocab_size,
     )
     s = lambda *shape: jax.ShapeDtypeStruct(shape, dtype)  # noqa: E731
     post = cfg.post_norms
     return Params(
         embed=s(V, D),
         layers=LayerParams(
-            ln1=s(L, D), wq=s(L, D, H, E), wk=s(L, D, K, E), wv=s(L, D, K, E), wo=s(L, H, E, D), ln2=s(L, D),
-            w_gate=s(L, D, F), w_up=s(L, D, F), w_down=s(L, F, D),
-            post_attn_norm=s(L, D) if post else None, post_mlp_norm=s(L, D) if post else None,
+            ln1=s(L, D),
+            wq=s(L, D, H, E),
+            wk=s(L, D, K, E),
+            wv=s(L, D, K, E),
+            wo=s(L, H, E, D),
+            ln2=s(L, D),
+            w_gate=s(L, D, F),
+            w_up=s(L, D, F),
+            w_down=s(L, F, D),
+            post_attn_norm=s(L, D) if post else None,
+            post_mlp_norm=s(L, D) if post else None,
         ),
         final_norm=s(D),
         unembed=None if cfg.tie_embeddings else s(D, V),
@@ -164,10 +189,15 @@ def param_axes(cfg: ModelConfig) -> Params:
     return Params(
         embed=("vocab", "embed"),
         layers=LayerParams(
-            ln1=("layers", "embed"), wq=("layers", "embed", "q_heads", "head_dim"),
-            wk=("layers", "embed", "kv_heads", "head_dim"), wv=("layers", "embed", "kv_heads", "head_dim"),
-            wo=("layers", "q_heads", "head_dim", "embed"), ln2=("layers", "embed"),
-            w_gate=("layers", "embed", "mlp"), w_up=("layers", "embed", "mlp"), w_down=("layers", "mlp", "embed"),
+            ln1=("layers", "embed"),
+            wq=("layers", "embed", "q_heads", "head_dim"),
+            wk=("layers", "embed", "kv_heads", "head_dim"),
+            wv=("layers", "embed", "kv_heads", "head_dim"),
+            wo=("layers", "q_heads", "head_dim", "embed"),
+            ln2=("layers", "embed"),
+            w_gate=("layers", "embed", "mlp"),
+            w_up=("layers", "embed", "mlp"),
+            w_down=("layers", "mlp", "embed"),
             post_attn_norm=("layers", "embed") if post else None,
             post_mlp_norm=("layers", "embed") if post else None,
         ),
@@ -176,8 +206,10 @@ def param_axes(cfg: ModelConfig) -> Params:
     )
 
 
+@partial(jax.jit, static_argnums=(0, 2, 3))
 def init_params(cfg: ModelConfig, key: jax.Array, dtype=jnp.float32, scale: float = 1.0) -> Params:
-    """Random params (normal, fan-in scaled). Norm weights start at the identity gain."""
+    """Random params (normal, fan-in scaled; embeddings unit-variance, or 1/√d when Gemma scales them by √d).
+    Norm weights start at the identity gain. Jitted: works under ``jax.eval_shape`` for full-size configs."""
     shapes = param_shapes(cfg, dtype)
     leaves, treedef = jax.tree_util.tree_flatten(shapes)
     paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(shapes)[0]]
@@ -187,7 +219,7 @@ def init_params(cfg: ModelConfig, key: jax.Array, dtype=jnp.float32, scale: floa
         if "norm" in path or "ln" in path:
             out.append(jnp.full(leaf.shape, 1.0 - cfg.norm_offset, dtype))
         else:
-            fan_in = cfg.d_model if "embed" not in path else 1
+            fan_in = cfg.d_model if "embed" not in path or cfg.embed_scale else 1
             if "wo" in path:
                 fan_in = cfg.n_heads * cfg.head_dim
             elif "w_down" in path:
@@ -283,7 +315,9 @@ def _check_tokens(cfg: ModelConfig, tokens) -> None:
             raise TypeError(f"tokens must be integers, got dtype {t.dtype}")
         bad = t[(t < 0) | (t >= cfg.vocab_size)]
         if bad.size:
-            raise ValueError(f"token ids out of vocabulary [0, {cfg.vocab_size}): {sorted(set(bad.tolist()))[:10]}")
+            raise ValueError(
+                f"token ids out of vocabulary [0, {cfg.vocab_size}): {sorted(set(bad.tolist()))[:10]}"
+            )
 
 
 def forward(
@@ -320,7 +354,9 @@ def _forward_jit(params, cfg, tokens, frozen, capture, mlp_fn, mlp_state, mlp_at
     )
 
 
-def forward_fn(params, cfg, tokens, *, frozen=None, capture=False, mlp_fn=None, mlp_state=None, mlp_at="mlp_out"):
+def forward_fn(
+    params, cfg, tokens, *, frozen=None, capture=False, mlp_fn=None, mlp_state=None, mlp_at="mlp_out"
+):
     """Un-jitted ``forward`` for composing inside other jitted functions. Always returns
     ``(logits, intermediates_or_None, mlp_state)``.
 
@@ -333,7 +369,13 @@ def forward_fn(params, cfg, tokens, *, frozen=None, capture=False, mlp_fn=None, 
     windows = jnp.asarray(layer_windows_array(cfg))
     layer_ids = jnp.arange(cfg.n_layers)
     if frozen is not None:
-        fz = (frozen.ln1_scale, frozen.attn_pattern, frozen.post_attn_scale, frozen.ln2_scale, frozen.post_mlp_scale)
+        fz = (
+            frozen.ln1_scale,
+            frozen.attn_pattern,
+            frozen.post_attn_scale,
+            frozen.ln2_scale,
+            frozen.post_mlp_scale,
+        )
     else:
         fz = None
 
@@ -355,9 +397,17 @@ def forward_fn(params, cfg, tokens, *, frozen=None, capture=False, mlp_fn=None, 
         ys = None
         if capture:
             ys = dict(
-                resid=out, resid_mid=mid, attn_out=a, attn_pattern=pattern, ln1_scale=ln1_s, ln2_scale=ln2_s,
-                mlp_in=points.mlp_in, mlp_out_raw=points.mlp_out_raw, mlp_out=points.mlp_out,
-                post_attn_scale=post_a, post_mlp_scale=post_m,
+                resid=out,
+                resid_mid=mid,
+                attn_out=a,
+                attn_pattern=pattern,
+                ln1_scale=ln1_s,
+                ln2_scale=ln2_s,
+                mlp_in=points.mlp_in,
+                mlp_out_raw=points.mlp_out_raw,
+                mlp_out=points.mlp_out,
+                post_attn_scale=post_a,
+                post_mlp_scale=post_m,
             )
         return (out, state), ys
 

@@ -11,6 +11,11 @@ from jcircuits.transcoders.core import (
 )
 
 __all__ = [
-    "DecoderStore", "DenseDecoders", "TranscoderConfig", "TranscoderError", "Transcoders", "activate",
+    "DecoderStore",
+    "DenseDecoders",
+    "TranscoderConfig",
+    "TranscoderError",
+    "Transcoders",
+    "activate",
     "encode_layer",
 ]

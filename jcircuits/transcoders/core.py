@@ -24,8 +24,15 @@ import jax.numpy as jnp
 import numpy as np
 
 __all__ = [
-    "TranscoderConfig", "Transcoders", "DecoderStore", "DenseDecoders", "HOOKS_IN", "HOOKS_OUT",
-    "encode_layer", "activate", "TranscoderError",
+    "TranscoderConfig",
+    "Transcoders",
+    "DecoderStore",
+    "DenseDecoders",
+    "HOOKS_IN",
+    "HOOKS_OUT",
+    "encode_layer",
+    "activate",
+    "TranscoderError",
 ]
 
 HOOKS_IN = ("ln2.hook_normalized", "mlp.hook_in", "hook_resid_mid")
@@ -64,12 +71,16 @@ class TranscoderConfig:
         if self.input_hook not in HOOKS_IN:
             raise TranscoderError(f"unknown feature_input_hook {self.input_hook!r}; known: {list(HOOKS_IN)}")
         if self.output_hook not in HOOKS_OUT:
-            raise TranscoderError(f"unknown feature_output_hook {self.output_hook!r}; known: {list(HOOKS_OUT)}")
+            raise TranscoderError(
+                f"unknown feature_output_hook {self.output_hook!r}; known: {list(HOOKS_OUT)}"
+            )
 
 
 def _pytree(cls):
     cls = dataclasses.dataclass(frozen=True)(cls)
-    return jax.tree_util.register_dataclass(cls, data_fields=[f.name for f in dataclasses.fields(cls)], meta_fields=[])
+    return jax.tree_util.register_dataclass(
+        cls, data_fields=[f.name for f in dataclasses.fields(cls)], meta_fields=[]
+    )
 
 
 @_pytree

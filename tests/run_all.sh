@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# The test command (README): builds both environments from nothing, then runs the whole suite offline.
+#   .venv      jcircuits + the [test] extra (torch==2.13.0 CPU + transformers) for HF parity
+#   .venv-ref  torch==2.13.0 + circuit-tracer==0.5.0 (its pins clash with ours, so it lives apart);
+#              reference files are exchanged through tests/_artifacts (see tests/reference/README.md)
+# Extra arguments go to pytest, e.g. `bash tests/run_all.sh -k parity -x`.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+PY="${PYTHON:-python3}"
+if [ ! -x .venv/bin/python ]; then
+  echo "run_all: creating .venv"
+  "$PY" -m venv .venv
+fi
+.venv/bin/python -m pip install -q --disable-pip-version-check -e ".[test]" 2>&1 \
+  | grep -v "is ignored: it is neither a file nor a directory" || true
+.venv/bin/python -c "import jcircuits, jax, torch, transformers" \
+  || { echo "run_all: .venv is incomplete (pip install -e '.[test]' failed?)" >&2; exit 1; }
+bash tests/reference/setup_ref_env.sh
+
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 JCIRCUITS_REQUIRE_REF=1 JCIRCUITS_CACHE_DIR=
+export XLA_FLAGS="${XLA_FLAGS:---xla_force_host_platform_device_count=8}"
+.venv/bin/ruff check jcircuits converters tests experiments
+exec .venv/bin/python -m pytest -q "$@"
