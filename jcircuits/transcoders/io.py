@@ -1,0 +1,388 @@
+"""Loading and saving transcoder sets: circuit-tracer ``config.yaml``, layer files, CLT directories, GemmaScope.
+
+``load_transcoders(src)`` accepts
+
+* a circuit-tracer ``config.yaml`` (or a directory holding one; circuit-tracer's cache layout), local or on the
+  Hub as ``hf://org/repo[/subfolder][?revision=…]`` or ``org/repo[/subfolder][@revision]``. Keys:
+  ``model_kind: transcoder_set | cross_layer_transcoder``, ``feature_input_hook``, ``feature_output_hook``,
+  ``scan``, and optionally ``transcoders:`` — one entry per layer, a local path (relative paths resolve against
+  the yaml's directory) or an ``hf://`` URI. Without ``transcoders:`` the files sit next to the yaml
+  (``layer_{i}.safetensors`` for a set, ``W_enc_{i}``/``W_dec_{i}`` for a CLT). A CLT *with* a ``transcoders``
+  list is GemmaScope-2 per-layer files, as in circuit-tracer. Our extensions: ``activation: topk`` + ``top_k``.
+* a directory of ``layer_{i}.safetensors`` or of ``W_enc_{i}``/``W_dec_{i}`` files (hooks from the kwargs);
+* a list of per-layer files (circuit-tracer PLT, GemmaScope ``.npz`` or GemmaScope-2 safetensors; sniffed).
+
+Hub files go through ``huggingface_hub`` with ``local_files_only`` when ``HF_HUB_OFFLINE`` is set (cache from
+``HF_HUB_CACHE``/``HF_HOME`` read at call time). The format work itself is ``converters.transcoders``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlparse
+
+import jax.numpy as jnp
+import numpy as np
+import yaml
+
+from converters.transcoders import (
+    LazyDecoders,
+    TranscoderFormatError,
+    dense_decoders,
+    read_clt_dir,
+    read_files,
+    write_clt_dir,
+    write_gemmascope2_files,
+    write_gemmascope_npz,
+    write_plt_files,
+)
+from jcircuits.replacement import TranscoderSet
+from jcircuits.transcoders.core import DenseDecoders, TranscoderConfig, TranscoderError, Transcoders
+
+__all__ = ["load_transcoders", "save_transcoders", "transcoder_set_from_numpy", "transcoder_set_to_numpy"]
+
+CONFIG_NAME = "config.yaml"
+_KINDS = {"transcoder_set": "plt", "cross_layer_transcoder": "clt"}
+_REPO_REF = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(/[^@]*)?(@[\w./-]+)?$")
+_LAYER_RE = re.compile(r"^layer_(\d+)\.safetensors$")
+_DEFAULT_HOOKS = {"plt": ("mlp.hook_in", "mlp.hook_out"), "clt": ("hook_resid_mid", "hook_mlp_out")}
+
+
+# ------------------------------------------------------------------------------------------------------ hub
+
+
+def _truthy(v: str | None) -> bool:
+    return (v or "").strip().upper() in ("1", "ON", "YES", "TRUE")
+
+
+def _offline() -> bool:
+    return _truthy(os.environ.get("HF_HUB_OFFLINE")) or _truthy(os.environ.get("TRANSFORMERS_OFFLINE"))
+
+
+def _cache_dir() -> str | None:
+    if os.environ.get("HF_HUB_CACHE"):
+        return os.environ["HF_HUB_CACHE"]
+    if os.environ.get("HF_HOME"):
+        return os.path.join(os.environ["HF_HOME"], "hub")
+    return None
+
+
+def _hub_error(repo_id: str, what: str, revision: str | None, e: Exception) -> FileNotFoundError:
+    why = "HF_HUB_OFFLINE is set" if _offline() else "the Hub could not be reached"
+    return FileNotFoundError(
+        f"{what} of {repo_id!r} (revision {revision or 'main'}) is not in {_cache_dir() or 'the default HF cache'}"
+        f" and {why}: {type(e).__name__}: {e}"
+    )
+
+
+def _hf_file(repo_id: str, filename: str, revision: str | None) -> Path:
+    import huggingface_hub
+
+    try:
+        return Path(
+            huggingface_hub.hf_hub_download(
+                repo_id=repo_id,
+                filename=filename,
+                revision=revision,
+                cache_dir=_cache_dir(),
+                local_files_only=_offline(),
+            )
+        )
+    except Exception as e:  # EntryNotFound, LocalEntryNotFound, connection errors, …
+        raise _hub_error(repo_id, filename, revision, e) from e
+
+
+def _hf_snapshot(repo_id: str, patterns: list[str], revision: str | None, subfolder: str | None) -> Path:
+    import huggingface_hub
+
+    try:
+        local = huggingface_hub.snapshot_download(
+            repo_id,
+            revision=revision,
+            allow_patterns=patterns,
+            cache_dir=_cache_dir(),
+            local_files_only=_offline(),
+        )
+    except Exception as e:
+        raise _hub_error(repo_id, f"files {patterns}", revision, e) from e
+    return Path(local) / subfolder if subfolder else Path(local)
+
+
+def parse_hf_uri(uri: str) -> tuple[str, str | None, str | None]:
+    """``hf://org/repo/path?revision=r`` → ``(repo_id, path or None, revision or None)``."""
+    u = urlparse(uri)
+    if u.scheme != "hf":
+        raise ValueError(f"not an hf:// URI: {uri!r}")
+    parts = [p for p in (u.netloc + u.path).split("/") if p]
+    if len(parts) < 2:
+        raise ValueError(f"hf:// URI needs an org/repo: {uri!r}")
+    rev = (parse_qs(u.query).get("revision") or [None])[0] or None
+    return "/".join(parts[:2]), ("/".join(parts[2:]) or None), rev
+
+
+def _resolve_entry(entry: str, base: Path) -> Path:
+    if entry.startswith("hf://"):
+        repo_id, path, rev = parse_hf_uri(entry)
+        if path is None:
+            raise TranscoderError(f"transcoder entry {entry!r} names a repository, not a file")
+        return _hf_file(repo_id, path, rev)
+    p = Path(entry).expanduser()
+    return p if p.is_absolute() else base / p
+
+
+# ------------------------------------------------------------------------------------------------- loading
+
+
+def transcoder_set_from_numpy(
+    tc: dict[str, Any],
+    *,
+    input_hook: str | None = None,
+    output_hook: str | None = None,
+    scan: Any = None,
+    activation: str | None = None,
+    top_k: int | None = None,
+    dtype: Any = jnp.float32,
+) -> TranscoderSet:
+    """Our plain numpy layout (``converters.transcoders``) → ``TranscoderSet`` (encoders on device)."""
+    kind = tc["kind"]
+    L, D, F = tc["W_enc"].shape
+    d_in, d_out = _DEFAULT_HOOKS[kind]
+    if activation is None:
+        activation = "jumprelu" if tc.get("threshold") is not None else "relu"
+    if activation == "jumprelu" and tc.get("threshold") is None:
+        raise TranscoderError("activation 'jumprelu' needs thresholds, and the files have none")
+    cfg = TranscoderConfig(
+        kind=kind,
+        n_layers=int(L),
+        d_model=int(D),
+        n_features=int(F),
+        activation=activation,
+        top_k=top_k,
+        input_hook=input_hook or d_in,
+        output_hook=output_hook or d_out,
+        skip=tc.get("W_skip") is not None,
+        scan=tuple(scan) if isinstance(scan, list) else scan,
+    )
+    j = lambda a: None if a is None else jnp.asarray(a, dtype)  # noqa: E731
+    thr = tc.get("threshold") if activation == "jumprelu" else None
+    params = Transcoders(j(tc["W_enc"]), j(tc["b_enc"]), j(tc["b_dec"]), j(thr), j(tc.get("W_skip")))
+    W_dec = tc["W_dec"]
+    if isinstance(W_dec, LazyDecoders):
+        decoders: Any = W_dec
+    elif kind == "plt":
+        decoders = DenseDecoders("plt", np.asarray(W_dec, np.float32))
+    else:
+        decoders = DenseDecoders("clt", [np.asarray(w, np.float32) for w in W_dec])
+    return TranscoderSet(cfg, params, decoders)
+
+
+def _layer_dir_paths(d: Path, n_layers: int | None) -> list[Path]:
+    idx = [int(m.group(1)) for p in d.iterdir() if (m := _LAYER_RE.match(p.name))]
+    if not idx and n_layers is None:
+        raise TranscoderFormatError(f"{d}: no layer_{{i}}.safetensors files")
+    n = n_layers if n_layers is not None else max(idx) + 1
+    extra = sorted(i for i in idx if i >= n)
+    if extra:
+        raise TranscoderFormatError(f"{d}: has layer files {extra} beyond the expected {n} layers")
+    return [d / f"layer_{i}.safetensors" for i in range(n)]
+
+
+def _check_layers(tc: dict[str, Any], n_layers: int | None, where: Any) -> None:
+    L = tc["W_enc"].shape[0]
+    if n_layers is not None and L != n_layers:
+        raise TranscoderFormatError(f"{where}: transcoder set covers {L} layers, expected {n_layers}")
+
+
+def _from_config(
+    conf: dict, base: Path | None, hub: tuple[str, str | None, str | None] | None, lazy: bool, n_layers, where
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    if not isinstance(conf, dict) or "model_kind" not in conf:
+        raise TranscoderFormatError(f"{where}: not a transcoder config (no 'model_kind')")
+    mk = conf["model_kind"]
+    if mk not in _KINDS:
+        raise TranscoderFormatError(f"{where}: unknown model_kind {mk!r}; expected one of {sorted(_KINDS)}")
+    kind = _KINDS[mk]
+    entries = conf.get("transcoders")
+    if entries is not None:
+        if not isinstance(entries, list) or not all(isinstance(e, str) for e in entries):
+            raise TranscoderFormatError(f"{where}: 'transcoders' must be a list of paths/URIs")
+        if n_layers is not None and len(entries) != n_layers:
+            raise TranscoderFormatError(
+                f"{where}: 'transcoders' lists {len(entries)} layer files, expected {n_layers} (one per layer)"
+            )
+        paths = [
+            _resolve_entry(e, base) if base is not None else _resolve_entry(e, Path.cwd()) for e in entries
+        ]
+        tc = read_files(paths, lazy_decoder=lazy)
+        if tc["kind"] != kind:
+            raise TranscoderFormatError(
+                f"{where}: model_kind {mk!r} but the listed files hold a {tc['kind'].upper()}"
+            )
+    else:
+        if hub is not None:
+            repo_id, sub, rev = hub
+            pattern = "W_*.safetensors" if kind == "clt" else "layer_*.safetensors"
+            d = _hf_snapshot(repo_id, [f"{sub}/{pattern}" if sub else pattern], rev, sub)
+        else:
+            d = base
+        if kind == "clt":
+            tc = read_clt_dir(d, lazy_decoder=lazy, n_layers=n_layers)
+        else:
+            tc = read_files(_layer_dir_paths(d, n_layers), lazy_decoder=lazy)
+    _check_layers(tc, n_layers, where)
+    scan = conf.get("scan")
+    if scan is None and hub is not None:
+        repo_id, sub, rev = hub
+        info = repo_id if sub is None else f"{repo_id}//{sub}"
+        scan = f"{info}@{rev}" if rev else info
+    meta = {
+        "input_hook": conf.get("feature_input_hook"),
+        "output_hook": conf.get("feature_output_hook"),
+        "scan": scan,
+        "activation": conf.get("activation"),
+        "top_k": conf.get("top_k"),
+    }
+    return tc, meta
+
+
+def _read_yaml(p: Path) -> dict:
+    try:
+        with open(p) as f:
+            return yaml.safe_load(f)
+    except yaml.YAMLError as e:
+        raise TranscoderFormatError(f"{p}: invalid YAML ({e})") from None
+
+
+def load_transcoders(
+    path_or_uri: str | os.PathLike | Sequence[str | os.PathLike],
+    *,
+    lazy_decoder: bool = True,
+    dtype: Any = jnp.float32,
+    n_layers: int | None = None,
+    input_hook: str | None = None,
+    output_hook: str | None = None,
+    scan: str | None = None,
+) -> TranscoderSet:
+    """Load a transcoder set (see the module docstring for what ``path_or_uri`` may be).
+
+    ``lazy_decoder`` leaves decoders on disk (``LazyDecoders``, rows read on demand); ``n_layers`` (the model's)
+    makes a missing layer file an error naming it. Hooks/scan given here override the config's.
+    """
+    lazy = lazy_decoder
+    meta: dict[str, Any] = {}
+    if isinstance(path_or_uri, (list, tuple)):
+        tc = read_files([Path(p) for p in path_or_uri], lazy_decoder=lazy)
+        _check_layers(tc, n_layers, "transcoder files")
+    else:
+        s = os.fspath(path_or_uri)
+        p = Path(s).expanduser()
+        if s.startswith("hf://") or (not p.exists() and _REPO_REF.match(s)):
+            if s.startswith("hf://"):
+                repo_id, sub, rev = parse_hf_uri(s)
+            else:
+                ref, _, rev = s.partition("@")
+                parts = ref.split("/")
+                repo_id, sub, rev = "/".join(parts[:2]), ("/".join(parts[2:]) or None), (rev or None)
+            if sub is not None and sub.endswith((".yaml", ".yml")):
+                cfg_path, sub = _hf_file(repo_id, sub, rev), (str(Path(sub).parent) if "/" in sub else None)
+            else:
+                cfg_path = _hf_file(repo_id, f"{sub}/{CONFIG_NAME}" if sub else CONFIG_NAME, rev)
+            tc, meta = _from_config(
+                _read_yaml(cfg_path), cfg_path.parent, (repo_id, sub, rev), lazy, n_layers, s
+            )
+        elif p.is_file() and p.suffix in (".yaml", ".yml"):
+            tc, meta = _from_config(_read_yaml(p), p.parent, None, lazy, n_layers, p)
+        elif p.is_dir() and (p / CONFIG_NAME).is_file():
+            tc, meta = _from_config(_read_yaml(p / CONFIG_NAME), p, None, lazy, n_layers, p / CONFIG_NAME)
+        elif p.is_dir() and (p / "W_enc_0.safetensors").is_file():
+            tc = read_clt_dir(p, lazy_decoder=lazy, n_layers=n_layers)
+        elif p.is_dir():
+            tc = read_files(_layer_dir_paths(p, n_layers), lazy_decoder=lazy)
+        elif p.is_file():
+            tc = read_files([p], lazy_decoder=lazy)
+            _check_layers(tc, n_layers, p)
+        else:
+            raise FileNotFoundError(f"transcoders not found: {s!r} is no file, directory or Hub reference")
+    return transcoder_set_from_numpy(
+        tc,
+        input_hook=input_hook or meta.get("input_hook"),
+        output_hook=output_hook or meta.get("output_hook"),
+        scan=scan if scan is not None else meta.get("scan"),
+        activation=meta.get("activation"),
+        top_k=meta.get("top_k"),
+        dtype=dtype,
+    )
+
+
+# -------------------------------------------------------------------------------------------------- saving
+
+
+def transcoder_set_to_numpy(ts: TranscoderSet) -> dict[str, Any]:
+    """``TranscoderSet`` → our plain numpy layout (decoders materialised; float32 unless stored otherwise)."""
+    n = lambda a: None if a is None else np.asarray(a)  # noqa: E731
+    dec = ts.decoders
+    if isinstance(dec, DenseDecoders):
+        W_dec = dense_decoders(dec.W_dec, ts.cfg.kind)
+    elif isinstance(dec, LazyDecoders):
+        W_dec = dense_decoders(dec, ts.cfg.kind)
+    else:
+        rows = [dec.rows(l, np.arange(ts.cfg.n_features)) for l in range(ts.cfg.n_layers)]
+        W_dec = np.stack(rows) if ts.cfg.kind == "plt" else rows
+    p = ts.params
+    return {
+        "kind": ts.cfg.kind,
+        "W_enc": n(p.W_enc),
+        "b_enc": n(p.b_enc),
+        "b_dec": n(p.b_dec),
+        "threshold": n(p.threshold),
+        "W_skip": n(p.W_skip),
+        "W_dec": W_dec,
+    }
+
+
+def save_transcoders(
+    ts: TranscoderSet, out_dir: str | os.PathLike, *, format: str = "circuit-tracer", dtype: str | None = None
+) -> Path:
+    """Write ``ts`` as files + ``config.yaml`` into ``out_dir``; returns the config path.
+
+    ``format``: ``"circuit-tracer"`` (``layer_{i}.safetensors`` or ``W_enc_{i}``/``W_dec_{i}``; circuit-tracer's
+    cache layout, so its ``load_transcoders_from_cache`` reads it too), ``"gemmascope-2"`` (safetensors, JumpReLU)
+    or ``"gemmascope"`` (npz, per-layer JumpReLU without skip). ``dtype`` e.g. ``"BF16"`` (default: as stored).
+    A CLT's skip is written as ``W_skip_{i}`` in the encoder files (circuit-tracer ignores it).
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    cfg, tc = ts.cfg, transcoder_set_to_numpy(ts)
+    conf: dict[str, Any] = {
+        "model_kind": "transcoder_set" if cfg.kind == "plt" else "cross_layer_transcoder",
+        "feature_input_hook": cfg.input_hook,
+        "feature_output_hook": cfg.output_hook,
+    }
+    if cfg.scan is not None:
+        conf["scan"] = list(cfg.scan) if isinstance(cfg.scan, tuple) else cfg.scan
+    if cfg.activation == "topk":
+        conf.update(activation="topk", top_k=int(cfg.top_k))
+    if format == "circuit-tracer":
+        (write_plt_files if cfg.kind == "plt" else write_clt_dir)(tc, out, dtype=dtype)
+    elif format == "gemmascope-2":
+        paths = write_gemmascope2_files(tc, out, dtype=dtype)
+        conf["transcoders"] = [p.name for p in paths]
+    elif format == "gemmascope":
+        if dtype is not None:
+            np_dtype = {"F32": np.float32, "F16": np.float16, "F64": np.float64}.get(dtype.upper())
+            if np_dtype is None:
+                raise ValueError(f"GemmaScope npz files hold F32/F16/F64 arrays, not {dtype!r}")
+            tc = {k: (v.astype(np_dtype) if isinstance(v, np.ndarray) else v) for k, v in tc.items()}
+        paths = write_gemmascope_npz(tc, out)
+        conf["transcoders"] = [str(p.relative_to(out)) for p in paths]
+    else:
+        raise ValueError(
+            f"unknown format {format!r}; expected 'circuit-tracer', 'gemmascope-2' or 'gemmascope'"
+        )
+    with open(out / CONFIG_NAME, "w") as f:
+        yaml.safe_dump(conf, f, sort_keys=False)
+    return out / CONFIG_NAME
