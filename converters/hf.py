@@ -1,0 +1,364 @@
+"""Hugging Face Gemma-2 / Llama-3 safetensors checkpoints <-> our plain nested dict of numpy arrays.
+
+Our layout (the ``jcircuits.models.transformer.Params`` tree, as nested dicts, layers stacked on a leading
+``L``)::
+
+    embed [V, D]
+    layers: ln1 [L, D], wq [L, D, H, E], wk/wv [L, D, K, E], wo [L, H, E, D], ln2 [L, D],
+            w_gate/w_up [L, D, F], w_down [L, F, D], (Gemma-2) post_attn_norm/post_mlp_norm [L, D]
+    final_norm [D]
+    unembed [D, V]            (absent when the embeddings are tied)
+
+Each architecture is one table of ``Rule``s: an HF key regex, our path, the HF shape the config implies, and
+the transforms both ways. torch ``Linear`` weights are ``[out, in]``, ours are ``[in, …out]``, hence the
+transposes. Norm weights are copied raw (Gemma's ``1 + w`` is applied by the model). Note the norm names: in
+Gemma-2 ``post_attention_layernorm`` is the norm *after attention* (our ``post_attn_norm``) and
+``pre_feedforward_layernorm`` is the MLP's input norm (our ``ln2``); in Llama ``post_attention_layernorm`` is
+the MLP's input norm.
+
+Loading streams tensor by tensor from memory-mapped files into preallocated stacked arrays, so peak host
+memory is about one copy of the model plus one tensor. This module never imports jcircuits, jax or torch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from converters.safetensors_io import open_checkpoint, save_file, save_sharded
+
+__all__ = [
+    "ConversionError",
+    "Dims",
+    "Rule",
+    "RULES",
+    "expected_shapes",
+    "hf_to_params",
+    "load_hf_checkpoint",
+    "params_to_hf",
+    "save_hf_checkpoint",
+]
+
+# Buffers some older checkpoints carry that the model recomputes; skipped silently.
+_IGNORED = re.compile(r"model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq")
+
+
+class ConversionError(ValueError):
+    """A checkpoint that does not match the layout its config implies."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Dims:
+    """The sizes a checkpoint's tensors must have, read from an HF ``config.json`` dict."""
+
+    arch: str
+    n_layers: int
+    d_model: int
+    n_heads: int
+    n_kv_heads: int
+    head_dim: int
+    d_mlp: int
+    vocab_size: int
+    tied: bool
+
+    @classmethod
+    def from_hf(cls, hf: Mapping[str, Any]) -> Dims:
+        arch = hf.get("model_type")
+        if arch not in RULES:
+            raise ConversionError(f"unsupported model_type {arch!r}; converters know {sorted(RULES)}")
+        d = int(hf["hidden_size"])
+        h = int(hf["num_attention_heads"])
+        return cls(
+            arch=arch,
+            n_layers=int(hf["num_hidden_layers"]),
+            d_model=d,
+            n_heads=h,
+            n_kv_heads=int(hf.get("num_key_value_heads") or h),
+            head_dim=int(hf.get("head_dim") or d // h),
+            d_mlp=int(hf["intermediate_size"]),
+            vocab_size=int(hf["vocab_size"]),
+            tied=bool(hf.get("tie_word_embeddings", arch == "gemma2")),
+        )
+
+
+Transform = Callable[[np.ndarray, Dims], np.ndarray]
+
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+    """One HF tensor family. ``pattern`` matches the full key (group 1 = layer index for per-layer keys);
+    ``path`` is our (nested) location; ``hf_shape(dims)`` is the HF shape; ``to_ours``/``to_hf`` convert one
+    (un-stacked) tensor."""
+
+    pattern: str
+    path: tuple[str, ...]
+    hf_shape: Callable[[Dims], tuple[int, ...]]
+    to_ours: Transform
+    to_hf: Transform
+
+    @property
+    def per_layer(self) -> bool:
+        return self.path[0] == "layers"
+
+    def key(self, layer: int | None = None) -> str:
+        """The HF key (for layer ``layer`` when per-layer)."""
+        k = self.pattern.replace(r"(\d+)", str(layer)) if self.per_layer else self.pattern
+        return k.replace("\\", "")
+
+
+def _same(w: np.ndarray, d: Dims) -> np.ndarray:
+    return w
+
+
+def _t(w: np.ndarray, d: Dims) -> np.ndarray:
+    return w.T
+
+
+# attention projections: torch [heads*E, D] <-> ours [D, heads, E]; o_proj torch [D, H*E] <-> ours [H, E, D]
+def _q_in(w, d):
+    return w.T.reshape(d.d_model, d.n_heads, d.head_dim)
+
+
+def _kv_in(w, d):
+    return w.T.reshape(d.d_model, d.n_kv_heads, d.head_dim)
+
+
+def _qkv_out(w, d):
+    return w.reshape(d.d_model, -1).T
+
+
+def _o_in(w, d):
+    return w.T.reshape(d.n_heads, d.head_dim, d.d_model)
+
+
+def _o_out(w, d):
+    return w.reshape(d.n_heads * d.head_dim, d.d_model).T
+
+
+def _vec(d: Dims) -> tuple[int, ...]:
+    return (d.d_model,)
+
+
+_LAYER = r"model\.layers\.(\d+)\."
+
+
+def _common(mlp_norm_key: str) -> list[Rule]:
+    return [
+        Rule(r"model\.embed_tokens\.weight", ("embed",), lambda d: (d.vocab_size, d.d_model), _same, _same),
+        Rule(_LAYER + r"input_layernorm\.weight", ("layers", "ln1"), _vec, _same, _same),
+        Rule(
+            _LAYER + r"self_attn\.q_proj\.weight",
+            ("layers", "wq"),
+            lambda d: (d.n_heads * d.head_dim, d.d_model),
+            _q_in,
+            _qkv_out,
+        ),
+        Rule(
+            _LAYER + r"self_attn\.k_proj\.weight",
+            ("layers", "wk"),
+            lambda d: (d.n_kv_heads * d.head_dim, d.d_model),
+            _kv_in,
+            _qkv_out,
+        ),
+        Rule(
+            _LAYER + r"self_attn\.v_proj\.weight",
+            ("layers", "wv"),
+            lambda d: (d.n_kv_heads * d.head_dim, d.d_model),
+            _kv_in,
+            _qkv_out,
+        ),
+        Rule(
+            _LAYER + r"self_attn\.o_proj\.weight",
+            ("layers", "wo"),
+            lambda d: (d.d_model, d.n_heads * d.head_dim),
+            _o_in,
+            _o_out,
+        ),
+        Rule(_LAYER + mlp_norm_key, ("layers", "ln2"), _vec, _same, _same),
+        Rule(
+            _LAYER + r"mlp\.gate_proj\.weight", ("layers", "w_gate"), lambda d: (d.d_mlp, d.d_model), _t, _t
+        ),
+        Rule(_LAYER + r"mlp\.up_proj\.weight", ("layers", "w_up"), lambda d: (d.d_mlp, d.d_model), _t, _t),
+        Rule(
+            _LAYER + r"mlp\.down_proj\.weight", ("layers", "w_down"), lambda d: (d.d_model, d.d_mlp), _t, _t
+        ),
+        Rule(r"model\.norm\.weight", ("final_norm",), _vec, _same, _same),
+        Rule(r"lm_head\.weight", ("unembed",), lambda d: (d.vocab_size, d.d_model), _t, _t),
+    ]
+
+
+RULES: dict[str, list[Rule]] = {
+    "gemma2": _common(r"pre_feedforward_layernorm\.weight")
+    + [
+        Rule(_LAYER + r"post_attention_layernorm\.weight", ("layers", "post_attn_norm"), _vec, _same, _same),
+        Rule(_LAYER + r"post_feedforward_layernorm\.weight", ("layers", "post_mlp_norm"), _vec, _same, _same),
+    ],
+    "llama": _common(r"post_attention_layernorm\.weight"),
+}
+
+
+def _our_shape(rule: Rule, dims: Dims) -> tuple[int, ...]:
+    return rule.to_ours(np.empty(rule.hf_shape(dims), np.uint8), dims).shape
+
+
+def expected_shapes(dims: Dims) -> dict[str, tuple[int, ...]]:
+    """Every HF key the checkpoint must contain, with its shape (``lm_head.weight`` only when untied)."""
+    out = {}
+    for rule in RULES[dims.arch]:
+        if rule.path == ("unembed",) and dims.tied:
+            continue
+        layers = range(dims.n_layers) if rule.per_layer else [None]
+        for i in layers:
+            out[rule.key(i)] = rule.hf_shape(dims)
+    return out
+
+
+def _match(rules: list[Rule], key: str) -> tuple[Rule, int | None] | None:
+    for rule in rules:
+        m = re.fullmatch(rule.pattern, key)
+        if m:
+            return rule, (int(m.group(1)) if rule.per_layer else None)
+    return None
+
+
+def _set(tree: dict, path: tuple[str, ...], value: Any) -> None:
+    for p in path[:-1]:
+        tree = tree.setdefault(p, {})
+    tree[path[-1]] = value
+
+
+def _get(tree: Mapping, path: tuple[str, ...]) -> Any:
+    for p in path:
+        tree = tree[p]
+    return tree
+
+
+def hf_to_params(ckpt: Any, hf_config: Mapping[str, Any], *, dtype: Any = np.float32) -> dict[str, Any]:
+    """Convert an open checkpoint (``Mapping`` with ``get``/``shape``, e.g. from ``open_checkpoint``) into our
+    nested dict, validating keys and shapes first (before any tensor is read).
+
+    Raises ``ConversionError`` naming missing keys, unexpected keys, and mis-shaped tensors (with both
+    shapes). A tied checkpoint may still carry ``lm_head.weight``; it must then equal the embeddings and is
+    dropped.
+    """
+    dims = Dims.from_hf(hf_config)
+    rules = RULES[dims.arch]
+    expected = expected_shapes(dims)
+    where = getattr(ckpt, "where", None) or getattr(ckpt, "path", "checkpoint")
+    present = set(ckpt)
+    extra_lm_head = dims.tied and "lm_head.weight" in present
+    missing = sorted(set(expected) - present)
+    unexpected = sorted(
+        k
+        for k in present - set(expected)
+        if not _IGNORED.fullmatch(k) and not (extra_lm_head and k == "lm_head.weight")
+    )
+    if missing:
+        raise ConversionError(
+            f"{where}: missing tensors for {dims.arch} with {dims.n_layers} layers: {missing}"
+        )
+    if unexpected:
+        raise ConversionError(f"{where}: unexpected tensors (not part of a {dims.arch} model): {unexpected}")
+    bad = [
+        f"{k}: expected {tuple(shape)}, got {tuple(ckpt.shape(k))}"
+        for k, shape in expected.items()
+        if tuple(ckpt.shape(k)) != tuple(shape)
+    ]
+    if extra_lm_head and tuple(ckpt.shape("lm_head.weight")) != expected["model.embed_tokens.weight"]:
+        want, got = expected["model.embed_tokens.weight"], tuple(ckpt.shape("lm_head.weight"))
+        bad.append(f"lm_head.weight: expected {want}, got {got}")
+    if bad:
+        raise ConversionError(f"{where}: tensors with the wrong shape for this config: " + "; ".join(bad))
+
+    out: dict[str, Any] = {}
+    for rule in rules:
+        if rule.path == ("unembed",) and dims.tied:
+            continue
+        shape = _our_shape(rule, dims)
+        _set(out, rule.path, np.empty(((dims.n_layers,) if rule.per_layer else ()) + shape, dtype))
+    for key in expected:
+        rule, layer = _match(rules, key)
+        # A view into the memory map (no copy); the assignment below is the only full copy made.
+        value = rule.to_ours(ckpt.get(key, copy=False), dims)
+        target = _get(out, rule.path)
+        if layer is None:
+            target[...] = value
+        else:
+            target[layer] = value
+    if extra_lm_head and not np.array_equal(
+        ckpt.get("lm_head.weight"), ckpt.get("model.embed_tokens.weight")
+    ):
+        raise ConversionError(
+            f"{where}: tie_word_embeddings is true but lm_head.weight differs from model.embed_tokens.weight"
+        )
+    return out
+
+
+def params_to_hf(params: Mapping[str, Any], hf_config: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """Our nested dict -> HF state dict (numpy, HF layout). ``lm_head.weight`` only when untied."""
+    dims = Dims.from_hf(hf_config)
+    out = {}
+    for rule in RULES[dims.arch]:
+        if rule.path == ("unembed",) and dims.tied:
+            continue
+        try:
+            value = np.asarray(_get(params, rule.path))
+        except KeyError:
+            raise ConversionError(f"params lack {'.'.join(rule.path)} needed for {rule.key(0)}") from None
+        if rule.per_layer:
+            for i in range(dims.n_layers):
+                out[rule.key(i)] = np.ascontiguousarray(rule.to_hf(value[i], dims))
+        else:
+            out[rule.key()] = np.ascontiguousarray(rule.to_hf(value, dims))
+    for k, shape in expected_shapes(dims).items():
+        if out[k].shape != shape:
+            raise ConversionError(f"params give {k} shape {out[k].shape}, the config implies {shape}")
+    return out
+
+
+def read_hf_config(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if p.is_dir():
+        p = p / "config.json"
+    if not p.is_file():
+        raise FileNotFoundError(f"no config.json at {p}")
+    with open(p) as f:
+        return json.load(f)
+
+
+def load_hf_checkpoint(path: str | Path, *, dtype: Any = np.float32) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Read an HF model directory (``config.json`` + single or sharded safetensors). Returns
+    ``(params, hf_config)`` with ``params`` our nested dict of numpy arrays in ``dtype``."""
+    hf_config = read_hf_config(path)
+    with open_checkpoint(path) as ckpt:
+        return hf_to_params(ckpt, hf_config, dtype=dtype), hf_config
+
+
+def save_hf_checkpoint(
+    params: Mapping[str, Any],
+    hf_config: Mapping[str, Any],
+    directory: str | Path,
+    *,
+    dtype: str | None = None,
+    max_shard_bytes: int | None = None,
+) -> Path:
+    """Write ``params`` as an HF checkpoint directory (``config.json`` + safetensors, sharded with an index
+    when
+    ``max_shard_bytes`` is given and exceeded). ``dtype`` ("F32", "BF16", …) converts floating tensors."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    state = params_to_hf(params, hf_config)
+    meta = {"format": "pt"}
+    if max_shard_bytes is None:
+        save_file(state, directory / "model.safetensors", metadata=meta, dtype=dtype)
+    else:
+        save_sharded(state, directory, max_shard_bytes=max_shard_bytes, metadata=meta, dtype=dtype)
+    with open(directory / "config.json", "w") as f:
+        json.dump(dict(hf_config), f, indent=2, sort_keys=True)
+    return directory

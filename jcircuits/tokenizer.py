@@ -1,0 +1,143 @@
+"""Prompt tokenization with a fixed, documented BOS rule.
+
+``Tokenizer.encode(prompt)`` tokenizes *without* the tokenizer's own special-token template, then makes sure
+the sequence starts with a special token: if the first token is not special, one is prepended — the BOS token
+if the model defines one, else the pad token, else EOS, else the lowest special id. (This is circuit-tracer's
+rule, and it gives attribution a stable first position that absorbs attention.) A prompt that already starts
+with a special token (e.g. ``"<bos>The"``) is left as is.
+
+The BOS/pad/EOS tokens are read, in order of precedence, from ``tokenizer_config.json``,
+``special_tokens_map.json`` and ``config.json`` beside ``tokenizer.json``, then from conventional names among
+the tokenizer's added special tokens (``<bos>``, ``<s>``, ``<|begin_of_text|>``, …).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["Tokenizer"]
+
+_CONVENTIONAL = {
+    "bos": ("<bos>", "<s>", "<|begin_of_text|>", "<|startoftext|>", "[BOS]", "[CLS]"),
+    "pad": ("<pad>", "<|pad|>", "[PAD]", "<|finetune_right_pad_id|>"),
+    "eos": ("<eos>", "</s>", "<|end_of_text|>", "<|endoftext|>", "<|eot_id|>", "[EOS]", "[SEP]"),
+}
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        return {}
+    with open(path) as f:
+        data = json.load(f)
+    return data if isinstance(data, dict) else {}
+
+
+def _token_content(v: Any) -> str | None:
+    if isinstance(v, str):
+        return v
+    if isinstance(v, dict):
+        return v.get("content")
+    return None
+
+
+class Tokenizer:
+    """A ``tokenizers.Tokenizer`` plus the model's BOS/pad/EOS ids and our BOS rule."""
+
+    def __init__(
+        self, tokenizer, *, bos_id: int | None = None, pad_id: int | None = None, eos_id: int | None = None
+    ):
+        self._tk = tokenizer
+        decoder = tokenizer.get_added_tokens_decoder()
+        self.special_ids: frozenset[int] = frozenset(i for i, t in decoder.items() if t.special)
+        found = {"bos": bos_id, "pad": pad_id, "eos": eos_id}
+        for role, names in _CONVENTIONAL.items():
+            if found[role] is None:
+                for name in names:
+                    i = tokenizer.token_to_id(name)
+                    if i is not None and i in self.special_ids:
+                        found[role] = i
+                        break
+        self.bos_id, self.pad_id, self.eos_id = found["bos"], found["pad"], found["eos"]
+        # The ids we may prepend count as special even if tokenizer.json does not flag them.
+        self.special_ids |= frozenset(i for i in found.values() if i is not None)
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> Tokenizer:
+        """Load ``tokenizer.json`` (a file, or a model directory containing it and optionally
+        ``tokenizer_config.json``, ``special_tokens_map.json``, ``config.json``)."""
+        import tokenizers
+
+        path = Path(path)
+        directory, file = (path, path / "tokenizer.json") if path.is_dir() else (path.parent, path)
+        if not file.is_file():
+            raise FileNotFoundError(f"no tokenizer.json at {file}")
+        tk = tokenizers.Tokenizer.from_file(str(file))
+        ids: dict[str, int | None] = {"bos": None, "pad": None, "eos": None}
+        sources = [
+            _read_json(directory / "tokenizer_config.json"),
+            _read_json(directory / "special_tokens_map.json"),
+        ]
+        model_cfg = _read_json(directory / "config.json")
+        for role in ids:
+            for src in sources:
+                content = _token_content(src.get(f"{role}_token"))
+                if content is not None and tk.token_to_id(content) is not None:
+                    ids[role] = tk.token_to_id(content)
+                    break
+            if ids[role] is None:
+                v = model_cfg.get(f"{role}_token_id")
+                v = v[0] if isinstance(v, list) and v else v
+                if isinstance(v, int) and 0 <= v < tk.get_vocab_size(with_added_tokens=True):
+                    ids[role] = v
+        return cls(tk, bos_id=ids["bos"], pad_id=ids["pad"], eos_id=ids["eos"])
+
+    @property
+    def vocab_size(self) -> int:
+        return self._tk.get_vocab_size(with_added_tokens=True)
+
+    def prefix_id(self) -> int:
+        """The id ``encode`` prepends: BOS, else pad, else EOS, else the lowest special id."""
+        for i in (self.bos_id, self.pad_id, self.eos_id):
+            if i is not None:
+                return i
+        if self.special_ids:
+            return min(self.special_ids)
+        raise ValueError("the tokenizer defines no special token to start a prompt with")
+
+    def is_special(self, token_id: int) -> bool:
+        return int(token_id) in self.special_ids
+
+    def encode(self, prompt: str) -> np.ndarray:
+        """Token ids ``[T]`` (int32) for ``prompt``, starting with a special token (see the module docstring).
+        Raises ``ValueError`` for an empty prompt."""
+        if not isinstance(prompt, str):
+            raise TypeError(f"prompt must be a string, got {type(prompt).__name__}")
+        if not prompt:
+            raise ValueError("empty prompt: nothing to tokenize")
+        ids = self._tk.encode(prompt, add_special_tokens=False).ids
+        if not ids:
+            raise ValueError(f"prompt {prompt!r} produced no tokens")
+        if not self.is_special(ids[0]):
+            ids = [self.prefix_id(), *ids]
+        return np.asarray(ids, dtype=np.int32)
+
+    def decode(self, ids, *, skip_special_tokens: bool = False) -> str:
+        return self._tk.decode(
+            [int(i) for i in np.asarray(ids).reshape(-1)], skip_special_tokens=skip_special_tokens
+        )
+
+    def id_to_token(self, token_id: int) -> str:
+        tok = self._tk.id_to_token(int(token_id))
+        if tok is None:
+            raise KeyError(f"token id {token_id} is not in the vocabulary (size {self.vocab_size})")
+        return tok
+
+    def token_to_id(self, token: str) -> int:
+        i = self._tk.token_to_id(token)
+        if i is None:
+            raise KeyError(f"token {token!r} is not in the vocabulary")
+        return i
