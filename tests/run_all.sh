@@ -20,5 +20,5 @@ bash tests/reference/setup_ref_env.sh
 
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 JCIRCUITS_REQUIRE_REF=1 JCIRCUITS_CACHE_DIR=
 export XLA_FLAGS="${XLA_FLAGS:---xla_force_host_platform_device_count=8}"
-.venv/bin/ruff check jcircuits converters tests experiments
+.venv/bin/ruff check .
 exec .venv/bin/python -m pytest -q "$@"

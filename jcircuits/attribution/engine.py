@@ -266,8 +266,7 @@ def attribute(
             influence = _partial_influence(rows[:st], row_nodes[:st], targets.probabilities, n_cols)
             rank = np.argsort(-influence[:n_active], kind="stable")
             queue = rank[~visited[rank]][: min(update_interval * batch_size, n_feat_rows - (st - K))]
-            for j in range(0, len(queue), batch_size):
-                run_batch(queue[j : j + batch_size])
+            run_batch(queue)  # grouped by layer across the whole queue, then chunked to batch_size
     bar.close()
     timings["feature_rows_s"] = time.perf_counter() - t2
     timings["compile_s"] = compile_s
