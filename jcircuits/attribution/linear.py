@@ -33,18 +33,12 @@ import jax.numpy as jnp
 from jcircuits.models import layers as nn
 from jcircuits.models.config import ModelConfig
 from jcircuits.models.transformer import LayerParams
+from jcircuits.pytree import pytree_dataclass
 
 __all__ = ["LinearContext", "backward_rows", "logit_cotangents"]
 
 
-def _pytree(cls):
-    cls = dataclasses.dataclass(frozen=True)(cls)
-    return jax.tree_util.register_dataclass(
-        cls, data_fields=[f.name for f in dataclasses.fields(cls)], meta_fields=[]
-    )
-
-
-@_pytree
+@pytree_dataclass
 class LinearContext:
     """Every constant of the frozen linear model for one prompt (device arrays; per-layer fields lead with L).
 

@@ -323,4 +323,3 @@ def config_from_hf(hf: dict[str, Any] | str | Path) -> ModelConfig:
 
 def _opt_float(v: Any) -> float | None:
     return None if v is None else float(v)
-

@@ -20,7 +20,6 @@ grow with depth; per-layer sliding windows are scanned alongside the weights.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from functools import partial
 from typing import Any
@@ -31,6 +30,7 @@ import numpy as np
 
 from jcircuits.models import layers as nn
 from jcircuits.models.config import ModelConfig
+from jcircuits.pytree import pytree_dataclass
 
 __all__ = [
     "Params",
@@ -49,14 +49,7 @@ __all__ = [
 ]
 
 
-def _pytree(cls):
-    """A frozen dataclass registered as a pytree whose fields are all data (``None`` fields are empty)."""
-    cls = dataclasses.dataclass(frozen=True)(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    return jax.tree_util.register_dataclass(cls, data_fields=names, meta_fields=[])
-
-
-@_pytree
+@pytree_dataclass
 class LayerParams:
     """One block's weights; in ``Params.layers`` every field carries a leading layer axis ``L``.
 
@@ -76,7 +69,7 @@ class LayerParams:
     post_mlp_norm: jax.Array | None = None  # [D] (Gemma-2)
 
 
-@_pytree
+@pytree_dataclass
 class Params:
     embed: jax.Array  # [V, D]
     layers: LayerParams  # stacked over L
@@ -84,7 +77,7 @@ class Params:
     unembed: jax.Array | None = None  # [D, V]; None when tied to embed
 
 
-@_pytree
+@pytree_dataclass
 class MLPPoints:
     """Every hook point around one block's MLP, for one layer. ``[B, T, D]`` each.
 
@@ -102,7 +95,7 @@ class MLPPoints:
     mlp_out: jax.Array
 
 
-@_pytree
+@pytree_dataclass
 class Intermediates:
     """What one forward pass captures. Per-layer fields carry a leading ``L`` axis.
 

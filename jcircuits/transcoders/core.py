@@ -23,6 +23,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jcircuits.pytree import pytree_dataclass
+
 __all__ = [
     "TranscoderConfig",
     "Transcoders",
@@ -76,14 +78,7 @@ class TranscoderConfig:
             )
 
 
-def _pytree(cls):
-    cls = dataclasses.dataclass(frozen=True)(cls)
-    return jax.tree_util.register_dataclass(
-        cls, data_fields=[f.name for f in dataclasses.fields(cls)], meta_fields=[]
-    )
-
-
-@_pytree
+@pytree_dataclass
 class Transcoders:
     """Device-side arrays of a transcoder set (encoders, biases, thresholds, skips)."""
 
