@@ -1,119 +1,28 @@
-"""Command line: ``jcircuits attribute …``.
+"""Command line: ``jcircuits <command> …``.
 
-``jcircuits attribute --prompt TEXT`` with no ``--model`` traces the built-in demo (a seeded random tiny model;
-see ``jcircuits.demo``) and says so. With ``--model PATH|REPO --transcoders PATH|REPO`` it loads a Hugging Face
-Gemma-2/Llama-3 checkpoint and a circuit-tracer transcoder set (local paths or the hub, offline mode respected).
+Each subcommand lives in its own module under ``jcircuits.commands`` and exposes ``register(subparsers)``;
+modules are discovered in name order, so adding a command never edits this file.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
+import pkgutil
 import sys
-import time
 from pathlib import Path
 
-__all__ = ["main"]
-
-
-def _parse_tokens(s: str):
-    import numpy as np
-
-    try:
-        ids = [int(x) for x in s.replace(" ", "").split(",") if x]
-    except ValueError:
-        raise SystemExit(f"--tokens must be comma-separated integers, got {s!r}") from None
-    if not ids:
-        raise SystemExit("--tokens is empty")
-    return np.asarray(ids, np.int32)
-
-
-def _load(args):
-    from jcircuits.replacement import Model
-
-    if args.model is None:
-        from jcircuits.demo import DEMO_NOTICE, demo_model, demo_transcoders
-
-        if args.transcoders is not None:
-            raise SystemExit("--transcoders needs --model (the demo model comes with its own transcoders)")
-        print(DEMO_NOTICE, file=sys.stderr)
-        model = demo_model()
-        return model, demo_transcoders(model)
-    if args.transcoders is None:
-        raise SystemExit("--model needs --transcoders (a circuit-tracer config.yaml, directory or hub repo)")
-    import jax.numpy as jnp
-
-    from jcircuits.loading import load_model, resolve_model_dir
-    from jcircuits.tokenizer import Tokenizer
-    from jcircuits.transcoders.io import load_transcoders
-
-    dtype = jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32
-    model_dir = resolve_model_dir(args.model)
-    params, cfg = load_model(model_dir, dtype=dtype)
-    tok = Tokenizer.from_file(model_dir) if (Path(model_dir) / "tokenizer.json").is_file() else None
-    model = Model(params=params, cfg=cfg, tokenizer=tok, name=str(args.model))
-    return model, load_transcoders(args.transcoders, dtype=dtype)
-
-
-def cmd_attribute(args) -> int:
-    import jax.numpy as jnp
-
-    from jcircuits.attribution import attribute
-
-    if (args.prompt is None) == (args.tokens is None):
-        raise SystemExit("give exactly one of --prompt TEXT or --tokens 2,15,7,…")
-    t0 = time.perf_counter()
-    model, transcoders = _load(args)
-    load_s = time.perf_counter() - t0
-    prompt = args.prompt if args.prompt is not None else _parse_tokens(args.tokens)
-    if isinstance(prompt, str) and model.tokenizer is None:
-        raise SystemExit("this model directory has no tokenizer.json: pass --tokens instead of --prompt")
-    graph = attribute(
-        model,
-        transcoders,
-        prompt,
-        max_n_logits=args.max_n_logits,
-        desired_logit_prob=args.desired_logit_prob,
-        batch_size=args.batch_size,
-        max_feature_nodes=args.max_feature_nodes,
-        dtype=jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32,
-        verbose=not args.quiet,
-    )
-    out = Path(args.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    graph.save(out)
-    tm = graph.settings["timings"]
-    top = ", ".join(
-        f"{lab!r} p={p:.3f}" for lab, p in zip(graph.logit_labels, graph.logit_probabilities, strict=True)
-    )
-    print(f"prompt: {graph.input_string!r} ({len(graph.input_tokens)} tokens)")
-    print(f"targets: {top}")
-    print(
-        f"attributed: {graph.settings['n_active']} active features, {len(graph.selected_features)} selected, "
-        f"{graph.adjacency_matrix.shape[0]} nodes | load {load_s:.2f}s, precompute {tm['precompute_s']:.2f}s, "
-        f"logit rows {tm['logit_rows_s']:.2f}s, feature rows {tm['feature_rows_s']:.2f}s "
-        f"(compile {tm['compile_s']:.2f}s), {tm['rows_per_s']:.0f} rows/s | wrote {out}"
-    )
-    return 0
+__all__ = ["main", "build_parser"]
 
 
 def build_parser() -> argparse.ArgumentParser:
+    import jcircuits.commands as commands
+
     p = argparse.ArgumentParser(prog="jcircuits", description="JAX-native circuit tracing")
     sub = p.add_subparsers(dest="command", required=True)
-    a = sub.add_parser("attribute", help="compute the attribution graph of one prompt")
-    a.add_argument("--model", help="HF model directory, org/repo or hf://org/repo?revision=… (default: demo)")
-    a.add_argument("--transcoders", help="circuit-tracer config.yaml, transcoder directory or hub repo")
-    a.add_argument("--prompt", help="prompt text (a special start token is prepended if missing)")
-    a.add_argument("--tokens", help="comma-separated token ids, used as given")
-    a.add_argument("--max-n-logits", type=int, default=10)
-    a.add_argument("--desired-logit-prob", type=float, default=0.95)
-    a.add_argument("--batch-size", type=int, default=256)
-    a.add_argument("--max-feature-nodes", type=int, default=None)
-    a.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
-    a.add_argument(
-        "-o", "--output", default="graph.safetensors", help="where to write the graph (safetensors)"
-    )
-    a.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
-    a.set_defaults(func=cmd_attribute)
+    for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
+        if not info.name.startswith("_"):
+            importlib.import_module(f"jcircuits.commands.{info.name}").register(sub)
     return p
 
 
