@@ -1,0 +1,171 @@
+"""Sharding on fake CPU devices (``XLA_FLAGS=--xla_force_host_platform_device_count=8``): the rules table, meshes,
+sharded loading (each shard read on its own), and sharded computations equal to the single-device ones."""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import tiny
+from jax.sharding import AxisType, PartitionSpec
+
+from converters.hf import save_hf_checkpoint
+from converters.transcoders import write_clt_dir, write_plt_files
+from jcircuits import sharding as shd
+from jcircuits.loading import load_model, params_to_numpy
+from jcircuits.models import config_from_hf, forward, init_params, param_axes
+from jcircuits.sharded_loading import load_model_sharded, load_transcoders_sharded
+from jcircuits.transcoders.io import load_transcoders, transcoder_set_to_numpy
+
+MESHES = [(8, 1), (4, 2), (2, 4)]
+needs8 = pytest.mark.skipif(
+    jax.device_count() < 8, reason="needs XLA_FLAGS=--xla_force_host_platform_device_count=8"
+)
+
+
+def _hf_config(arch: str) -> dict:
+    """A tiny HF config.json for each architecture, sized so 2- and 4-way model axes divide heads/MLP/vocab."""
+    common = dict(
+        vocab_size=128,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        rms_norm_eps=1e-6,
+        rope_theta=10000.0,
+        max_position_embeddings=64,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+    )
+    if arch == "llama":
+        return dict(common, model_type="llama", hidden_act="silu", tie_word_embeddings=False)
+    return dict(
+        common,
+        model_type="gemma2",
+        hidden_activation="gelu_pytorch_tanh",
+        query_pre_attn_scalar=8,
+        sliding_window=4,
+        final_logit_softcapping=30.0,
+        attn_logit_softcapping=50.0,
+        tie_word_embeddings=True,
+    )
+
+
+# ------------------------------------------------------------------------------------------------ the table
+
+
+def test_every_param_and_transcoder_axis_has_a_rule():
+    cfg = tiny.tiny_config("gemma2")
+    names = set()
+    for tree in (param_axes(cfg), shd.transcoder_axes(tiny.tiny_transcoders(cfg, skip=True).cfg)):
+        for ax in jax.tree.leaves(tree, is_leaf=shd.is_axes):
+            names.update(a for a in ax if a is not None)
+    assert names <= set(shd.RULES), sorted(names - set(shd.RULES))
+
+
+def test_spec_for_splits_by_rule_and_replicates_what_does_not_divide():
+    mesh = {"data": 2, "model": 4}
+    assert shd.spec_for(("layers", "embed", "q_heads", "head_dim"), (3, 32, 8, 8), mesh) == PartitionSpec(
+        None, None, "model"
+    )
+    # 2 KV heads on a 4-way model axis: replicated, not an error
+    assert shd.spec_for(("layers", "embed", "kv_heads", "head_dim"), (3, 32, 2, 8), mesh) == PartitionSpec()
+    # a mesh axis is used once per array: the second 'model' dimension stays whole
+    assert shd.spec_for(("q_heads", "mlp"), (8, 8), mesh) == PartitionSpec("model")
+    assert shd.spec_for(("batch", "features"), (6, 8), mesh) == PartitionSpec("data", "model")
+    with pytest.raises(KeyError, match="no rule"):
+        shd.spec_for(("nonsense",), (4,), mesh)
+    with pytest.raises(ValueError, match="do not match"):
+        shd.spec_for(("embed",), (4, 4), mesh)
+    assert shd.shard_bytes((8, 32), np.float32, PartitionSpec("model"), (2, 4)) == 2 * 32 * 4
+
+
+@needs8
+def test_make_mesh_is_auto_and_checks_sizes():
+    mesh = shd.make_mesh(model=2)
+    assert dict(mesh.shape) == {"data": 4, "model": 2}
+    assert mesh.axis_types == (AxisType.Auto, AxisType.Auto)
+    with pytest.raises(ValueError, match="data x model"):
+        shd.make_mesh(3, 2)
+    with pytest.raises(ValueError, match="divide"):
+        shd.make_mesh(model=3)
+    assert shd.parse_mesh("4x2") == (4, 2) and shd.parse_mesh("8") == (8, 1)
+    with pytest.raises(ValueError, match="DATAxMODEL"):
+        shd.parse_mesh("4by2")
+
+
+# ------------------------------------------------------------------------------------------ sharded loading
+
+
+@needs8
+@pytest.mark.parametrize("arch,dtype", [("llama", "F32"), ("gemma2", "BF16")])
+def test_sharded_model_loading_reads_only_shards_and_equals_plain_loading(tmp_path, arch, dtype):
+    hf = _hf_config(arch)
+    cfg = config_from_hf(hf)
+    params = init_params(cfg, jax.random.key(3))
+    save_hf_checkpoint(params_to_numpy(params), hf, tmp_path, dtype=dtype, max_shard_bytes=20_000)
+    want, _ = load_model(tmp_path, dtype=jnp.float32)
+    mesh = shd.make_mesh(2, 4)
+    reads: list = []
+    got, cfg2 = load_model_sharded(tmp_path, mesh, dtype=jnp.float32, reads=reads)
+    assert cfg2 == cfg
+    specs = shd.shardings(param_axes(cfg), got, mesh)
+    for (path, a), b, s in zip(
+        jax.tree_util.tree_flatten_with_path(got)[0],
+        jax.tree.leaves(want),
+        jax.tree.leaves(specs),
+        strict=True,
+    ):
+        assert a.sharding == s, jax.tree_util.keystr(path)
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=jax.tree_util.keystr(path))
+    # every read is one shard of one layer: a model-sharded tensor is never read whole
+    q_reads = [shape for name, shape in reads if name.endswith("q_proj.weight")]
+    assert q_reads and all(shape == (32, 1, 8) for shape in q_reads), q_reads
+    embed_reads = [shape for name, shape in reads if name == "model.embed_tokens.weight"]
+    assert embed_reads and all(shape == (128 // 4, 32) for shape in embed_reads)
+
+
+@needs8
+@pytest.mark.parametrize("kind", ["plt", "clt"])
+def test_sharded_transcoder_loading_equals_plain_loading(tmp_path, kind):
+    cfg = tiny.tiny_config("llama")
+    ts = tiny.tiny_transcoders(cfg, kind=kind, skip=True)
+    tc = transcoder_set_to_numpy(ts)
+    (write_plt_files if kind == "plt" else write_clt_dir)(tc, tmp_path)
+    want = load_transcoders(tmp_path)
+    mesh = shd.make_mesh(4, 2)
+    reads: list = []
+    got = load_transcoders_sharded(tmp_path, mesh, reads=reads)
+    assert got.cfg == want.cfg
+    for a, b in zip(jax.tree.leaves(got.params), jax.tree.leaves(want.params), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert got.params.W_enc.sharding.spec == PartitionSpec(None, None, "model")
+    assert all(math.prod(s) == cfg.d_model * 96 // 2 for n, s in reads if n.startswith("W_enc"))
+    feats = np.array([0, 5, 17])
+    np.testing.assert_array_equal(got.decoders.rows(1, feats), want.decoders.rows(1, feats))
+
+
+# -------------------------------------------------------------------------------------- sharded computation
+
+
+@needs8
+@pytest.mark.parametrize("arch", ["llama", "gemma2"])
+def test_sharded_forward_equals_single_device_on_every_mesh(arch):
+    model = tiny.tiny_model(arch, vocab_size=128, n_heads=4, n_kv_heads=2, d_mlp=64)
+    tokens = np.asarray(jax.random.randint(jax.random.key(1), (8, 12), 0, 128), np.int32)
+    want_logits, want_inter = forward(model.params, model.cfg, tokens, capture=True)
+    for shape in MESHES:
+        mesh = shd.make_mesh(*shape)
+        params = shd.shard_params(model.params, model.cfg, mesh)
+        toks = shd.put(tokens, jax.sharding.NamedSharding(mesh, PartitionSpec("data")))
+        logits, inter = forward(params, model.cfg, toks, capture=True)
+        np.testing.assert_allclose(np.asarray(logits), np.asarray(want_logits), rtol=0, atol=2e-5)
+        np.testing.assert_allclose(
+            np.asarray(inter.mlp_out), np.asarray(want_inter.mlp_out), rtol=0, atol=2e-5
+        )
