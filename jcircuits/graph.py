@@ -144,6 +144,22 @@ class Graph:
         """``[N]`` float32: the logit probabilities on the logit slots, zero elsewhere."""
         return _logit_weights(jnp.asarray(self.logit_probabilities, jnp.float32), self.n_nodes)
 
+    def show(
+        self,
+        node_threshold: float = 0.8,
+        edge_threshold: float = 0.98,
+        *,
+        tokenizer=None,
+        width: int = 1000,
+        height: int = 600,
+    ):
+        """A picture of the pruned graph that a notebook displays inline (SVG, or PNG via ``_repr_png_``);
+        ``.save("g.svg"|"g.png")`` writes it. Layout as ``jcircuits render`` and the viewer (`jcircuits.render`)."""
+        from jcircuits.render import GraphPicture, load_document  # pictures sit above graphs; import late
+
+        doc = load_document(self, node_threshold, edge_threshold, tokenizer=tokenizer)
+        return GraphPicture(doc, width, height)
+
     # files ----------------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> None:
         """Write a safetensors file: the seven arrays as tensors, everything else as JSON in ``__metadata__``."""

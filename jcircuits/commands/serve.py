@@ -1,0 +1,29 @@
+"""``jcircuits serve``: the local graph viewer for the graph JSON files of one directory (127.0.0.1 only)."""
+
+from __future__ import annotations
+
+__all__ = ["register"]
+
+
+def cmd_serve(args) -> int:
+    from jcircuits.viewer.server import serve
+
+    try:
+        serve(args.graph_dir, args.port, slug=args.graph)
+    except OSError as e:  # port in use, permission denied
+        raise SystemExit(f"jcircuits serve: error: {e}") from None
+    return 0
+
+
+def register(sub) -> None:
+    from jcircuits.viewer.server import DEFAULT_PORT
+
+    a = sub.add_parser("serve", help="serve the graph viewer for a directory of graph JSON files")
+    a.add_argument(
+        "--graph-dir", required=True, help="directory of <slug>.json graphs and graph-metadata.json"
+    )
+    a.add_argument(
+        "--port", type=int, default=DEFAULT_PORT, help=f"port on 127.0.0.1 (default {DEFAULT_PORT})"
+    )
+    a.add_argument("--graph", help="slug of the graph to open first")
+    a.set_defaults(func=cmd_serve)

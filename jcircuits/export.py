@@ -1,0 +1,446 @@
+"""Graph JSON in the circuit-tracer / Neuronpedia schema, and the ``graph-metadata.json`` index beside it.
+
+The document is ``{"metadata", "qParams", "nodes", "links"}`` with the fields circuit-tracer's frontend models
+define (``circuit_tracer/frontend/graph_models.py``; see ``../shared/ALGORITHM.md``). Node ids, in node order:
+
+- feature ``"{layer}_{feature}_{pos}"`` (``feature`` field = Cantor pairing of (layer, feature), ``jsNodeId``
+  ``"{layer}_{feature}-0"``, type ``"cross layer transcoder"``, ``activation`` = its activation);
+- error ``"{layer}_-1_{pos}"`` (``feature`` -1, ``jsNodeId`` ``"{layer}_-1-{pos}"``, type ``"mlp reconstruction
+  error"``) — the ids of circuit-tracer after its fix; 0.5.0 wrote ``"0_{layer}_{pos}"`` / ``"{layer}_{pos}-0"``,
+  which collide with feature ids;
+- token ``"E_{token id}_{pos}"`` (``layer`` ``"E"``, ``feature`` = pos, type ``"embedding"``);
+- logit ``"{L+1}_{token id}_{T-1}"`` (type ``"logit"``, ``token_prob``, ``is_target_logit`` on the first,
+  clerp ``Output "tok" (p=0.123)``, no ``influence``).
+
+``influence`` is the node's cumulative influence fraction at its rank (`prune_graph`'s ``cumulative_scores``).
+Links are the kept edges ``{source, target, weight}`` in row-major (target, source) order; nodes that no kept
+link touches are dropped, except tokens and logits. Large graphs are capped (``max_nodes``, ``max_links``:
+the most influential nodes, then the highest-scoring edges are kept) and the counts are reported in the
+returned `ExportResult`. Files are plain JSON (readable by circuit-tracer's and Neuronpedia's viewers); the
+local server gzips responses above 1 MB on the wire, as circuit-tracer's server does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import tempfile
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from jcircuits.graph import Graph, compute_edge_influence, prune_graph
+
+__all__ = [
+    "ExportResult",
+    "graph_to_json",
+    "export_graph_json",
+    "add_graph_metadata",
+    "validate_graph_json",
+    "validate_qparams",
+    "write_json_atomic",
+    "token_strings",
+    "cantor_pairing",
+    "DEFAULT_MAX_NODES",
+    "DEFAULT_MAX_LINKS",
+]
+
+DEFAULT_MAX_NODES = 5_000
+DEFAULT_MAX_LINKS = 100_000
+SCHEMA_VERSION = 1
+INDEX_NAME = "graph-metadata.json"
+_FEATURE, _ERROR, _EMBED, _LOGIT = "cross layer transcoder", "mlp reconstruction error", "embedding", "logit"
+# One lock per process for index/graph writes; `write_json_atomic` makes each write all-or-nothing on disk.
+_WRITE_LOCK = threading.Lock()
+
+
+def cantor_pairing(x: int, y: int) -> int:
+    """A unique non-negative integer for a pair of non-negative integers (the schema's feature id)."""
+    return (x + y) * (x + y + 1) // 2 + y
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportResult:
+    """What `export_graph_json` wrote: the graph file, its size, and node/link counts before and after caps."""
+
+    path: Path
+    index_path: Path
+    n_nodes: int
+    n_links: int
+    n_nodes_pruned: int  # after pruning and dropping unconnected nodes, before the cap
+    n_links_pruned: int
+    n_bytes: int
+
+    @property
+    def capped(self) -> bool:
+        return self.n_nodes < self.n_nodes_pruned or self.n_links < self.n_links_pruned
+
+    def summary(self) -> str:
+        cap = (
+            f" (capped from {self.n_nodes_pruned} nodes / {self.n_links_pruned} links)" if self.capped else ""
+        )
+        return (
+            f"wrote {self.path}: {self.n_nodes} nodes, {self.n_links} links{cap}, {self.n_bytes / 1e6:.2f} MB"
+        )
+
+
+def token_strings(graph: Graph, tokenizer=None) -> list[str]:
+    """One display string per prompt position: ``tokenizer.decode([id])`` when a tokenizer (anything with
+    ``decode(list[int]) -> str``) is given, else ``graph.settings["token_strings"]`` when the graph recorded
+    them (``jcircuits attribute`` does), else ``"#<id>"``."""
+    ids = np.asarray(graph.input_tokens).tolist()
+    if tokenizer is not None:
+        return [tokenizer.decode([int(i)]) for i in ids]
+    stored = graph.settings.get("token_strings") if isinstance(graph.settings, dict) else None
+    if isinstance(stored, list) and len(stored) == len(ids) and all(isinstance(s, str) for s in stored):
+        return list(stored)
+    return [f"#{i}" for i in ids]
+
+
+def _scan_fields(scan: str | list[str] | None) -> tuple[str, list[str]]:
+    if isinstance(scan, list | tuple):
+        names = [str(s) for s in scan]
+        # circuit-tracer names a list of transcoders with Python's hash(), which changes per process; a content
+        # hash keeps the name stable across runs.
+        return "custom-" + hashlib.sha256("-".join(names).encode()).hexdigest()[:16], names
+    return (str(scan) if scan else "local"), []
+
+
+def _cap(graph: Graph, node_mask, edge_mask, cumulative, max_nodes, max_links):
+    """Apply the node and link caps to the pruned masks (numpy bool [N] and [N, N])."""
+    n = node_mask.shape[0]
+    always = np.zeros(n, bool)
+    always[graph.token_slice] = True
+    always[graph.logit_slice] = True
+    if max_nodes is not None and node_mask.sum() > max_nodes:
+        budget = max(max_nodes - int(always.sum()), 0)
+        candidates = np.flatnonzero(node_mask & ~always)
+        # lowest cumulative fraction = highest influence rank; ties by node index (stable sort)
+        keep = candidates[np.argsort(cumulative[candidates], kind="stable")[:budget]]
+        node_mask = always.copy()
+        node_mask[keep] = True
+        edge_mask = edge_mask & node_mask[:, None] & node_mask[None, :]
+    if max_links is not None and edge_mask.sum() > max_links:
+        pruned = np.where(node_mask[:, None] & node_mask[None, :], np.asarray(graph.adjacency_matrix), 0.0)
+        scores = np.asarray(compute_edge_influence(pruned, graph.logit_weights()))
+        t, s = np.nonzero(edge_mask)
+        order = np.lexsort((s, t, -scores[t, s]))[:max_links]  # best scores; ties in node order
+        edge_mask = np.zeros_like(edge_mask)
+        edge_mask[t[order], s[order]] = True
+    return node_mask, edge_mask
+
+
+def graph_to_json(
+    graph: Graph,
+    slug: str,
+    node_threshold: float = 0.8,
+    edge_threshold: float = 0.98,
+    *,
+    tokenizer=None,
+    scan: str | Sequence[str] | None = None,
+    max_nodes: int | None = DEFAULT_MAX_NODES,
+    max_links: int | None = DEFAULT_MAX_LINKS,
+) -> tuple[dict[str, Any], tuple[int, int]]:
+    """The pruned graph as a schema dict, and the (nodes, links) counts before the caps.
+
+    Prunes with `prune_graph(graph, node_threshold, edge_threshold)`, builds one node per kept node (types and
+    ids in the module docstring) and one link per kept edge, weight = ``adjacency_matrix[target, source]``.
+    ``scan`` overrides ``graph.scan`` (a list names a custom transcoder set, as in circuit-tracer).
+    """
+    _check_slug(slug)
+    if max_nodes is not None and max_nodes < graph.n_pos + graph.n_logits:
+        raise ValueError(
+            f"max_nodes={max_nodes} is below the {graph.n_pos + graph.n_logits} token and logit nodes that are "
+            "always kept; raise it (or pass None for no cap)"
+        )
+    pr = prune_graph(graph, node_threshold, edge_threshold)
+    node_mask = np.asarray(pr.node_mask)
+    edge_mask = np.asarray(pr.edge_mask) & node_mask[:, None] & node_mask[None, :]
+    cumulative = np.asarray(pr.cumulative_scores, np.float64)
+    n_before = (_connected(graph, node_mask, edge_mask).sum(), int(edge_mask.sum()))
+    node_mask, edge_mask = _cap(graph, node_mask, edge_mask, cumulative, max_nodes, max_links)
+    node_mask = _connected(graph, node_mask, edge_mask)
+
+    S, L, T = graph.n_selected, graph.n_layers, graph.n_pos
+    af = np.asarray(graph.active_features)
+    sel = np.asarray(graph.selected_features)
+    acts = np.asarray(graph.activation_values, np.float64)
+    toks = np.asarray(graph.input_tokens).tolist()
+    logit_ids = np.asarray(graph.logit_token_ids).tolist()
+    probs = np.asarray(graph.logit_probabilities, np.float64).tolist()
+    err0, tok0, logit0 = graph.error_slice.start, graph.token_slice.start, graph.logit_slice.start
+
+    ids: dict[int, str] = {}
+    nodes: list[dict[str, Any]] = []
+    for i in np.flatnonzero(node_mask).tolist():
+        infl = float(cumulative[i])
+        if i < S:
+            layer, pos, feat = (int(x) for x in af[sel[i]])
+            node = _node(f"{layer}_{feat}_{pos}", cantor_pairing(layer, feat), str(layer), pos, _FEATURE)
+            node.update(jsNodeId=f"{layer}_{feat}-0", influence=infl, activation=float(acts[sel[i]]))
+        elif i < tok0:
+            layer, pos = divmod(i - err0, T)
+            node = _node(f"{layer}_-1_{pos}", -1, str(layer), pos, _ERROR)
+            node.update(jsNodeId=f"{layer}_-1-{pos}", influence=infl)
+        elif i < logit0:
+            pos = i - tok0
+            node = _node(f"E_{toks[pos]}_{pos}", pos, "E", pos, _EMBED)
+            node.update(jsNodeId=f"E_{toks[pos]}-{pos}", influence=infl)
+        else:
+            k = i - logit0
+            vid, p, pos = int(logit_ids[k]), float(probs[k]), T - 1
+            node = _node(f"{L + 1}_{vid}_{pos}", vid, str(L + 1), pos, _LOGIT)
+            node.update(
+                token_prob=p,
+                is_target_logit=k == 0,
+                jsNodeId=f"L_{vid}-{pos}",
+                clerp=f'Output "{graph.logit_labels[k]}" (p={p:.3f})',
+            )
+        ids[i] = node["node_id"]
+        nodes.append(node)
+
+    adj = np.asarray(graph.adjacency_matrix)
+    t_idx, s_idx = np.nonzero(edge_mask)
+    weights = adj[t_idx, s_idx].astype(np.float64).tolist()
+    links = [
+        {"source": ids[s], "target": ids[t], "weight": w}
+        for t, s, w in zip(t_idx.tolist(), s_idx.tolist(), weights, strict=True)
+    ]
+    scan_name, transcoder_list = _scan_fields(scan if scan is not None else graph.scan)
+    doc = {
+        "metadata": {
+            "slug": slug,
+            "scan": scan_name,
+            "transcoder_list": transcoder_list,
+            "prompt_tokens": token_strings(graph, tokenizer),
+            "prompt": graph.input_string,
+            "node_threshold": float(node_threshold),
+            "schema_version": SCHEMA_VERSION,
+        },
+        "qParams": {"pinnedIds": [], "supernodes": [], "linkType": "both", "clickedId": "", "sg_pos": ""},
+        "nodes": nodes,
+        "links": links,
+    }
+    return doc, (int(n_before[0]), int(n_before[1]))
+
+
+def _node(node_id: str, feature: int, layer: str, ctx_idx: int, feature_type: str) -> dict[str, Any]:
+    # every schema field, with the schema's defaults; callers fill in the type-specific ones
+    return {
+        "node_id": node_id,
+        "feature": int(feature),
+        "layer": layer,
+        "ctx_idx": int(ctx_idx),
+        "feature_type": feature_type,
+        "token_prob": 0.0,
+        "is_target_logit": False,
+        "run_idx": 0,
+        "reverse_ctx_idx": 0,
+        "jsNodeId": node_id,
+        "clerp": "",
+        "influence": None,
+        "activation": None,
+    }
+
+
+def _connected(graph: Graph, node_mask: np.ndarray, edge_mask: np.ndarray) -> np.ndarray:
+    """Nodes touched by a kept edge, plus every token and logit node (the reference drops the rest)."""
+    touched = edge_mask.any(axis=0) | edge_mask.any(axis=1)
+    keep = node_mask & touched
+    keep[graph.token_slice] = node_mask[graph.token_slice]
+    keep[graph.logit_slice] = node_mask[graph.logit_slice]
+    return keep
+
+
+def _check_slug(slug: str) -> None:
+    if (
+        not isinstance(slug, str)
+        or not slug
+        or slug.startswith(".")
+        or not all(c.isalnum() or c in "-_." for c in slug)
+    ):
+        raise ValueError(
+            f"slug {slug!r} must be a non-empty file name of letters, digits, '-', '_' or '.' (not starting "
+            "with '.'); it names <slug>.json"
+        )
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any, *, indent: int | None = None) -> int:
+    """Write ``obj`` as JSON to a temporary file beside ``path`` and ``os.replace`` it in: readers see the old
+    file or the new one, never a partial write. Returns the number of bytes written."""
+    path = Path(path)
+    data = json.dumps(obj, indent=indent, allow_nan=False, separators=None if indent else (",", ":"))
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return len(data.encode())
+
+
+def add_graph_metadata(metadata: dict[str, Any], out_dir: str | os.PathLike) -> Path:
+    """Add (or replace, by slug) one graph's metadata in ``out_dir/graph-metadata.json`` = ``{"graphs": […]}``."""
+    index = Path(out_dir) / INDEX_NAME
+    with _WRITE_LOCK:
+        graphs: list[dict[str, Any]] = []
+        if index.exists():
+            try:
+                data = json.loads(index.read_text(encoding="utf-8"))
+                graphs = list(data["graphs"])
+            except (ValueError, KeyError, TypeError) as e:
+                raise ValueError(
+                    f"{index} is not a graph index ({{'graphs': [...]}}): {e}; delete it to rebuild"
+                ) from e
+        graphs = [g for g in graphs if not (isinstance(g, dict) and g.get("slug") == metadata["slug"])]
+        graphs.append(metadata)
+        write_json_atomic(index, {"graphs": graphs}, indent=2)
+    return index
+
+
+def export_graph_json(
+    graph: Graph,
+    slug: str,
+    out_dir: str | os.PathLike,
+    node_threshold: float = 0.8,
+    edge_threshold: float = 0.98,
+    *,
+    tokenizer=None,
+    scan: str | Sequence[str] | None = None,
+    max_nodes: int | None = DEFAULT_MAX_NODES,
+    max_links: int | None = DEFAULT_MAX_LINKS,
+) -> ExportResult:
+    """Prune ``graph`` and write ``out_dir/<slug>.json`` (schema in the module docstring) plus its entry in
+    ``out_dir/graph-metadata.json``. Caps: at most ``max_nodes`` nodes (tokens and logits always kept, then by
+    influence) and ``max_links`` links (by edge influence score); ``None`` disables a cap."""
+    doc, (n_nodes_pruned, n_links_pruned) = graph_to_json(
+        graph,
+        slug,
+        node_threshold,
+        edge_threshold,
+        tokenizer=tokenizer,
+        scan=scan,
+        max_nodes=max_nodes,
+        max_links=max_links,
+    )
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{slug}.json"
+    with _WRITE_LOCK:
+        n_bytes = write_json_atomic(path, doc)
+    index = add_graph_metadata(doc["metadata"], out)
+    return ExportResult(
+        path=path,
+        index_path=index,
+        n_nodes=len(doc["nodes"]),
+        n_links=len(doc["links"]),
+        n_nodes_pruned=n_nodes_pruned,
+        n_links_pruned=n_links_pruned,
+        n_bytes=n_bytes,
+    )
+
+
+# ----------------------------------------------------------------------------------------------------
+# Validation (what the server accepts and what a graph file must look like)
+
+_NODE_FIELDS: dict[str, tuple[type, ...]] = {
+    "node_id": (str,),
+    "feature": (int,),
+    "layer": (str,),
+    "ctx_idx": (int,),
+    "feature_type": (str,),
+}
+_NODE_OPTIONAL: dict[str, tuple[type, ...]] = {
+    "token_prob": (int, float),
+    "is_target_logit": (bool,),
+    "run_idx": (int,),
+    "reverse_ctx_idx": (int,),
+    "jsNodeId": (str,),
+    "clerp": (str,),
+    "influence": (int, float, type(None)),
+    "activation": (int, float, type(None)),
+}
+_META_FIELDS: dict[str, tuple[type, ...]] = {
+    "slug": (str,),
+    "scan": (str,),
+    "transcoder_list": (list,),
+    "prompt_tokens": (list,),
+    "prompt": (str,),
+}
+
+
+def _is(value: Any, types: tuple[type, ...]) -> bool:
+    # bool is an int subclass in Python; the schema keeps them apart
+    if isinstance(value, bool) and bool not in types:
+        return False
+    return isinstance(value, types)
+
+
+def validate_qparams(q: Any) -> None:
+    """Raise ValueError unless ``q`` is a qParams object: pinnedIds [str], supernodes [[label, *node ids]],
+    linkType, clickedId, sg_pos strings."""
+    if not isinstance(q, dict):
+        raise ValueError("qParams must be an object")
+    pinned = q.get("pinnedIds")
+    if not isinstance(pinned, list) or not all(isinstance(x, str) for x in pinned):
+        raise ValueError("qParams.pinnedIds must be a list of node id strings")
+    sn = q.get("supernodes")
+    if not isinstance(sn, list) or not all(
+        isinstance(g, list) and g and all(isinstance(x, str) for x in g) for g in sn
+    ):
+        raise ValueError("qParams.supernodes must be a list of [label, node_id, …] string lists")
+    for key in ("linkType", "clickedId", "sg_pos"):
+        if not isinstance(q.get(key), str):
+            raise ValueError(f"qParams.{key} must be a string")
+
+
+def validate_graph_json(doc: Any) -> None:
+    """Raise ValueError naming the first problem unless ``doc`` is a graph document: ``metadata`` with the
+    schema's fields, ``qParams`` (optional), ``nodes`` with the required node fields and unique ids, ``links``
+    whose ``source``/``target`` name nodes and whose ``weight`` is a number."""
+    if not isinstance(doc, dict):
+        raise ValueError("a graph must be a JSON object with metadata, nodes and links")
+    for key in ("metadata", "nodes", "links"):
+        if key not in doc:
+            raise ValueError(f"not a graph: no '{key}'")
+    meta = doc["metadata"]
+    if not isinstance(meta, dict):
+        raise ValueError("metadata must be an object")
+    for key, types in _META_FIELDS.items():
+        if not _is(meta.get(key), types):
+            raise ValueError(f"metadata.{key} must be {'/'.join(t.__name__ for t in types)}")
+    if not all(isinstance(t, str) for t in meta["prompt_tokens"]):
+        raise ValueError("metadata.prompt_tokens must be a list of strings")
+    if "qParams" in doc:
+        validate_qparams(doc["qParams"])
+    nodes, links = doc["nodes"], doc["links"]
+    if not isinstance(nodes, list) or not isinstance(links, list):
+        raise ValueError("nodes and links must be lists")
+    ids: set[str] = set()
+    for i, n in enumerate(nodes):
+        if not isinstance(n, dict):
+            raise ValueError(f"nodes[{i}] must be an object")
+        for key, types in _NODE_FIELDS.items():
+            if not _is(n.get(key), types):
+                raise ValueError(f"nodes[{i}].{key} must be {'/'.join(t.__name__ for t in types)}")
+        for key, types in _NODE_OPTIONAL.items():
+            if key in n and not _is(n[key], types):
+                raise ValueError(f"nodes[{i}].{key} has the wrong type")
+        if n["node_id"] in ids:
+            raise ValueError(f"duplicate node_id {n['node_id']!r}")
+        ids.add(n["node_id"])
+    for i, e in enumerate(links):
+        if not isinstance(e, dict):
+            raise ValueError(f"links[{i}] must be an object")
+        src, dst = e.get("source"), e.get("target")
+        if not (isinstance(src, str) and isinstance(dst, str) and src in ids and dst in ids):
+            raise ValueError(f"links[{i}] must join two existing node ids (source, target)")
+        if not _is(e.get("weight"), (int, float)):
+            raise ValueError(f"links[{i}].weight must be a number")

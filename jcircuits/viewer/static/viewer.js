@@ -1,0 +1,948 @@
+// jcircuits viewer: reads a graph JSON (circuit-tracer / Neuronpedia schema) from the local server and draws it
+// on a canvas. Rows are layers (token embeddings at the bottom, logits on top), columns are prompt positions.
+// Links live in typed arrays with per-node CSR indexes so 100k edges filter and draw in a few milliseconds;
+// edges are batched into a dozen paths by sign and strength instead of one stroke each.
+'use strict';
+
+(() => {
+  const FEATURE = 0, ERROR = 1, EMBED = 2, LOGIT = 3;
+  const TYPE_CODES = {
+    'cross layer transcoder': FEATURE, 'mlp reconstruction error': ERROR, 'embedding': EMBED, 'logit': LOGIT,
+  };
+  const TYPE_NAMES = ['feature', 'error', 'token', 'logit'];
+  const MARGIN = {left: 48, right: 18, top: 48, bottom: 50};
+  const LEVELS = 6;  // edge strength bins per sign
+  const MIN_SLOTS = 3;  // narrowest column, in node slots, so token labels stay readable
+  const $ = (id) => document.getElementById(id);
+  const dpr = () => window.devicePixelRatio || 1;
+
+  const state = {
+    slug: null, doc: null, nodes: [], ids: new Map(), types: null, rows: null, nRows: 0, nPos: 0,
+    src: null, tgt: null, w: null, nLinks: 0, inStart: null, inIdx: null, outStart: null, outIdx: null,
+    sortedAbs: null, cumShare: null, cellSlot: null, x: null, y: null, slotW: 1,
+    nodeVisible: null, linkVisible: null, nodeThreshold: 1, edgeThreshold: 1,
+    selected: -1, hovered: -1, pinned: [], supernodes: [], clerps: {}, dirty: false,
+    view: {scale: 1, tx: 0, ty: 0}, width: 0, height: 0,
+    timings: {}, renders: 0, lastRenderMs: 0, ready: false, error: null,
+  };
+
+  // ---------------------------------------------------------------------------------------------------
+  // Loading and validation
+
+  function showError(message) {
+    state.error = message;
+    const box = $('error');
+    box.textContent = message;
+    box.hidden = false;
+  }
+
+  function clearError() {
+    state.error = null;
+    $('error').hidden = true;
+  }
+
+  async function fetchJson(url) {
+    let res;
+    try {
+      res = await fetch(url, {cache: 'no-store'});
+    } catch (e) {
+      throw new Error(`cannot reach the jcircuits server (${e.message}); is \`jcircuits serve\` running?`);
+    }
+    const text = await res.text();
+    if (!res.ok) {
+      let msg = text;
+      try { msg = JSON.parse(text).error || text; } catch (_) { /* not JSON: show the text */ }
+      throw new Error(`${url}: ${res.status} ${msg}`);
+    }
+    try {
+      return JSON.parse(text);
+    } catch (e) {
+      throw new Error(`${url} is not valid JSON (${e.message}); the file is corrupt or truncated`);
+    }
+  }
+
+  // The first problem that makes `doc` unusable as a graph, or null.
+  function validate(doc) {
+    if (!doc || typeof doc !== 'object' || Array.isArray(doc)) return 'not a graph: expected a JSON object';
+    for (const key of ['metadata', 'nodes', 'links']) {
+      if (!(key in doc)) return `not a graph: no "${key}"`;
+    }
+    const meta = doc.metadata;
+    if (!meta || typeof meta !== 'object') return 'not a graph: metadata must be an object';
+    if (!Array.isArray(meta.prompt_tokens)) return 'not a graph: metadata.prompt_tokens must be a list';
+    if (!Array.isArray(doc.nodes) || !Array.isArray(doc.links)) return 'not a graph: nodes and links must be lists';
+    const seen = new Set();
+    for (let i = 0; i < doc.nodes.length; i++) {
+      const n = doc.nodes[i];
+      if (!n || typeof n.node_id !== 'string') return `nodes[${i}] has no node_id`;
+      if (typeof n.feature_type !== 'string') return `nodes[${i}] (${n.node_id}) has no feature_type`;
+      if (typeof n.layer !== 'string' || !Number.isInteger(n.ctx_idx)) {
+        return `nodes[${i}] (${n.node_id}) needs a string layer and an integer ctx_idx`;
+      }
+      if (seen.has(n.node_id)) return `duplicate node_id ${n.node_id}`;
+      seen.add(n.node_id);
+    }
+    for (let i = 0; i < doc.links.length; i++) {
+      const e = doc.links[i];
+      if (!e || !seen.has(e.source) || !seen.has(e.target)) return `links[${i}] joins unknown node ids`;
+      if (typeof e.weight !== 'number' || !Number.isFinite(e.weight)) return `links[${i}] has no numeric weight`;
+    }
+    return null;
+  }
+
+  async function loadIndex() {
+    const index = await fetchJson('graphs/graph-metadata.json');
+    const graphs = Array.isArray(index.graphs) ? index.graphs.filter((g) => g && typeof g.slug === 'string') : [];
+    const select = $('graph-select');
+    select.textContent = '';
+    for (const g of graphs) {
+      const opt = document.createElement('option');
+      opt.value = g.slug;
+      opt.textContent = g.prompt ? `${g.slug} — ${String(g.prompt).slice(0, 60)}` : g.slug;
+      select.append(opt);
+    }
+    return graphs.map((g) => g.slug);
+  }
+
+  async function loadGraph(slug) {
+    state.ready = false;
+    clearError();
+    const t0 = performance.now();
+    let doc;
+    try {
+      doc = await fetchJson(`graphs/${encodeURIComponent(slug)}.json`);
+    } catch (e) {
+      showError(`cannot open graph "${slug}": ${e.message}`);
+      return;
+    }
+    const t1 = performance.now();
+    const problem = validate(doc);
+    if (problem) {
+      showError(`graph "${slug}" cannot be shown: ${problem}`);
+      return;
+    }
+    build(slug, doc);
+    const t2 = performance.now();
+    resize();
+    render();
+    const t3 = performance.now();
+    state.timings = {fetchParseMs: t1 - t0, buildMs: t2 - t1, firstRenderMs: t3 - t2, totalMs: t3 - t0};
+    state.ready = true;
+    const url = new URL(window.location.href);
+    url.searchParams.set('graph', slug);
+    window.history.replaceState(null, '', url);
+  }
+
+  // ---------------------------------------------------------------------------------------------------
+  // Indexes and layout
+
+  function build(slug, doc) {
+    state.slug = slug;
+    state.doc = doc;
+    const nodes = doc.nodes;
+    const N = nodes.length;
+    state.nodes = nodes;
+    state.ids = new Map(nodes.map((n, i) => [n.node_id, i]));
+    state.types = new Uint8Array(N);
+    state.rows = new Int32Array(N);
+    let maxRow = 0;
+    let maxCtx = 0;
+    for (let i = 0; i < N; i++) {
+      const n = nodes[i];
+      const t = TYPE_CODES[n.feature_type] ?? FEATURE;
+      state.types[i] = t;
+      maxCtx = Math.max(maxCtx, n.ctx_idx);
+      if (t === EMBED) state.rows[i] = 0;
+      else if (t !== LOGIT) {
+        const layer = parseInt(n.layer, 10);
+        state.rows[i] = Number.isFinite(layer) ? layer + 1 : 1;
+        maxRow = Math.max(maxRow, state.rows[i]);
+      }
+    }
+    // logits sit one row above the last layer (their schema layer is n_layers + 1)
+    let logitRow = maxRow + 1;
+    for (let i = 0; i < N; i++) {
+      if (state.types[i] === LOGIT) {
+        const layer = parseInt(nodes[i].layer, 10);
+        if (Number.isFinite(layer) && layer > logitRow) logitRow = layer;
+      }
+    }
+    for (let i = 0; i < N; i++) if (state.types[i] === LOGIT) state.rows[i] = logitRow;
+    state.nRows = logitRow + 1;
+    state.nPos = Math.max(doc.metadata.prompt_tokens.length, maxCtx + 1);
+
+    // links: typed arrays plus CSR indexes of each node's inputs and outputs
+    const M = doc.links.length;
+    const src = new Int32Array(M), tgt = new Int32Array(M), w = new Float32Array(M);
+    const inCount = new Int32Array(N + 1), outCount = new Int32Array(N + 1);
+    for (let k = 0; k < M; k++) {
+      const e = doc.links[k];
+      src[k] = state.ids.get(e.source);
+      tgt[k] = state.ids.get(e.target);
+      w[k] = e.weight;
+      inCount[tgt[k] + 1]++;
+      outCount[src[k] + 1]++;
+    }
+    for (let i = 0; i < N; i++) { inCount[i + 1] += inCount[i]; outCount[i + 1] += outCount[i]; }
+    const inIdx = new Int32Array(M), outIdx = new Int32Array(M);
+    const inFill = inCount.slice(0, N), outFill = outCount.slice(0, N);
+    for (let k = 0; k < M; k++) { inIdx[inFill[tgt[k]]++] = k; outIdx[outFill[src[k]]++] = k; }
+    Object.assign(state, {src, tgt, w, nLinks: M, inStart: inCount, inIdx, outStart: outCount, outIdx});
+
+    // the edge slider keeps the strongest edges carrying a fraction of total |weight|
+    const sortedAbs = Float32Array.from(w, Math.abs).sort().reverse();
+    const cumShare = new Float64Array(M);
+    let total = 0;
+    for (let k = 0; k < M; k++) { total += sortedAbs[k]; cumShare[k] = total; }
+    for (let k = 0; k < M; k++) cumShare[k] /= total || 1;
+    state.sortedAbs = sortedAbs;
+    state.cumShare = cumShare;
+
+    // each node's slot within its (row, position) cell: features before errors, most influential first
+    const cells = new Map();
+    for (let i = 0; i < N; i++) {
+      const key = state.rows[i] * state.nPos + nodes[i].ctx_idx;
+      if (!cells.has(key)) cells.set(key, []);
+      cells.get(key).push(i);
+    }
+    const infl = (i) => (nodes[i].influence == null ? 2 : nodes[i].influence);
+    state.cellSlot = new Float32Array(N);  // slot offset from the cell centre, in slots
+    state.colSlots = new Float32Array(state.nPos).fill(MIN_SLOTS);
+    for (const [key, members] of cells) {
+      members.sort((a, b) => (state.types[a] - state.types[b]) || (infl(a) - infl(b)) ||
+        (nodes[a].node_id < nodes[b].node_id ? -1 : 1));
+      members.forEach((i, k) => { state.cellSlot[i] = k - (members.length - 1) / 2; });
+      const pos = key % state.nPos;
+      state.colSlots[pos] = Math.max(state.colSlots[pos], members.length);
+    }
+
+    const q = doc.qParams || {};
+    state.pinned = (Array.isArray(q.pinnedIds) ? q.pinnedIds : []).filter((id) => state.ids.has(id));
+    state.supernodes = (Array.isArray(q.supernodes) ? q.supernodes : [])
+      .filter((g) => Array.isArray(g) && g.length > 1)
+      .map(([label, ...members]) => [String(label), ...members.filter((id) => state.ids.has(id))]);
+    state.selected = state.ids.has(q.clickedId) ? state.ids.get(q.clickedId) : -1;
+    state.hovered = -1;
+    state.clerps = {};
+    state.dirty = false;
+    state.view = {scale: 1, tx: 0, ty: 0};
+    $('prompt').textContent = doc.metadata.prompt ?? '';
+    $('prompt').title = doc.metadata.prompt ?? '';
+    $('save').disabled = true;
+    setStatus('');
+    computeVisibility();
+    renderDetails();
+    renderSubgraph();
+  }
+
+  // world coordinates (CSS pixels at zoom 1) of every node for the current canvas size
+  function layout() {
+    const W = Math.max(state.width - MARGIN.left - MARGIN.right, 50);
+    const H = Math.max(state.height - MARGIN.top - MARGIN.bottom, 50);
+    const totalSlots = state.colSlots.reduce((a, b) => a + b, 0) || 1;
+    state.slotW = W / totalSlots;
+    state.colX = new Float32Array(state.nPos + 1);
+    for (let p = 0; p < state.nPos; p++) state.colX[p + 1] = state.colX[p] + state.colSlots[p] * state.slotW;
+    state.rowH = H / Math.max(state.nRows, 1);
+    const N = state.nodes.length;
+    state.x = new Float32Array(N);
+    state.y = new Float32Array(N);
+    for (let i = 0; i < N; i++) {
+      const p = state.nodes[i].ctx_idx;
+      state.x[i] = MARGIN.left + (state.colX[p] + state.colX[p + 1]) / 2 + state.cellSlot[i] * state.slotW;
+      state.y[i] = rowY(state.rows[i]);
+    }
+  }
+
+  const rowY = (row) => MARGIN.top + (state.nRows - 1 - row + 0.5) * state.rowH;
+  const sx = (x) => x * state.view.scale + state.view.tx;
+  const sy = (y) => y * state.view.scale + state.view.ty;
+  const nodeRadius = () => Math.min(Math.max(0.42 * state.slotW * state.view.scale, 1.5), 7);
+
+  // ---------------------------------------------------------------------------------------------------
+  // Visibility (sliders)
+
+  function computeVisibility() {
+    const N = state.nodes.length, M = state.nLinks;
+    const nodeVisible = new Uint8Array(N);
+    const keep = new Set(state.pinned);
+    for (let i = 0; i < N; i++) {
+      const t = state.types[i], infl = state.nodes[i].influence;
+      nodeVisible[i] = t === EMBED || t === LOGIT || infl == null || infl <= state.nodeThreshold + 1e-9 ||
+        i === state.selected || keep.has(state.nodes[i].node_id) ? 1 : 0;
+    }
+    let cut = 0;
+    if (state.edgeThreshold < 1 && M) {
+      let lo = 0, hi = M - 1;  // first index whose cumulative share reaches the threshold
+      while (lo < hi) {
+        const mid = (lo + hi) >> 1;
+        if (state.cumShare[mid] >= state.edgeThreshold) hi = mid; else lo = mid + 1;
+      }
+      cut = state.sortedAbs[lo];
+    }
+    const linkVisible = new Uint8Array(M);
+    let shownLinks = 0;
+    for (let k = 0; k < M; k++) {
+      if (nodeVisible[state.src[k]] && nodeVisible[state.tgt[k]] && Math.abs(state.w[k]) >= cut) {
+        linkVisible[k] = 1;
+        shownLinks++;
+      }
+    }
+    state.nodeVisible = nodeVisible;
+    state.linkVisible = linkVisible;
+    let shownNodes = 0;
+    for (let i = 0; i < N; i++) shownNodes += nodeVisible[i];
+    $('counts').textContent = `${shownNodes}/${N} nodes · ${shownLinks}/${M} edges`;
+  }
+
+  // ---------------------------------------------------------------------------------------------------
+  // Drawing
+
+  function resize() {
+    const wrap = $('canvas-wrap');
+    state.width = wrap.clientWidth;
+    state.height = wrap.clientHeight;
+    for (const c of [$('graph-canvas'), $('overlay-canvas')]) {
+      c.width = Math.round(state.width * dpr());
+      c.height = Math.round(state.height * dpr());
+    }
+    if (state.doc) layout();
+  }
+
+  let pending = 0;
+  function scheduleRender() {
+    if (!pending) pending = requestAnimationFrame(() => { pending = 0; render(); });
+  }
+
+  function render() {
+    if (!state.doc) return;
+    const t0 = performance.now();
+    const ctx = $('graph-canvas').getContext('2d');
+    ctx.setTransform(dpr(), 0, 0, dpr(), 0, 0);
+    ctx.clearRect(0, 0, state.width, state.height);
+    drawGrid(ctx);
+    drawEdges(ctx);
+    drawNodes(ctx);
+    drawLabels(ctx);
+    drawOverlay();
+    state.renders++;
+    state.lastRenderMs = performance.now() - t0;
+  }
+
+  function drawGrid(ctx) {
+    ctx.strokeStyle = '#eef0f3';
+    ctx.lineWidth = 1;
+    ctx.fillStyle = '#8a94a3';
+    ctx.font = '11px system-ui, sans-serif';
+    ctx.textAlign = 'right';
+    ctx.textBaseline = 'middle';
+    for (let r = 0; r < state.nRows; r++) {
+      const y = sy(rowY(r));
+      ctx.beginPath();
+      ctx.moveTo(sx(MARGIN.left), y);
+      ctx.lineTo(sx(state.width - MARGIN.right), y);
+      ctx.stroke();
+      const name = r === 0 ? 'Emb' : r === state.nRows - 1 ? 'Logit' : `L${r - 1}`;
+      ctx.fillText(name, MARGIN.left - 8, y);
+    }
+    for (let p = 0; p <= state.nPos; p++) {
+      const x = sx(MARGIN.left + state.colX[p]);
+      ctx.beginPath();
+      ctx.moveTo(x, sy(MARGIN.top));
+      ctx.lineTo(x, sy(state.height - MARGIN.bottom));
+      ctx.stroke();
+    }
+  }
+
+  function drawEdges(ctx) {
+    const M = state.nLinks, vis = state.linkVisible, w = state.w, src = state.src, tgt = state.tgt;
+    let maxAbs = 0;
+    for (let k = 0; k < M; k++) if (vis[k]) maxAbs = Math.max(maxAbs, Math.abs(w[k]));
+    if (!maxAbs) return;
+    const sel = state.selected;
+    const paths = [];
+    for (let b = 0; b < 2 * LEVELS; b++) paths.push(new Path2D());
+    const faint = new Path2D();
+    for (let k = 0; k < M; k++) {
+      if (!vis[k]) continue;
+      const s = src[k], t = tgt[k];
+      if (sel >= 0 && s !== sel && t !== sel) {
+        faint.moveTo(sx(state.x[s]), sy(state.y[s]));
+        faint.lineTo(sx(state.x[t]), sy(state.y[t]));
+        continue;
+      }
+      const level = Math.min(LEVELS - 1, Math.floor(LEVELS * Math.sqrt(Math.abs(w[k]) / maxAbs)));
+      const path = paths[(w[k] < 0 ? LEVELS : 0) + level];
+      path.moveTo(sx(state.x[s]), sy(state.y[s]));
+      path.lineTo(sx(state.x[t]), sy(state.y[t]));
+    }
+    if (sel >= 0) {
+      ctx.strokeStyle = 'rgba(120, 130, 145, 0.07)';
+      ctx.lineWidth = 0.6;
+      ctx.stroke(faint);
+    }
+    for (let level = 0; level < LEVELS; level++) {
+      const alpha = sel >= 0 ? 0.35 + 0.1 * level : 0.07 + 0.13 * level;
+      ctx.lineWidth = 0.5 + 0.45 * level;
+      ctx.strokeStyle = `rgba(43, 108, 176, ${alpha})`;
+      ctx.stroke(paths[level]);
+      ctx.strokeStyle = `rgba(197, 48, 48, ${alpha})`;
+      ctx.stroke(paths[LEVELS + level]);
+    }
+  }
+
+  function nodeShape(path, t, x, y, r) {
+    if (t === FEATURE) {
+      path.moveTo(x + r, y);
+      path.arc(x, y, r, 0, 2 * Math.PI);
+    } else if (t === ERROR) {
+      path.rect(x - r * 0.85, y - r * 0.85, 1.7 * r, 1.7 * r);
+    } else if (t === EMBED) {
+      path.rect(x - r * 1.1, y - r * 0.75, 2.2 * r, 1.5 * r);
+    } else {
+      path.moveTo(x, y - r * 1.2);
+      path.lineTo(x + r * 1.2, y);
+      path.lineTo(x, y + r * 1.2);
+      path.lineTo(x - r * 1.2, y);
+      path.closePath();
+    }
+  }
+
+  const FILLS = ['#fbf4e6', '#d5d9df', '#d7f0dd', '#e8defa'];
+  const STROKES = ['#8c6d3f', '#7b8794', '#3f7d50', '#6b46c1'];
+
+  function drawNodes(ctx) {
+    const r = nodeRadius();
+    const pinned = new Set(state.pinned.map((id) => state.ids.get(id)));
+    const byType = [0, 1, 2, 3].map(() => new Path2D());
+    const pinPath = new Path2D();
+    for (let i = 0; i < state.nodes.length; i++) {
+      if (!state.nodeVisible[i]) continue;
+      nodeShape(pinned.has(i) ? pinPath : byType[state.types[i]], state.types[i], sx(state.x[i]), sy(state.y[i]), r);
+    }
+    ctx.lineWidth = 1;
+    for (let t = 0; t < 4; t++) {
+      ctx.fillStyle = FILLS[t];
+      ctx.strokeStyle = STROKES[t];
+      ctx.fill(byType[t]);
+      ctx.stroke(byType[t]);
+    }
+    ctx.fillStyle = '#f6c744';
+    ctx.strokeStyle = '#8a6a00';
+    ctx.fill(pinPath);
+    ctx.stroke(pinPath);
+  }
+
+  function drawLabels(ctx) {
+    ctx.fillStyle = '#1f2933';
+    ctx.font = '12px system-ui, sans-serif';
+    ctx.textAlign = 'center';
+    ctx.textBaseline = 'top';
+    const tokens = state.doc.metadata.prompt_tokens;
+    for (let p = 0; p < state.nPos; p++) {
+      const x0 = sx(MARGIN.left + state.colX[p]), x1 = sx(MARGIN.left + state.colX[p + 1]);
+      const text = tokenText(tokens[p] ?? '');
+      ctx.fillText(text, (x0 + x1) / 2, sy(state.height - MARGIN.bottom) + 8, Math.max(x1 - x0 - 4, 8));
+    }
+    ctx.textBaseline = 'bottom';
+    ctx.font = '11px system-ui, sans-serif';
+    const r = nodeRadius();
+    for (let i = 0; i < state.nodes.length; i++) {
+      if (state.types[i] !== LOGIT || !state.nodeVisible[i]) continue;
+      const n = state.nodes[i];
+      const m = /^Output "(.*)" \(p=([0-9.]+)\)$/s.exec(n.clerp || '');
+      const text = m ? `${tokenText(m[1])} ${m[2]}` : (n.clerp || n.node_id);
+      ctx.save();
+      ctx.translate(sx(state.x[i]), sy(state.y[i]) - r - 4);
+      ctx.rotate(-Math.PI / 3);
+      ctx.textAlign = 'left';
+      ctx.fillText(text, 0, 0);
+      ctx.restore();
+    }
+  }
+
+  function drawOverlay() {
+    const c = $('overlay-canvas');
+    const ctx = c.getContext('2d');
+    ctx.setTransform(dpr(), 0, 0, dpr(), 0, 0);
+    ctx.clearRect(0, 0, state.width, state.height);
+    const r = nodeRadius();
+    const ring = (i, color, width) => {
+      if (i < 0) return;
+      ctx.beginPath();
+      ctx.arc(sx(state.x[i]), sy(state.y[i]), r + 3, 0, 2 * Math.PI);
+      ctx.strokeStyle = color;
+      ctx.lineWidth = width;
+      ctx.stroke();
+    };
+    ring(state.selected, '#111827', 2.5);
+    if (state.hovered !== state.selected) ring(state.hovered, '#2563eb', 2);
+  }
+
+  // ---------------------------------------------------------------------------------------------------
+  // Node text
+
+  const tokenText = (s) => String(s).replace(/\n/g, '⏎').replace(/\t/g, '→').replace(/\r/g, '↵');
+
+  function tokenAt(n) {
+    const t = state.doc.metadata.prompt_tokens[n.ctx_idx];
+    return t === undefined ? `#${n.ctx_idx}` : tokenText(t);
+  }
+
+  function featureIndex(n) {
+    const parts = n.node_id.split('_');
+    return parts.length === 3 ? parts[1] : String(n.feature);
+  }
+
+  function nodeLabel(i) {
+    const n = state.nodes[i];
+    if (n.clerp) return n.clerp;
+    switch (state.types[i]) {
+      case ERROR: return `error L${n.layer} @ "${tokenAt(n)}"`;
+      case EMBED: return `token "${tokenAt(n)}"`;
+      case LOGIT: return n.node_id;
+      default: return `L${n.layer} F${featureIndex(n)} @ "${tokenAt(n)}"`;
+    }
+  }
+
+  function nodeFacts(i) {
+    const n = state.nodes[i];
+    const facts = [['id', n.node_id], ['type', `${TYPE_NAMES[state.types[i]]} (${n.feature_type})`],
+      ['layer', n.layer], ['position', `${n.ctx_idx} "${tokenAt(n)}"`]];
+    if (state.types[i] === FEATURE) facts.push(['feature', featureIndex(n)]);
+    if (n.activation != null) facts.push(['activation', n.activation.toPrecision(4)]);
+    if (n.influence != null) facts.push(['influence', n.influence.toPrecision(4)]);
+    if (state.types[i] === LOGIT) facts.push(['probability', Number(n.token_prob).toPrecision(4)]);
+    facts.push(['inputs / outputs', `${state.inStart[i + 1] - state.inStart[i]} / ${state.outStart[i + 1] - state.outStart[i]}`]);
+    return facts;
+  }
+
+  // ---------------------------------------------------------------------------------------------------
+  // Tooltip, details, pins, supernodes
+
+  function renderTooltip(ev) {
+    const tip = $('tooltip');
+    if (state.hovered < 0) { tip.hidden = true; return; }
+    tip.textContent = '';
+    const title = document.createElement('div');
+    title.textContent = nodeLabel(state.hovered);
+    title.style.fontWeight = '600';
+    tip.append(title);
+    for (const [k, v] of nodeFacts(state.hovered)) {
+      const row = document.createElement('div');
+      const key = document.createElement('span');
+      key.className = 'kind';
+      key.textContent = `${k}: `;
+      row.append(key, String(v));
+      tip.append(row);
+    }
+    tip.hidden = false;
+    const box = $('canvas-wrap').getBoundingClientRect();
+    const x = ev.clientX - box.left + 14, y = ev.clientY - box.top + 14;
+    tip.style.left = `${Math.min(x, state.width - tip.offsetWidth - 4)}px`;
+    tip.style.top = `${Math.min(y, state.height - tip.offsetHeight - 4)}px`;
+  }
+
+  function strongest(start, index, i, other, limit = 12) {
+    const ks = Array.from(index.subarray(start[i], start[i + 1]));
+    ks.sort((a, b) => Math.abs(state.w[b]) - Math.abs(state.w[a]));
+    return ks.slice(0, limit).map((k) => ({k, node: other[k], w: state.w[k]}));
+  }
+
+  function fillLinks(list, items) {
+    list.textContent = '';
+    for (const {node, w} of items) {
+      const li = document.createElement('li');
+      const ws = document.createElement('span');
+      ws.className = `w ${w < 0 ? 'neg' : 'pos'}`;
+      ws.textContent = w.toPrecision(3);
+      li.append(ws, nodeLabel(node));
+      li.dataset.nodeId = state.nodes[node].node_id;
+      li.addEventListener('click', () => select(node));
+      list.append(li);
+    }
+    if (!items.length) {
+      const li = document.createElement('li');
+      li.textContent = '(none)';
+      list.append(li);
+    }
+  }
+
+  function renderDetails() {
+    const i = state.selected;
+    $('details').querySelector('.empty').hidden = i >= 0;
+    $('details-body').hidden = i < 0;
+    if (i < 0) return;
+    $('details-title').textContent = nodeLabel(i);
+    const table = $('details-table');
+    table.textContent = '';
+    for (const [k, v] of nodeFacts(i)) {
+      const tr = table.insertRow();
+      tr.insertCell().textContent = k;
+      tr.insertCell().textContent = String(v);
+    }
+    $('clerp-input').value = state.nodes[i].clerp || '';
+    $('pin-toggle').textContent = state.pinned.includes(state.nodes[i].node_id) ? 'Unpin' : 'Pin';
+    fillLinks($('inputs'), strongest(state.inStart, state.inIdx, i, state.src));
+    fillLinks($('outputs'), strongest(state.outStart, state.outIdx, i, state.tgt));
+  }
+
+  function select(i) {
+    state.selected = i;
+    computeVisibility();  // a selected node stays visible whatever the sliders say
+    renderDetails();
+    scheduleRender();
+  }
+
+  function markDirty() {
+    state.dirty = true;
+    $('save').disabled = false;
+    setStatus('unsaved changes');
+  }
+
+  function setStatus(text, cls = '') {
+    const s = $('status');
+    s.textContent = text;
+    s.className = cls;
+  }
+
+  function togglePin(i) {
+    if (i < 0) return;
+    const id = state.nodes[i].node_id;
+    const at = state.pinned.indexOf(id);
+    if (at >= 0) {
+      state.pinned.splice(at, 1);
+      state.supernodes = state.supernodes.map((g) => g.filter((x, j) => j === 0 || x !== id)).filter((g) => g.length > 1);
+    } else state.pinned.push(id);
+    markDirty();
+    computeVisibility();
+    renderDetails();
+    renderSubgraph();
+    scheduleRender();
+  }
+
+  function supernodeOf(id) {
+    return state.supernodes.findIndex((g) => g.indexOf(id) > 0);
+  }
+
+  function renderPinnedList() {
+    const list = $('pinned-list');
+    list.textContent = '';
+    for (const id of state.pinned) {
+      const i = state.ids.get(id);
+      const li = document.createElement('li');
+      li.dataset.nodeId = id;
+      const box = document.createElement('input');
+      box.type = 'checkbox';
+      box.className = 'group-check';
+      box.value = id;
+      const name = document.createElement('span');
+      name.className = 'name';
+      const g = supernodeOf(id);
+      name.textContent = nodeLabel(i) + (g >= 0 ? `  [${state.supernodes[g][0]}]` : '');
+      name.title = id;
+      name.addEventListener('click', () => select(i));
+      const un = document.createElement('button');
+      un.type = 'button';
+      un.className = 'small';
+      un.textContent = 'unpin';
+      un.addEventListener('click', () => togglePin(i));
+      li.append(box, name, un);
+      list.append(li);
+    }
+    $('pinned-count').textContent = state.pinned.length ? `(${state.pinned.length} pinned)` : '';
+    const sl = $('supernode-list');
+    sl.textContent = '';
+    state.supernodes.forEach((g, gi) => {
+      const li = document.createElement('li');
+      li.className = 'supernode';
+      const name = document.createElement('span');
+      name.className = 'name';
+      name.textContent = `◆ ${g[0]} (${g.length - 1} nodes)`;
+      const un = document.createElement('button');
+      un.type = 'button';
+      un.className = 'small';
+      un.textContent = 'ungroup';
+      un.addEventListener('click', () => {
+        state.supernodes.splice(gi, 1);
+        markDirty();
+        renderSubgraph();
+      });
+      li.append(name, un);
+      sl.append(li);
+    });
+  }
+
+  // The pinned nodes, with supernodes merged, drawn with the same rows/columns rule as the main graph.
+  function renderSubgraph() {
+    renderPinnedList();
+    const svg = $('subgraph-svg');
+    svg.textContent = '';
+    if (!state.doc) return;
+    const grouped = new Map();  // node index -> item index
+    const items = [];
+    state.supernodes.forEach((g) => {
+      const members = g.slice(1).map((id) => state.ids.get(id));
+      members.forEach((m) => grouped.set(m, items.length));
+      items.push({label: g[0], members, supernode: true});
+    });
+    for (const id of state.pinned) {
+      const i = state.ids.get(id);
+      if (grouped.has(i)) continue;
+      grouped.set(i, items.length);
+      items.push({label: nodeLabel(i), members: [i], supernode: false});
+    }
+    if (!items.length) return;
+    const W = svg.clientWidth || 340, H = svg.clientHeight || 240, pad = 22;
+    svg.setAttribute('viewBox', `0 0 ${W} ${H}`);
+    for (const it of items) {
+      const mean = (f) => it.members.reduce((a, m) => a + f(m), 0) / it.members.length;
+      it.fx = mean((m) => state.nodes[m].ctx_idx + 0.5) / state.nPos;
+      it.fy = 1 - mean((m) => state.rows[m] + 0.5) / state.nRows;
+    }
+    items.forEach((it) => { it.x = pad + it.fx * (W - 2 * pad); it.y = pad + it.fy * (H - 2 * pad); });
+    // nudge items that share a spot apart horizontally
+    const sorted = [...items].sort((a, b) => a.y - b.y || a.x - b.x);
+    for (let a = 1; a < sorted.length; a++) {
+      const p = sorted[a - 1], q = sorted[a];
+      if (Math.abs(p.y - q.y) < 12 && q.x - p.x < 26) q.x = p.x + 26;
+    }
+    // summed weights between items
+    const sums = new Map();
+    for (const [m, a] of grouped) {
+      for (let c = state.outStart[m]; c < state.outStart[m + 1]; c++) {
+        const k = state.outIdx[c];
+        const b = grouped.get(state.tgt[k]);
+        if (b === undefined || b === a) continue;
+        const key = `${a}>${b}`;
+        sums.set(key, (sums.get(key) || 0) + state.w[k]);
+      }
+    }
+    const maxW = Math.max(...[...sums.values()].map(Math.abs), 1e-12);
+    const ns = 'http://www.w3.org/2000/svg';
+    const el = (name, attrs) => {
+      const e = document.createElementNS(ns, name);
+      for (const [k, v] of Object.entries(attrs)) e.setAttribute(k, v);
+      svg.append(e);
+      return e;
+    };
+    for (const [key, w] of sums) {
+      const [a, b] = key.split('>').map(Number);
+      el('line', {x1: items[a].x, y1: items[a].y, x2: items[b].x, y2: items[b].y,
+        stroke: w < 0 ? '#c53030' : '#2b6cb0', 'stroke-width': 0.6 + 3.5 * Math.abs(w) / maxW,
+        'stroke-opacity': 0.75, class: 'sg-link'});
+    }
+    for (const it of items) {
+      const shape = it.supernode
+        ? el('rect', {x: it.x - 9, y: it.y - 7, width: 18, height: 14, rx: 4, fill: '#f6c744', stroke: '#8a6a00'})
+        : el('circle', {cx: it.x, cy: it.y, r: 6, fill: '#fbf4e6', stroke: '#8c6d3f'});
+      shape.setAttribute('class', it.supernode ? 'sg-node sg-supernode' : 'sg-node');
+      if (!it.supernode) shape.addEventListener('click', () => select(it.members[0]));
+      const text = el('text', {x: it.x + 10, y: it.y + 4, 'font-size': 10, fill: '#1f2933'});
+      text.textContent = it.label.length > 28 ? `${it.label.slice(0, 27)}…` : it.label;
+    }
+  }
+
+  // ---------------------------------------------------------------------------------------------------
+  // Saving
+
+  async function save() {
+    if (!state.slug) return;
+    const body = {
+      qParams: {
+        pinnedIds: state.pinned, supernodes: state.supernodes, linkType: 'both',
+        clickedId: state.selected >= 0 ? state.nodes[state.selected].node_id : '', sg_pos: '',
+      },
+      clerps: state.clerps,
+    };
+    setStatus('saving…');
+    try {
+      const res = await fetch(`graphs/${encodeURIComponent(state.slug)}.json`, {
+        method: 'POST', headers: {'Content-Type': 'application/json'}, body: JSON.stringify(body),
+      });
+      const reply = await res.json().catch(() => ({}));
+      if (!res.ok) throw new Error(reply.error || `HTTP ${res.status}`);
+      state.clerps = {};
+      state.dirty = false;
+      $('save').disabled = true;
+      setStatus('saved', 'ok');
+    } catch (e) {
+      setStatus(`save failed: ${e.message}`, 'bad');
+    }
+  }
+
+  // ---------------------------------------------------------------------------------------------------
+  // Events
+
+  function hitTest(px, py) {
+    const r = Math.max(nodeRadius() + 3, 6);
+    let best = -1, bestD = r * r;
+    for (let i = 0; i < state.nodes.length; i++) {
+      if (!state.nodeVisible[i]) continue;
+      const dx = sx(state.x[i]) - px, dy = sy(state.y[i]) - py;
+      const d = dx * dx + dy * dy;
+      if (d <= bestD) { bestD = d; best = i; }
+    }
+    return best;
+  }
+
+  function localPoint(ev) {
+    const box = $('overlay-canvas').getBoundingClientRect();
+    return [ev.clientX - box.left, ev.clientY - box.top];
+  }
+
+  function bindEvents() {
+    const overlay = $('overlay-canvas');
+    let drag = null;
+    overlay.addEventListener('mousedown', (ev) => {
+      const [x, y] = localPoint(ev);
+      drag = {x, y, tx: state.view.tx, ty: state.view.ty, moved: false};
+    });
+    window.addEventListener('mouseup', (ev) => {
+      if (!drag) return;
+      const wasClick = !drag.moved;
+      drag = null;
+      if (!wasClick || !state.doc || ev.target !== overlay) return;
+      const [x, y] = localPoint(ev);
+      const i = hitTest(x, y);
+      if (ev.shiftKey && i >= 0) togglePin(i);
+      else select(i);
+    });
+    overlay.addEventListener('mousemove', (ev) => {
+      if (!state.doc) return;
+      const [x, y] = localPoint(ev);
+      if (drag) {
+        if (Math.abs(x - drag.x) + Math.abs(y - drag.y) > 3) drag.moved = true;
+        if (drag.moved) {
+          state.view.tx = drag.tx + x - drag.x;
+          state.view.ty = drag.ty + y - drag.y;
+          scheduleRender();
+          return;
+        }
+      }
+      const i = hitTest(x, y);
+      if (i !== state.hovered) {
+        state.hovered = i;
+        drawOverlay();
+      }
+      renderTooltip(ev);
+    });
+    overlay.addEventListener('mouseleave', () => {
+      state.hovered = -1;
+      $('tooltip').hidden = true;
+      if (state.doc) drawOverlay();
+    });
+    overlay.addEventListener('wheel', (ev) => {
+      if (!state.doc) return;
+      ev.preventDefault();
+      const [x, y] = localPoint(ev);
+      const v = state.view;
+      const scale = Math.min(Math.max(v.scale * Math.exp(-ev.deltaY * 0.0015), 0.5), 60);
+      v.tx = x - (x - v.tx) * (scale / v.scale);
+      v.ty = y - (y - v.ty) * (scale / v.scale);
+      v.scale = scale;
+      scheduleRender();
+    }, {passive: false});
+    overlay.addEventListener('dblclick', () => {
+      state.view = {scale: 1, tx: 0, ty: 0};
+      scheduleRender();
+    });
+    window.addEventListener('keydown', (ev) => {
+      if (ev.target instanceof HTMLInputElement) return;
+      if (ev.key === 'p' || ev.key === 'P') togglePin(state.selected);
+      if (ev.key === 'Escape') select(-1);
+    });
+    window.addEventListener('resize', () => { resize(); scheduleRender(); renderSubgraph(); });
+
+    for (const [id, key] of [['node-threshold', 'nodeThreshold'], ['edge-threshold', 'edgeThreshold']]) {
+      $(id).addEventListener('input', (ev) => {
+        state[key] = Number(ev.target.value);
+        $(`${id}-value`).textContent = state[key].toFixed(2);
+        if (!state.doc) return;
+        computeVisibility();
+        scheduleRender();
+      });
+    }
+    $('graph-select').addEventListener('change', (ev) => {
+      if (state.dirty && !window.confirm('Discard unsaved changes?')) {
+        ev.target.value = state.slug;
+        return;
+      }
+      loadGraph(ev.target.value);
+    });
+    $('pin-toggle').addEventListener('click', () => togglePin(state.selected));
+    $('clerp-form').addEventListener('submit', (ev) => {
+      ev.preventDefault();
+      const i = state.selected;
+      if (i < 0) return;
+      const label = $('clerp-input').value.trim();
+      state.nodes[i].clerp = label;
+      state.clerps[state.nodes[i].node_id] = label;
+      markDirty();
+      renderDetails();
+      renderSubgraph();
+    });
+    $('supernode-form').addEventListener('submit', (ev) => {
+      ev.preventDefault();
+      const ids = [...document.querySelectorAll('#pinned-list .group-check:checked')].map((b) => b.value);
+      if (!ids.length) { setStatus('check pinned nodes to group first', 'bad'); return; }
+      const label = $('supernode-label').value.trim() || 'supernode';
+      // a node belongs to one supernode at most
+      state.supernodes = state.supernodes.map((g) => g.filter((x, j) => j === 0 || !ids.includes(x)))
+        .filter((g) => g.length > 1);
+      state.supernodes.push([label, ...ids]);
+      $('supernode-label').value = '';
+      markDirty();
+      renderSubgraph();
+    });
+    $('clear-pins').addEventListener('click', () => {
+      state.pinned = [];
+      state.supernodes = [];
+      markDirty();
+      computeVisibility();
+      renderSubgraph();
+      renderDetails();
+      scheduleRender();
+    });
+    $('save').addEventListener('click', save);
+    window.addEventListener('beforeunload', (ev) => {
+      if (state.dirty) { ev.preventDefault(); ev.returnValue = ''; }
+    });
+  }
+
+  // A small read-only handle for scripts and tests: state, timings, and where a node is on screen.
+  window.jcViewer = {
+    state,
+    nodeScreenPos(id) {
+      const i = state.ids.get(id);
+      return i === undefined ? null : {x: sx(state.x[i]), y: sy(state.y[i])};
+    },
+    loadGraph,
+  };
+
+  async function main() {
+    bindEvents();
+    let slugs;
+    try {
+      slugs = await loadIndex();
+    } catch (e) {
+      showError(`cannot read the graph index: ${e.message}`);
+      return;
+    }
+    const wanted = new URL(window.location.href).searchParams.get('graph');
+    const slug = wanted || slugs[0];
+    if (!slug) {
+      showError('no graphs in this directory yet: write one with `jcircuits attribute … --slug NAME --graph-dir DIR`');
+      return;
+    }
+    if (wanted && !slugs.includes(wanted)) {
+      const opt = document.createElement('option');
+      opt.value = opt.textContent = wanted;
+      $('graph-select').append(opt);
+    }
+    $('graph-select').value = slug;
+    await loadGraph(slug);
+  }
+
+  main();
+})();
