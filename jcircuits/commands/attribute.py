@@ -61,6 +61,11 @@ def cmd_attribute(args) -> int:
 
     if (args.prompt is None) == (args.tokens is None):
         raise SystemExit("give exactly one of --prompt TEXT or --tokens 2,15,7,…")
+    from jcircuits.plan import preflight
+
+    code = preflight(args)  # memory estimate first: --dry-run stops here, and so does a run that cannot fit
+    if code is not None:
+        return code
     t0 = time.perf_counter()
     model, transcoders = load_model_and_transcoders(args)
     load_s = time.perf_counter() - t0
@@ -116,4 +121,7 @@ def register(sub) -> None:
         "-o", "--output", default="graph.safetensors", help="where to write the graph (safetensors)"
     )
     a.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    from jcircuits.plan import add_scale_arguments
+
+    add_scale_arguments(a)  # --mesh, --dry-run, --device-memory, --host-memory, --l0
     a.set_defaults(func=cmd_attribute)
