@@ -196,10 +196,10 @@ def worker_ours(case_dir: Path, out_npz: Path, cache_dir: str | None) -> None:
     prof: dict = {}
     orig_feat, orig_logit, orig_infl = engine.rows_for_features, engine.rows_for_logits, engine._partial_influence
 
-    def timed_feat(st, ctx, start, pos, feat, valid, src):
+    def timed_feat(st, ctx, start, pos, feat, valid, src, n_pos):
         t = time.perf_counter()
-        out = jax.block_until_ready(orig_feat(st, ctx, start, pos, feat, valid, src))
-        key = f"feat rows layer {int(start)} B={len(pos)}"
+        out = jax.block_until_ready(orig_feat(st, ctx, start, pos, feat, valid, src, n_pos))
+        key = f"feat rows layer {int(start)} B={len(pos)} n={n_pos}"
         n, s, v = prof.get(key, (0, 0.0, 0))
         prof[key] = (n + 1, s + time.perf_counter() - t, v + int(np.sum(valid)))
         return out
@@ -218,6 +218,7 @@ def worker_ours(case_dir: Path, out_npz: Path, cache_dir: str | None) -> None:
         prof["host partial influence"] = (n + 1, s + time.perf_counter() - t, v)
         return out
 
+    timed_feat._cache_size, timed_logit._cache_size = orig_feat._cache_size, orig_logit._cache_size
     engine.rows_for_features, engine.rows_for_logits, engine._partial_influence = timed_feat, timed_logit, timed_infl
     kw = dict(max_feature_nodes=case["max_feature_nodes"], batch_size=case["batch_size"],
               update_interval=case["update_interval"])
@@ -259,10 +260,11 @@ def matmul_peak(n=2048, reps=10) -> float:
 def flop_model(s, K_pad: int, act: np.ndarray, sel_rows: list[tuple[int, int]], n_logits: int, batches):
     """Analytic FLOPs (multiply-adds × 2) of what the engine does vs a floor.
 
-    Per row and per transposed layer (all T positions): attention transpose = W_o^T (2·T·D·H·E) + pattern^T
+    Per row and per transposed layer (the batch's n-position prefix): attention transpose = W_o^T (2·T·D·H·E) + pattern^T
     (2·H·T·T·E) + W_v^T summed over the n_rep heads (2·T·KV·E·D); decoder contraction vs padded decoders
-    2·T·K·D; error contraction 2·T·D. The start layer adds one attention transpose; tokens 2·T·D. RMSNorm
-    transposes are O(T·D) and ignored. ``batches`` = [(start_layer, B_padded)] actually run.
+    2·T·K·D; error contraction 2·T·D. The start layer adds one single-position attention transpose
+    (``attn_one``); tokens 2·T·D. RMSNorm transposes are O(T·D) and ignored. ``batches`` =
+    [(start_layer, B_padded, n_pos)] actually run.
     Floor: for a target at (layer s, position p) only positions ≤ p matter (causal), only the real active
     decoders at positions ≤ p in layers < s, no padding rows, and the first transposed attention (where the
     cotangent sits at one position) applies W_o^T to that one row.
@@ -272,18 +274,18 @@ def flop_model(s, K_pad: int, act: np.ndarray, sel_rows: list[tuple[int, int]], 
     def attn(t):
         return 2 * t * D * H * E + 2 * H * t * t * E + 2 * t * KV * E * D
 
-    def ours_row(start):
-        n_full = start
-        return n_full * (attn(T) + 2 * T * K_pad * D + 2 * T * D) + attn(T) + 2 * T * D
+    def attn_one(t):  # cotangent at one query position: mix positions, then W_v^T and W_o^T on one row
+        return 2 * D * H * E + 2 * H * t * D + 2 * H * E * D
 
-    engine = sum(B * ours_row(st) for st, B in batches)
+    def ours_row(start, n):
+        return start * (attn(n) + 2 * n * K_pad * D + 2 * n * D) + attn_one(n) + 2 * n * D
+
+    engine = sum(B * ours_row(st, n) for st, B, n in batches)
     engine += n_logits * (L * (attn(T) + 2 * T * K_pad * D + 2 * T * D) + 2 * T * D)
     # floor
     cnt = np.zeros((L, T), np.int64)
     np.add.at(cnt, (act[:, 0], act[:, 1]), 1)
     cum = np.cumsum(cnt, axis=1)  # active features at positions ≤ p per layer
-    def attn_one(t):  # cotangent at one query position: W_o^T on that row only
-        return 2 * D * H * E + 2 * H * t * E + 2 * t * KV * E * D
 
     floor = 0
     for st, p in sel_rows:
@@ -327,7 +329,7 @@ def cost_analysis_block(case_dir: Path, B: int):
     ca = ca[0] if isinstance(ca, list) else ca
     out["block_flops_per_row"] = float(ca.get("flops", float("nan"))) / B
     pos = np.zeros(B, np.int32)
-    lowered = linear.rows_for_features.lower(st, ctx, jnp.int32(1), pos, pos, np.ones(B, bool), src)
+    lowered = linear.rows_for_features.lower(st, ctx, jnp.int32(1), pos, pos, np.ones(B, bool), src(T), T)
     ca2 = lowered.compile().cost_analysis()
     ca2 = ca2[0] if isinstance(ca2, list) else ca2
     out["rows_for_features_flops_per_row_xla"] = float(ca2.get("flops", float("nan"))) / B
@@ -399,7 +401,7 @@ def main(argv=None) -> int:
     ap.add_argument("--cache-dir", default=None,
                     help="also run with a persistent compilation cache here (emptied first; cold run fills it, "
                          "a second cold process reads it)")
-    ap.add_argument("--ref-python", default="/work/venv-ref-probe/bin/python")
+    ap.add_argument("--ref-python", default=str(ROOT / ".venv-ref/bin/python"))
     ap.add_argument("--skip-ref", action="store_true", help="do not run circuit-tracer")
     ap.add_argument("--workdir", default=None, help="keep the case here (default: a temporary directory)")
     ap.add_argument("--out", default=None, help="markdown output (default: experiments/results/"
@@ -453,8 +455,8 @@ def main(argv=None) -> int:
     batches = []
     for k, (n, _, _) in prof.items():
         if k.startswith("feat rows"):
-            layer, B = int(k.split()[3]), int(k.split("B=")[1])
-            batches += [(layer, B)] * n
+            layer, B, n_pos = int(k.split()[3]), int(k.split("B=")[1].split()[0]), int(k.split("n=")[1])
+            batches += [(layer, B, n_pos)] * n
     n_logits = len(ours["no cache"]["logit_token_ids"])
     import jax  # noqa: F401  (after the workers, so this process's threads do not compete with them)
 
@@ -516,7 +518,7 @@ def main(argv=None) -> int:
     host = warm["wall_s"] - rows_dev_s - prof.get("host partial influence", (0, 0.0, 0))[1]
     P(f"| everything else (replacement step, context, host stores, assembly) | | | {host:.3f} | |")
     P("")
-    P("FLOPs (float32). Engine = what the engine computes (all T positions, decoders padded to K per "
+    P("FLOPs (float32). Engine = what the engine computes (each batch's position prefix, decoders padded to K per "
       f"(layer, position), K={K_pad}; padded batch rows); floor = only positions ≤ the target's, only real "
       "active decoders, no padding rows (see `flop_model`).\n")
     P("| quantity | value |")

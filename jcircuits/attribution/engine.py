@@ -54,32 +54,42 @@ def _single_token_id(tok, s: str) -> int:
 
 
 def _source_layout(active: np.ndarray, L: int, T: int, clt: bool):
-    """Rank of each active feature within its (layer, position), the padded width K (per layer for CLT) and
-    the flat index of each feature in the padded source-edge layout used by ``linear._finish``."""
+    """Rank of each active feature within its (layer, position) and the padded width K (per layer for CLT) of
+    the padded source-edge layout used by ``linear._finish``."""
     n = len(active)
     key = active[:, 0].astype(np.int64) * T + active[:, 1]
     first = np.searchsorted(key, key, side="left")  # active is sorted, so groups are contiguous
     rank = np.arange(n) - first
     counts = np.bincount(key, minlength=L * T).reshape(L, T)
     if not clt:
-        K = max(int(counts.max()) if n else 0, 1)
-        flat = (active[:, 0].astype(np.int64) * T + active[:, 1]) * K + rank
-        return rank, K, flat
-    Ks = [max(int(counts[l].max()), 1) for l in range(L)]
-    offsets = np.concatenate([[0], np.cumsum([T * k for k in Ks])])
-    flat = offsets[active[:, 0]] + active[:, 1].astype(np.int64) * np.asarray(Ks)[active[:, 0]] + rank
-    return rank, Ks, flat
+        return rank, max(int(counts.max()) if n else 0, 1)
+    return rank, [max(int(counts[l].max()), 1) for l in range(L)]
+
+
+def source_index(active: np.ndarray, rank: np.ndarray, K, L: int, n_pos: int) -> np.ndarray:
+    """Flat column of each active feature in the padded source edges of the ``n_pos``-position prefix
+    (``[L, n_pos, K]`` flattened; per source layer ``[n_pos, K_l]`` blocks for a CLT); sources at positions
+    ``≥ n_pos`` point at the trailing zero column."""
+    lay, pos = active[:, 0].astype(np.int64), active[:, 1].astype(np.int64)
+    if isinstance(K, int):
+        flat, width = (lay * n_pos + pos) * K + rank, L * n_pos * K
+    else:
+        Ks = np.asarray(K, np.int64)
+        offsets = np.concatenate([[0], np.cumsum(n_pos * Ks)])
+        flat, width = offsets[lay] + pos * Ks[lay] + rank, int(offsets[-1])
+    return np.where(pos < n_pos, flat, width).astype(np.int32)
 
 
 def build_context(model: Model, transcoders: TranscoderSet, rep: Replacement, dtype=jnp.float32):
     """The frozen linear model's constants for ``rep`` and the source layout. Returns
-    ``(static, ctx, src_index)``."""
+    ``(static, ctx, src_index)`` where ``src_index(n_pos)`` gives the (cached, device) column map for a
+    position prefix (see ``source_index``)."""
     cfg, tcfg = model.cfg, transcoders.cfg
     L, T, D = cfg.n_layers, len(rep.tokens), cfg.d_model
     inter = rep.inter
     clt = tcfg.kind == "clt"
     act = rep.active_features
-    rank, K, src_index = _source_layout(act, L, T, clt)
+    rank, K = _source_layout(act, L, T, clt)
     # decoder vectors of active features only, scaled by activations, padded by (layer, position)
     if clt:
         dec_clt = []
@@ -118,28 +128,79 @@ def build_context(model: Model, transcoders: TranscoderSet, rep: Replacement, dt
         dec_clt=dec_clt,
     )
     static = Static(cfg=cfg, input_hook=tcfg.input_hook, output_hook=tcfg.output_hook)
-    return static, ctx, jnp.asarray(src_index, jnp.int32)
+    cache: dict[int, jax.Array] = {}
+
+    def src_index(n_pos: int) -> jax.Array:
+        if n_pos not in cache:
+            cache[n_pos] = jnp.asarray(source_index(act, rank, K, L, n_pos))
+        return cache[n_pos]
+
+    return static, ctx, src_index
 
 
-def _buckets(batch_size: int) -> list[int]:
-    small = max(1, batch_size // 4)
-    return sorted({small, batch_size})
+def _position_buckets(T: int, n_buckets: int) -> list[int]:
+    """Prefix lengths a feature batch is truncated to: ``n_buckets`` even steps up to ``T``."""
+    return sorted({max(1, -(-T * k // n_buckets)) for k in range(1, n_buckets + 1)})
+
+
+def plan_batches(
+    idx: np.ndarray, act: np.ndarray, batch_size: int, small: int, pos_buckets: list[int]
+) -> list[tuple[int, int, int, np.ndarray]]:
+    """Split feature targets ``idx`` into device batches ``(layer, B, n_pos, members)``.
+
+    Targets are grouped by the layer they read from (each group's backward stops there) and sorted by position
+    within it; full ``batch_size`` chunks come first and the remainder goes in ``small`` chunks, so padding stays
+    below ``small`` rows per group. Each chunk is truncated to the smallest position bucket covering its targets.
+    """
+    plan = []
+    for layer in np.unique(act[idx, 0]):
+        group = idx[act[idx, 0] == layer]
+        group = group[np.argsort(act[group, 1], kind="stable")]
+        j = 0
+        while j < len(group):
+            B = batch_size if len(group) - j >= batch_size else small
+            part = group[j : j + B]
+            need = int(act[part, 1].max()) + 1
+            plan.append((int(layer), B, next(n for n in pos_buckets if n >= need), part))
+            j += B
+    return plan
+
+
+def _timed(fn, *args, counter: dict):
+    """Call a jitted ``fn`` and block; add the wall time to ``counter['compile_s']`` only when the call
+    compiled (the jit cache grew)."""
+    size = getattr(fn, "_cache_size", lambda: 0)
+    before = size()
+    tc = time.perf_counter()
+    out = jax.block_until_ready(fn(*args))
+    if size() > before:
+        counter["compile_s"] += time.perf_counter() - tc
+    return out
+
+
+def _normalized_abs(feats: np.ndarray, errs: np.ndarray, toks: np.ndarray) -> np.ndarray:
+    """``|row| / max(Σ|row|, 1e-8)`` over ``[features | errors | tokens]`` (the reference's row normalisation)."""
+    a = np.abs(np.concatenate([feats, errs, toks], axis=1))
+    a /= np.maximum(a.sum(axis=1, keepdims=True), 1e-8)
+    return a
 
 
 def _partial_influence(
-    rows: np.ndarray, row_nodes: np.ndarray, logit_p: np.ndarray, n_cols: int
+    rows_hat: np.ndarray, row_nodes: np.ndarray, logit_p: np.ndarray, n_cols: int
 ) -> np.ndarray:
-    """Influence on the logits of every column node, from the rows computed so far (as the reference does:
-    absolute values, row-normalised with clamp 1e-8, seeded with logit probabilities on the logit nodes)."""
-    A = np.abs(rows)
-    A = A / np.maximum(A.sum(axis=1, keepdims=True), 1e-8)
+    """Influence on the logits of every column node from the rows computed so far, as the reference computes it:
+    ``rows_hat`` holds the rows already made absolute and row-normalised (clamp 1e-8); seeded with the logit
+    probabilities on the logit nodes; iterate ``x ← x[row_nodes] @ Â`` until it vanishes, summing. Rows whose
+    weight is zero are skipped (the first steps touch only a few)."""
     prod = np.zeros(n_cols + len(logit_p), np.float32)
     prod[n_cols:] = logit_p
     influence = np.zeros(n_cols, np.float32)
     for _ in range(128):
-        prod_cols = prod[row_nodes] @ A
-        if not prod_cols.any():
+        w = prod[row_nodes]
+        nz = np.flatnonzero(w)
+        if not len(nz):
             break
+        prod_cols = w[nz] @ rows_hat[nz] if 2 * len(nz) < len(w) else w @ rows_hat
         influence += prod_cols
         prod = np.concatenate([prod_cols, np.zeros(len(logit_p), np.float32)])
     else:
@@ -160,6 +221,7 @@ def attribute(
     update_interval: int = 4,
     dtype=jnp.float32,
     zero_positions: int = 1,
+    position_buckets: int = 3,
     verbose: bool = False,
 ) -> Graph:
     """Compute the attribution graph of ``prompt`` (text or token ids, BOS included for ids).
@@ -168,9 +230,14 @@ def attribute(
     ``[selected features | error nodes (L·T) | token nodes (T) | logit nodes (K)]``; error and token rows are
     zero. Edges into features are in units of the target's pre-activation; edges into logits are direct effects
     on ``logit − mean logit``. See ``docs``/ALGORITHM for the exact conventions (they match circuit-tracer).
+
+    Feature batches are truncated to the smallest of ``position_buckets`` prefix lengths covering their targets
+    (exact: attention is causal); more buckets mean less work per row and one more compiled shape each.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if position_buckets < 1:
+        raise ValueError(f"position_buckets must be >= 1, got {position_buckets}")
     if update_interval < 1:
         raise ValueError(f"update_interval must be >= 1, got {update_interval}")
     if max_feature_nodes is not None and max_feature_nodes < 0:
@@ -203,6 +270,8 @@ def attribute(
     n_feat_rows = n_active if max_feature_nodes is None else min(max_feature_nodes, n_active)
     K = len(targets)
     rows = np.zeros((K + n_feat_rows, n_cols), np.float32)
+    selecting = n_feat_rows < n_active  # influence-ordered selection needs normalised |rows| as they arrive
+    rows_hat = np.zeros_like(rows) if selecting else None
     row_nodes = np.zeros(K + n_feat_rows, np.int64)  # working-matrix node index of each row's target
 
     def store(at, out):
@@ -211,65 +280,54 @@ def attribute(
         rows[at, :n_active] = feats[:m]
         rows[at, n_active : n_active + n_err] = errs[:m]
         rows[at, n_active + n_err :] = toks[:m]
+        if selecting:
+            rows_hat[at] = _normalized_abs(feats[:m], errs[:m], toks[:m])
 
     # ---- logit rows
     t1 = time.perf_counter()
-    compile_s = 0.0
+    counter = {"compile_s": 0.0}
     vec = jnp.asarray(targets.vectors)
     for i in range(0, K, batch_size):
-        tc = time.perf_counter()
-        out = rows_for_logits(static, ctx, vec[i : i + batch_size], src_index)
-        jax.block_until_ready(out)
+        out = _timed(rows_for_logits, static, ctx, vec[i : i + batch_size], src_index(T), counter=counter)
         store(slice(i, min(i + batch_size, K)), out)
-        if i == 0:
-            compile_s += time.perf_counter() - tc  # first call includes compilation
     row_nodes[:K] = n_cols + np.arange(K)
     timings["logit_rows_s"] = time.perf_counter() - t1
 
     # ---- feature rows
     t2 = time.perf_counter()
     act = rep.active_features
-    buckets = _buckets(batch_size)
-    compiled: set[int] = set()
+    small = max(1, batch_size // 4)
+    pos_buckets = _position_buckets(T, position_buckets)
     visited = np.zeros(n_active, bool)
     st = K
     bar = tqdm(total=n_feat_rows, desc="feature rows", disable=not verbose, unit="row")
 
     def run_batch(idx: np.ndarray):
-        nonlocal st, compile_s
-        # group by the layer the targets read from; each group's backward stops at that layer
-        for layer in np.unique(act[idx, 0]):
-            group = idx[act[idx, 0] == layer]
-            for j in range(0, len(group), batch_size):
-                part = group[j : j + batch_size]
-                B = next(b for b in buckets if b >= len(part))
-                pad = B - len(part)
-                pos = np.pad(act[part, 1], (0, pad)).astype(np.int32)
-                feat = np.pad(act[part, 2], (0, pad)).astype(np.int32)
-                valid = np.arange(B) < len(part)
-                tc = time.perf_counter()
-                out = rows_for_features(static, ctx, jnp.int32(layer), pos, feat, valid, src_index)
-                jax.block_until_ready(out)
-                if B not in compiled:
-                    compiled.add(B)
-                    compile_s += time.perf_counter() - tc
-                store(slice(st, st + len(part)), out)
-                row_nodes[st : st + len(part)] = part
-                visited[part] = True
-                st += len(part)
-                bar.update(len(part))
+        nonlocal st
+        for layer, B, n_pos, part in plan_batches(idx, act, batch_size, small, pos_buckets):
+            pad = B - len(part)
+            pos = np.pad(act[part, 1], (0, pad)).astype(np.int32)
+            feat = np.pad(act[part, 2], (0, pad)).astype(np.int32)
+            valid = np.arange(B) < len(part)
+            args = (static, ctx, jnp.int32(layer), pos, feat, valid, src_index(n_pos), n_pos)
+            out = _timed(rows_for_features, *args, counter=counter)
+            store(slice(st, st + len(part)), out)
+            row_nodes[st : st + len(part)] = part
+            visited[part] = True
+            st += len(part)
+            bar.update(len(part))
 
-    if n_feat_rows == n_active:
+    if not selecting:
         run_batch(np.arange(n_active))
     else:
         while st - K < n_feat_rows:
-            influence = _partial_influence(rows[:st], row_nodes[:st], targets.probabilities, n_cols)
+            influence = _partial_influence(rows_hat[:st], row_nodes[:st], targets.probabilities, n_cols)
             rank = np.argsort(-influence[:n_active], kind="stable")
             queue = rank[~visited[rank]][: min(update_interval * batch_size, n_feat_rows - (st - K))]
-            run_batch(queue)  # grouped by layer across the whole queue, then chunked to batch_size
+            run_batch(queue)  # grouped by layer across the whole queue, then chunked
     bar.close()
     timings["feature_rows_s"] = time.perf_counter() - t2
-    timings["compile_s"] = compile_s
+    compile_s = timings["compile_s"] = counter["compile_s"]
 
     # ---- assemble the square adjacency
     selected = np.flatnonzero(visited)
@@ -278,8 +336,8 @@ def attribute(
     adj = np.zeros((N, N), np.float32)
     feat_rows = np.flatnonzero(row_nodes[K:st] < n_active) + K
     order = np.argsort(row_nodes[feat_rows])
-    adj[: len(selected), : N - K] = rows[feat_rows[order]][:, keep_cols]
-    adj[N - K :, : N - K] = rows[:K][:, keep_cols]
+    adj[: len(selected), : N - K] = rows[np.ix_(feat_rows[order], keep_cols)]
+    adj[N - K :, : N - K] = rows[np.ix_(np.arange(K), keep_cols)]
     timings["total_s"] = time.perf_counter() - t0
     n_rows = K + n_feat_rows
     timings["rows_per_s"] = n_rows / max(
@@ -307,6 +365,7 @@ def attribute(
             update_interval=update_interval,
             dtype=str(dtype),
             zero_positions=zero_positions,
+            position_buckets=position_buckets,
             n_active=n_active,
             timings=timings,
         ),

@@ -13,11 +13,17 @@ vjp of ``(x, slot) ↦ x'``: it yields the gradient at the next residual and at 
 ``u`` into slot ``l`` at position ``t`` has edge ``grad_slot[l, t] · u``; an error node's ``u`` is its error
 vector; a token node's edge is ``grad(x_0)[t] · embedding[t]``.
 
-Rows are computed for a batch of targets at once. A feature read at layer ``s`` depends only on blocks ``< s``
-plus block ``s``'s attention, so ``backward_rows`` scans the layers top-down and *skips* blocks above the start
-layer with ``lax.switch`` (one compiled function serves every start layer), injecting feature targets' encoder
-vectors at the start block's input hook. Decoder contractions happen inside the scan, per layer, against decoders
-padded by position (``[T, K, D]``, ``einsum('btd,tkd->btk')``) — never a ``[B, n_active, D]`` array.
+Rows are computed for a batch of targets at once, and three facts keep the work near its floor:
+- A feature read at layer ``s`` depends only on blocks ``< s`` plus block ``s``'s attention, so
+  ``backward_rows`` scans the layers top-down and *skips* blocks above the start layer with ``lax.switch`` (one
+  compiled function serves every start layer).
+- The start block's cotangent sits at one query position ``p``, so its attention is transposed for that single
+  row, in the cheap order ``(P[:, p, :] · ln1(x)) W_v W_o``: ``O(D² + H·T·D)`` per target instead of ``O(T·D²)``.
+- Attention is causal, so a target at position ``p`` only depends on positions ``≤ p``: the frozen model restricted
+  to the first ``n`` positions is exactly the same linear map there. ``rows_for_features`` takes a static prefix
+  length ``n`` (a few buckets) and transposes only that prefix; sources at later positions get exact zeros.
+Decoder contractions happen inside the scan, per layer, against decoders padded by position (``[T, K, D]``,
+``einsum('btd,tkd->btk')``) — never a ``[B, n_active, D]`` array.
 
 Letters: B batch of target rows, L layers, T positions, D model, K padded sources per (layer, position).
 """
@@ -35,7 +41,15 @@ from jcircuits.models.config import ModelConfig
 from jcircuits.models.transformer import LayerParams
 from jcircuits.pytree import pytree_dataclass
 
-__all__ = ["LinearContext", "backward_rows", "logit_cotangents"]
+__all__ = [
+    "LinearContext",
+    "Static",
+    "backward_rows",
+    "logit_cotangents",
+    "prefix",
+    "rows_for_features",
+    "rows_for_logits",
+]
 
 
 @pytree_dataclass
@@ -69,6 +83,28 @@ class Static:
     cfg: ModelConfig
     input_hook: str
     output_hook: str
+
+
+def prefix(ctx: LinearContext, n: int) -> LinearContext:
+    """The frozen model restricted to the first ``n`` positions (exact for those positions: attention is causal
+    and everything else is per-position)."""
+    T = ctx.embeddings.shape[0]
+    if n == T:
+        return ctx
+    cut = lambda a: None if a is None else a[:, :n]  # noqa: E731  [L, T, …] fields
+    return dataclasses.replace(
+        ctx,
+        ln1_scale=cut(ctx.ln1_scale),
+        pattern=ctx.pattern[:, :, :n, :n],
+        ln2_scale=cut(ctx.ln2_scale),
+        errors=cut(ctx.errors),
+        embeddings=ctx.embeddings[:n],
+        final_scale=ctx.final_scale[:n],
+        post_attn_scale=cut(ctx.post_attn_scale),
+        post_mlp_scale=cut(ctx.post_mlp_scale),
+        dec=cut(ctx.dec),
+        dec_clt=None if ctx.dec_clt is None else tuple(d[:n] for d in ctx.dec_clt),
+    )
 
 
 def _layer_consts(ctx: LinearContext):
@@ -109,6 +145,23 @@ def _hook_out(st: Static, c, slot_TD):
     return slot_TD
 
 
+def _attn_hook_in_at(st: Static, c, x_TD, p):
+    """``hook_in(x + Attn(x))`` at the single query position ``p`` ``[D]``, computed in the order whose transpose
+    is cheap: mix positions first (``H·T·D``), then ``W_v`` and ``W_o`` on one row per head (``2·H·E·D``)."""
+    cfg = st.cfg
+    lp = c["lp"]
+    h = nn.apply_rms(x_TD, c["ln1"], lp.ln1, cfg.norm_offset)  # [T, D]
+    P = c["pattern"][:, p, :].reshape(cfg.n_kv_heads, cfg.n_rep, -1)  # [K, R, T]
+    z = jnp.einsum("krt,td->krd", P, h)
+    v = jnp.einsum("krd,dke->kre", z, lp.wv)
+    a = jnp.einsum("kre,kred->d", v, lp.wo.reshape(cfg.n_kv_heads, cfg.n_rep, *lp.wo.shape[1:]))
+    at = lambda name: c[name][p][None]  # noqa: E731  per-position constant at p, [1, 1]
+    if cfg.post_norms:
+        a = nn.apply_rms(a[None], at("post_attn"), lp.post_attn_norm, cfg.norm_offset)[0]
+    mid = x_TD[p] + a
+    return _hook_in(st, dict(c, ln2=at("ln2")), mid[None])[0]
+
+
 def _block(st: Static, c, x_TD, slot_TD):
     mid = _attn(st, c, x_TD)
     s = slot_TD
@@ -117,18 +170,19 @@ def _block(st: Static, c, x_TD, slot_TD):
     return mid + _hook_out(st, c, s)
 
 
-def backward_rows(st: Static, ctx: LinearContext, g0_BTD, cot_in_BTD, start):
+def backward_rows(st: Static, ctx: LinearContext, g0_BTD, enc_BD, pos_B, start):
     """Transpose the frozen model for a batch of targets.
 
-    ``g0`` is the gradient at the final residual (logit targets; zeros for feature targets); ``cot_in`` the
-    cotangent at block ``start``'s input hook (feature targets; ignored when ``start == L``).
-    Returns ``(src [L, B, T, K] or grad_slot [L, B, T, D] for CLT, err [L, B, T], tok [B, T])``.
+    ``g0`` is the gradient at the final residual (logit targets; zeros for feature targets); ``enc`` the encoder
+    vector injected at block ``start``'s input hook at position ``pos`` (feature targets; ignored when
+    ``start == L``). Returns ``(src [L, B, T, K] or grad_slot [L, B, T, D] for CLT, err [L, B, T], tok [B, T])``.
     """
     L = st.cfg.n_layers
     B, T, D = g0_BTD.shape
     consts = _layer_consts(ctx)
     clt = ctx.dec_clt is not None
     K = D if clt else ctx.dec.shape[2]
+    zeros_out = lambda dt: (jnp.zeros((B, T, K), dt), jnp.zeros((B, T), dt))  # noqa: E731
 
     def full(g, c):
         zero = jnp.zeros((T, D), g.dtype)
@@ -140,12 +194,15 @@ def backward_rows(st: Static, ctx: LinearContext, g0_BTD, cot_in_BTD, start):
 
     def inject(g, c):
         zero = jnp.zeros((T, D), g.dtype)
-        _, vjp = jax.vjp(lambda x: _hook_in(st, c, _attn(st, c, x)), zero)
-        (gx,) = jax.vmap(vjp)(cot_in_BTD.astype(g.dtype))
-        return gx, (jnp.zeros((B, T, K), g.dtype), jnp.zeros((B, T), g.dtype))
+
+        def one(e_D, p):
+            _, vjp = jax.vjp(lambda x: _attn_hook_in_at(st, c, x, p), zero)
+            return vjp(e_D)[0]
+
+        return jax.vmap(one)(enc_BD.astype(g.dtype), pos_B), zeros_out(g.dtype)
 
     def skip(g, c):
-        return g, (jnp.zeros((B, T, K), g.dtype), jnp.zeros((B, T), g.dtype))
+        return g, zeros_out(g.dtype)
 
     def body(g, xs):
         layer, c = xs
@@ -177,36 +234,45 @@ def logit_cotangents(st: Static, ctx: LinearContext, vecs_KD, T: int):
     return jax.vmap(lambda c: vjp(c)[0])(cot)
 
 
-@partial(jax.jit, static_argnums=(0,))
-def rows_for_features(st: Static, ctx: LinearContext, start, pos_B, feat_B, valid_B, src_index):
-    """Adjacency rows for a batch of feature targets read at layer ``start`` (traced).
+@partial(jax.jit, static_argnums=(0, 7))
+def rows_for_features(st: Static, ctx: LinearContext, start, pos_B, feat_B, valid_B, src_index, n_pos: int):
+    """Adjacency rows for a batch of feature targets read at layer ``start`` (traced) at positions ``< n_pos``.
 
-    ``src_index`` maps every active feature to its flat (layer, position, k) slot of the padded source edges.
+    Only the first ``n_pos`` positions are transposed (static; see ``prefix``). ``src_index`` maps every active
+    feature to its flat (layer, position, k) slot of the padded source edges of that prefix, or to the trailing
+    zero column for sources at positions ``≥ n_pos`` (``source_index``).
     Returns ``(features [B, n], errors [B, L·T], tokens [B, T])`` in float32.
     """
     T, D = ctx.embeddings.shape[0], st.cfg.d_model
     dtype = ctx.embeddings.dtype
     enc = jnp.take(ctx.W_enc[start], feat_B, axis=1).T * valid_B[:, None].astype(dtype)  # [B, D]
     B = pos_B.shape[0]
-    cot = jnp.zeros((B, T, D), dtype).at[jnp.arange(B), pos_B].set(enc)
-    return _finish(st, ctx, *backward_rows(st, ctx, jnp.zeros((B, T, D), dtype), cot, start), src_index)
+    sub = prefix(ctx, n_pos)
+    out = backward_rows(st, sub, jnp.zeros((B, n_pos, D), dtype), enc, pos_B, start)
+    return _finish(sub, *out, src_index, T)
 
 
 @partial(jax.jit, static_argnums=(0,))
 def rows_for_logits(st: Static, ctx: LinearContext, vecs_BD, src_index):
     """Adjacency rows for a batch of logit directions (already demeaned), read at the last position."""
     T = ctx.embeddings.shape[0]
+    B, D = vecs_BD.shape
     g0 = logit_cotangents(st, ctx, vecs_BD.astype(ctx.embeddings.dtype), T)
-    return _finish(st, ctx, *backward_rows(st, ctx, g0, jnp.zeros_like(g0), st.cfg.n_layers), src_index)
+    out = backward_rows(st, ctx, g0, jnp.zeros((B, D), g0.dtype), jnp.zeros(B, jnp.int32), st.cfg.n_layers)
+    return _finish(ctx, *out, src_index, T)
 
 
-def _finish(st: Static, ctx: LinearContext, src, err, tok, src_index):
-    B = tok.shape[0]
+def _finish(ctx: LinearContext, src, err, tok, src_index, T: int):
+    """Flatten the padded source edges, pick the active features' columns (a trailing zero column serves sources
+    outside the prefix), and pad error/token edges back to all ``T`` positions."""
+    B, n = tok.shape
     if ctx.dec_clt is not None:
         per_layer = contract_clt(ctx, src)
         flat = jnp.concatenate([p.reshape(B, -1) for p in per_layer], axis=1)
     else:
-        flat = jnp.moveaxis(src, 1, 0).reshape(B, -1)  # [B, L·T·K]
+        flat = jnp.moveaxis(src, 1, 0).reshape(B, -1)  # [B, L·n·K]
+    flat = jnp.concatenate([flat, jnp.zeros((B, 1), flat.dtype)], axis=1)
     feats = jnp.take(flat, src_index, axis=1)
-    errs = jnp.moveaxis(err, 1, 0).reshape(B, -1)
-    return feats.astype(jnp.float32), errs.astype(jnp.float32), tok.astype(jnp.float32)
+    errs = jnp.pad(jnp.moveaxis(err, 1, 0), ((0, 0), (0, 0), (0, T - n))).reshape(B, -1)
+    toks = jnp.pad(tok, ((0, 0), (0, T - n)))
+    return feats.astype(jnp.float32), errs.astype(jnp.float32), toks.astype(jnp.float32)
