@@ -6,12 +6,15 @@ __all__ = ["register"]
 
 
 def cmd_serve(args) -> int:
+    import sys
+
     from jcircuits.viewer.server import serve
 
     try:
         serve(args.graph_dir, args.port, slug=args.graph)
-    except OSError as e:  # port in use, permission denied
-        raise SystemExit(f"jcircuits serve: error: {e}") from None
+    except OSError as e:  # no such directory, port in use, permission denied
+        print(f"jcircuits serve: error: {e}", file=sys.stderr)
+        return 2
     return 0
 
 
