@@ -61,6 +61,8 @@ def cmd_attribute(args) -> int:
 
     if (args.prompt is None) == (args.tokens is None):
         raise SystemExit("give exactly one of --prompt TEXT or --tokens 2,15,7,…")
+    if (args.slug or args.serve) and not args.graph_dir:
+        raise SystemExit("--slug and --serve need --graph-dir DIR (where the graph JSON is written)")
     from jcircuits.plan import preflight
 
     code = preflight(args)  # memory estimate first: --dry-run stops here, and so does a run that cannot fit
@@ -85,6 +87,8 @@ def cmd_attribute(args) -> int:
     )
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
+    if model.tokenizer is not None:  # token strings for pictures and the viewer, kept in the graph file
+        graph.settings["token_strings"] = [model.tokenizer.decode([int(t)]) for t in graph.input_tokens]
     graph.save(out)
     tm = graph.settings["timings"]
     top = ", ".join(
@@ -98,6 +102,16 @@ def cmd_attribute(args) -> int:
         f"logit rows {tm['logit_rows_s']:.2f}s, feature rows {tm['feature_rows_s']:.2f}s "
         f"(compile {tm['compile_s']:.2f}s), {tm['rows_per_s']:.0f} rows/s | wrote {out}"
     )
+    if args.graph_dir:
+        from jcircuits.export import export_graph_json
+
+        slug = args.slug or out.stem
+        result = export_graph_json(graph, slug, args.graph_dir, tokenizer=model.tokenizer)
+        print(result.summary())
+        if args.serve:
+            from jcircuits.viewer.server import DEFAULT_PORT, serve
+
+            serve(args.graph_dir, DEFAULT_PORT, slug=slug)
     return 0
 
 
@@ -121,6 +135,9 @@ def register(sub) -> None:
         "-o", "--output", default="graph.safetensors", help="where to write the graph (safetensors)"
     )
     a.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    a.add_argument("--slug", help="name of the graph JSON in --graph-dir (default: the output file's stem)")
+    a.add_argument("--graph-dir", help="also write the pruned graph JSON + graph-metadata.json here")
+    a.add_argument("--serve", action="store_true", help="then serve the viewer on 127.0.0.1:8041")
     from jcircuits.plan import add_scale_arguments
 
     add_scale_arguments(a)  # --mesh, --dry-run, --device-memory, --host-memory, --l0
