@@ -134,24 +134,49 @@ def _configs(args) -> tuple[ModelConfig, TranscoderConfig, int | None]:
 
 
 def dry_run_report(
-    cfg: ModelConfig, tcfg: TranscoderConfig, est: MemoryEstimate, mesh: Any, dtype: str
+    cfg: ModelConfig,
+    tcfg: TranscoderConfig,
+    est: MemoryEstimate,
+    mesh: Any,
+    dtype: str,
+    devices: str | None = None,
 ) -> str:
-    """The mesh, the estimate, and a table of every weight's shape, ``PartitionSpec`` and bytes per device."""
+    """The mesh, the estimate, and a table of every array's shape, ``PartitionSpec`` and bytes per device: the
+    weights (``jax.eval_shape`` of ``param_shapes``), the transcoders' encoders, and the largest arrays of the
+    prompt's frozen linear model (sizes from the estimate's settings)."""
     import jax.numpy as jnp
 
     d, m = mesh_shape(mesh)["data"], mesh_shape(mesh)["model"]
     dt = jnp.dtype(dtype)
     params = jax.eval_shape(lambda: param_shapes(cfg, dt))
     enc = jax.eval_shape(lambda: _transcoder_shapes(tcfg, dt))
-    rows = describe(
-        {"params": (params, param_axes(cfg)), "transcoders": (enc, transcoder_axes(tcfg))}, (d, m)
+    L, T, K, D, H = cfg.n_layers, est.settings["n_tokens"], est.settings["k_pad"], cfg.d_model, cfg.n_heads
+    s = lambda *shape: jax.ShapeDtypeStruct(shape, dt)  # noqa: E731
+    ctx_shapes = dict(
+        decoders=s(L, T, K, D),
+        pattern=s(L, H, T, T),
+        errors=s(L, T, D),
+        rows=s(est.settings["batch_size"], D),
     )
-    devs = f"{d * m} devices" + (f" ({jax.device_count()} visible, {jax.devices()[0].platform})")
+    ctx_axes = dict(
+        decoders=("layers", "positions", "sources", "embed"),
+        pattern=("layers", "q_heads", "positions", "positions"),
+        errors=("layers", "positions", "embed"),
+        rows=("batch", "embed"),
+    )
+    groups = {
+        "params": (params, param_axes(cfg)),
+        "transcoders": (enc, transcoder_axes(tcfg)),
+        "context": (ctx_shapes, ctx_axes),
+    }
+    rows = describe(groups, (d, m))
+    if devices is None:
+        devices = f"{jax.device_count()} {jax.devices()[0].platform} devices visible"
     return "\n".join(
         [
-            f"mesh: data={d} x model={m} = {devs}; rules: jcircuits.sharding.RULES",
+            f"mesh: data={d} x model={m} = {d * m} devices ({devices}); rules: jcircuits.sharding.RULES",
             est.report(),
-            "shardings (per device = what one device holds):",
+            "shardings (per device: what one device holds):",
             format_table(rows),
         ]
     )

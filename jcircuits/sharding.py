@@ -21,6 +21,7 @@ decides the layout of intermediates from the inputs' shardings, so the model cod
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -43,6 +44,8 @@ __all__ = [
     "spec_for",
     "shardings",
     "transcoder_axes",
+    "context_axes",
+    "place_context",
     "put",
     "shard_tree",
     "shard_params",
@@ -206,6 +209,33 @@ def transcoder_axes(cfg: TranscoderConfig) -> Transcoders:
     )
 
 
+def context_axes(ctx: Any, cfg: ModelConfig) -> Any:
+    """Logical axes of the frozen linear model of one prompt (``attribution.linear.LinearContext``, matched by
+    field name so this module needs no import from ``attribution``): weights as ``param_axes``, attention
+    patterns by head, decoder vectors of active sources padded by (layer, position) split over ``sources``."""
+    per_pos = ("layers", "positions", None)  # [L, T, 1] frozen norm scales
+    dec_clt = getattr(ctx, "dec_clt", None)
+    return dataclasses.replace(
+        ctx,
+        layers=param_axes(cfg).layers,
+        ln1_scale=per_pos,
+        pattern=("layers", "q_heads", "positions", "positions"),
+        ln2_scale=per_pos,
+        errors=("layers", "positions", "embed"),
+        embeddings=("positions", "embed"),
+        W_enc=("layers", "embed", "features"),
+        final_norm=("embed",),
+        final_scale=("positions", None),
+        post_attn_scale=None if ctx.post_attn_scale is None else per_pos,
+        post_mlp_scale=None if ctx.post_mlp_scale is None else per_pos,
+        W_skip=None if ctx.W_skip is None else ("layers", "embed", "embed_out"),
+        dec=None if ctx.dec is None else ("layers", "positions", "sources", "embed"),
+        dec_clt=None
+        if dec_clt is None
+        else tuple(("positions", "sources", "layers_out", "embed") for _ in dec_clt),
+    )
+
+
 # --------------------------------------------------------------------------------------------- placement
 
 
@@ -230,6 +260,31 @@ def shard_tree(tree: Any, axes_tree: Any, mesh: Mesh, rules: Mapping[str, str | 
     tuples of names as leaves)."""
     sh = shardings(axes_tree, tree, mesh, rules)
     return jax.tree.map(lambda s, x: put(x, s), sh, tree)
+
+
+def place_context(ctx: Any, cfg: ModelConfig, src_index: Callable[[int], Any], mesh: Mesh):
+    """Lay out one prompt's frozen linear model for sharded attribution. Returns ``(ctx, src_index, batch)``:
+    the context on ``mesh`` (``context_axes``), a column map replicated on the mesh (cached per prefix length),
+    and ``batch(x)`` which pads a host batch ``[B, ...]`` to a multiple of the data axis and splits it over
+    ``data``."""
+    ctx = shard_tree(ctx, context_axes(ctx, cfg), mesh)
+    replicated, split = NamedSharding(mesh, PartitionSpec()), NamedSharding(mesh, PartitionSpec(DATA))
+    d = mesh.shape[DATA]
+    cache: dict[int, jax.Array] = {}
+
+    def index(n_pos: int) -> jax.Array:
+        if n_pos not in cache:
+            cache[n_pos] = put(np.asarray(src_index(n_pos)), replicated)
+        return cache[n_pos]
+
+    def batch(x: Any) -> jax.Array:
+        x = np.asarray(x)
+        pad = -x.shape[0] % d
+        if pad:
+            x = np.pad(x, [(0, pad)] + [(0, 0)] * (x.ndim - 1))
+        return put(x, split)
+
+    return ctx, index, batch
 
 
 def shard_params(params: Params, cfg: ModelConfig, mesh: Mesh) -> Params:

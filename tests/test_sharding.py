@@ -15,6 +15,7 @@ from jax.sharding import AxisType, PartitionSpec
 from converters.hf import save_hf_checkpoint
 from converters.transcoders import write_clt_dir, write_plt_files
 from jcircuits import sharding as shd
+from jcircuits.attribution import attribute
 from jcircuits.loading import load_model, params_to_numpy
 from jcircuits.models import config_from_hf, forward, init_params, param_axes
 from jcircuits.sharded_loading import load_model_sharded, load_transcoders_sharded
@@ -169,3 +170,37 @@ def test_sharded_forward_equals_single_device_on_every_mesh(arch):
         np.testing.assert_allclose(
             np.asarray(inter.mlp_out), np.asarray(want_inter.mlp_out), rtol=0, atol=2e-5
         )
+
+
+# ------------------------------------------------------------------------------------------ sharded attribution
+
+PROMPT = np.asarray([1, 17, 42, 5, 63, 8, 29, 77, 3, 51, 12, 90], np.int32)
+
+
+def _assert_same_graph(got, want):
+    np.testing.assert_array_equal(got.selected_features, want.selected_features)
+    np.testing.assert_array_equal(got.logit_token_ids, want.logit_token_ids)
+    A, B = got.adjacency_matrix, want.adjacency_matrix
+    assert A.shape == B.shape
+    # float32 round-off of reordered sums (partial sums over heads/features are all-reduced across devices)
+    np.testing.assert_allclose(A, B, rtol=0, atol=1e-6 * max(1.0, float(np.abs(B).max())))
+
+
+@needs8
+def test_sharded_attribution_equals_single_device_on_every_mesh():
+    model = tiny.tiny_model("llama")
+    ts = tiny.tiny_transcoders(model.cfg, skip=True)
+    kw = dict(batch_size=12, max_feature_nodes=40, update_interval=2)  # selection rounds + odd batch sizes
+    want = attribute(model, ts, PROMPT, **kw)
+    for shape in MESHES:
+        got = attribute(model, ts, PROMPT, mesh=shd.make_mesh(*shape), **kw)
+        assert got.settings["batch_size"] == 12
+        _assert_same_graph(got, want)
+
+
+@needs8
+def test_sharded_clt_attribution_equals_single_device():
+    model = tiny.tiny_model("gemma2")
+    ts = tiny.tiny_transcoders(model.cfg, kind="clt", input_hook="hook_resid_mid", output_hook="hook_mlp_out")
+    want = attribute(model, ts, PROMPT[:8], batch_size=16)
+    _assert_same_graph(attribute(model, ts, PROMPT[:8], batch_size=16, mesh=shd.make_mesh(2, 4)), want)

@@ -21,9 +21,11 @@ from tqdm.auto import tqdm
 
 from jcircuits.attribution.linear import LinearContext, Static, rows_for_features, rows_for_logits
 from jcircuits.attribution.targets import Targets, resolve_targets
+from jcircuits.distributed import to_host
 from jcircuits.graph import Graph
 from jcircuits.models.transformer import unembed_matrix
 from jcircuits.replacement import Model, Replacement, TranscoderSet, replace
+from jcircuits.sharding import place_context
 
 __all__ = ["attribute", "build_context", "encode_prompt"]
 
@@ -223,6 +225,7 @@ def attribute(
     zero_positions: int = 1,
     position_buckets: int = 3,
     verbose: bool = False,
+    mesh=None,
 ) -> Graph:
     """Compute the attribution graph of ``prompt`` (text or token ids, BOS included for ids).
 
@@ -233,6 +236,12 @@ def attribute(
 
     Feature batches are truncated to the smallest of ``position_buckets`` prefix lengths covering their targets
     (exact: attention is causal); more buckets mean less work per row and one more compiled shape each.
+
+    ``mesh`` (a ``(data, model)`` mesh from ``jcircuits.sharding.make_mesh``) shards the row computation: weights
+    and decoder vectors over ``model``, each batch of target rows over ``data`` (batch sizes are rounded up to a
+    multiple of the data axis); rows come back to the host in order, so the graph equals the single-device one to
+    float32 round-off. With several processes, pass process-local params: the replacement step runs on each
+    process, the rows on the global mesh.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -263,6 +272,11 @@ def attribute(
         encode_token=(lambda s: _single_token_id(tok, s)) if tok is not None else None,
     )
     static, ctx, src_index = build_context(model, transcoders, rep, dtype)
+    on_mesh, d = (lambda x: x), 1
+    if mesh is not None:  # weights/decoders split over the model axis, each batch of rows over the data axis
+        ctx, src_index, on_mesh = place_context(ctx, cfg, src_index, mesh)
+        d = mesh.shape["data"]
+    dev_batch = -(-batch_size // d) * d  # device batches split evenly over data (selection keeps batch_size)
     jax.block_until_ready(ctx)
     timings["precompute_s"] = time.perf_counter() - t0
 
@@ -275,7 +289,7 @@ def attribute(
     row_nodes = np.zeros(K + n_feat_rows, np.int64)  # working-matrix node index of each row's target
 
     def store(at, out):
-        feats, errs, toks = (np.asarray(o) for o in out)
+        feats, errs, toks = (to_host(o) for o in out)  # in order; gathered across processes if needed
         m = at.stop - at.start
         rows[at, :n_active] = feats[:m]
         rows[at, n_active : n_active + n_err] = errs[:m]
@@ -286,7 +300,7 @@ def attribute(
     # ---- logit rows
     t1 = time.perf_counter()
     counter = {"compile_s": 0.0}
-    vec = jnp.asarray(targets.vectors)
+    vec = on_mesh(targets.vectors) if mesh is not None else jnp.asarray(targets.vectors)
     for i in range(0, K, batch_size):
         out = _timed(rows_for_logits, static, ctx, vec[i : i + batch_size], src_index(T), counter=counter)
         store(slice(i, min(i + batch_size, K)), out)
@@ -296,7 +310,7 @@ def attribute(
     # ---- feature rows
     t2 = time.perf_counter()
     act = rep.active_features
-    small = max(1, batch_size // 4)
+    small = -(-max(1, dev_batch // 4) // d) * d
     pos_buckets = _position_buckets(T, position_buckets)
     visited = np.zeros(n_active, bool)
     st = K
@@ -304,11 +318,12 @@ def attribute(
 
     def run_batch(idx: np.ndarray):
         nonlocal st
-        for layer, B, n_pos, part in plan_batches(idx, act, batch_size, small, pos_buckets):
+        for layer, B, n_pos, part in plan_batches(idx, act, dev_batch, small, pos_buckets):
             pad = B - len(part)
             pos = np.pad(act[part, 1], (0, pad)).astype(np.int32)
             feat = np.pad(act[part, 2], (0, pad)).astype(np.int32)
             valid = np.arange(B) < len(part)
+            pos, feat, valid = on_mesh(pos), on_mesh(feat), on_mesh(valid)
             args = (static, ctx, jnp.int32(layer), pos, feat, valid, src_index(n_pos), n_pos)
             out = _timed(rows_for_features, *args, counter=counter)
             store(slice(st, st + len(part)), out)
