@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import tiny
 
+from jcircuits.attribution import attribute
 from jcircuits.distributed import free_port, process_slice
 from jcircuits.models import forward
 
@@ -53,13 +54,7 @@ def test_process_slice_covers_every_item_once():
 
 @pytest.mark.slow
 def test_two_processes_shard_forward_checkpoint_and_attribution_like_one(tmp_path):
-    attribution = (
-        "mesh"
-        in __import__("inspect")
-        .signature(__import__("jcircuits.attribution").attribution.attribute)
-        .parameters
-    )
-    _run_workers(tmp_path, *(["attribute"] if attribution else []))
+    _run_workers(tmp_path, "attribute")
     res = np.load(tmp_path / "result.npz")
     sys.path.insert(0, str(WORKER.parent))
     import mp_worker
@@ -69,11 +64,8 @@ def test_two_processes_shard_forward_checkpoint_and_attribution_like_one(tmp_pat
     want = np.asarray(forward(model.params, model.cfg, tokens))
     np.testing.assert_allclose(res["logits"], want, rtol=0, atol=2e-5)
     assert bool(res["checkpoint_equal"])
-    if attribution:
-        from jcircuits.attribution import attribute
-
-        graph = attribute(model, tiny.tiny_transcoders(model.cfg), np.asarray(mp_worker.PROMPT), batch_size=8)
-        np.testing.assert_array_equal(res["selected"], graph.selected_features)
-        A = graph.adjacency_matrix
-        np.testing.assert_allclose(res["adjacency"], A, rtol=0, atol=1e-6 * max(1.0, np.abs(A).max()))
+    graph = attribute(model, tiny.tiny_transcoders(model.cfg), np.asarray(mp_worker.PROMPT), batch_size=8)
+    np.testing.assert_array_equal(res["selected"], graph.selected_features)
+    A = graph.adjacency_matrix
+    np.testing.assert_allclose(res["adjacency"], A, rtol=0, atol=1e-6 * max(1.0, np.abs(A).max()))
     assert jax.process_count() == 1  # the test process itself never joined the workers
