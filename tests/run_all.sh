@@ -17,8 +17,15 @@ fi
 .venv/bin/python -c "import jcircuits, jax, torch, transformers" \
   || { echo "run_all: .venv is incomplete (pip install -e '.[test]' failed?)" >&2; exit 1; }
 bash tests/reference/setup_ref_env.sh
+# Browser tests drive Debian's Chromium through Playwright (never a Playwright browser download).
+if [ ! -x /usr/bin/chromium ]; then
+  echo "run_all: installing Debian's chromium for the viewer's browser tests"
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq >/dev/null
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium >/dev/null
+fi
 
-export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 JCIRCUITS_REQUIRE_REF=1 JCIRCUITS_CACHE_DIR=
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 JCIRCUITS_REQUIRE_REF=1 JCIRCUITS_REQUIRE_BROWSER=1 JCIRCUITS_CACHE_DIR=
 export XLA_FLAGS="${XLA_FLAGS:---xla_force_host_platform_device_count=8}"
 .venv/bin/ruff check .
 exec .venv/bin/python -m pytest -q "$@"
