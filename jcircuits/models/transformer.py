@@ -6,8 +6,9 @@
   attention patterns, every RMSNorm scale, MLP inputs (before and after the norm) and outputs, the final-normed
   residual. These are exactly the constants attribution freezes and the points transcoders read and write.
 * ``frozen=Intermediates`` (or any object with the same ``Frozen`` fields) replaces attention patterns and norm
-  scales by the given constants. With them frozen the network is linear in the residual stream except for the
-  MLPs, which a caller replaces through ``mlp_fn``.
+  scales by the given constants; a field set to ``None`` is computed live (e.g. only patterns frozen). With
+  them all frozen the network is linear in the residual stream except for the MLPs, which a caller replaces
+  through ``mlp_fn``.
 
 ``mlp_fn(layer, points, state) -> (write, state)`` (optional) replaces what each block's MLP adds to the residual
 stream. ``points`` is an ``MLPPoints`` with the MLP's input and the true MLP output at every hook point; ``layer`` is
@@ -253,21 +254,22 @@ def unembed(params: Params, cfg: ModelConfig, x_BTD: jax.Array, final_scale=None
 
 
 def block_attention(lp: LayerParams, cfg: ModelConfig, x, window, cos, sin, frozen=None):
-    """Attention half of a block. ``frozen`` is ``None`` or ``(ln1_scale, pattern, post_attn_scale)``.
+    """Attention half of a block. ``frozen`` is ``None`` or ``(ln1_scale, pattern, post_attn_scale)``; an entry
+    that is ``None`` is computed live (e.g. patterns frozen, scales live).
 
     Returns ``(resid_mid, aux)`` with ``aux = (ln1_scale, pattern, post_attn_scale, attn_out)``.
     """
     T = x.shape[1]
-    ln1_s = nn.rms_scale(x, cfg.rms_norm_eps) if frozen is None else frozen[0]
+    ln1_s = nn.rms_scale(x, cfg.rms_norm_eps) if frozen is None or frozen[0] is None else frozen[0]
     h = nn.apply_rms(x, ln1_s, lp.ln1, cfg.norm_offset)
-    if frozen is None:
+    if frozen is None or frozen[1] is None:
         pattern = nn.attention_pattern(h, lp.wq, lp.wk, cos, sin, nn.attention_mask(T, T, window), cfg)
     else:
         pattern = frozen[1]
     a = nn.attention_values(h, pattern, lp.wv, lp.wo, cfg)
     post_s = None
     if cfg.post_norms:
-        post_s = nn.rms_scale(a, cfg.rms_norm_eps) if frozen is None else frozen[2]
+        post_s = nn.rms_scale(a, cfg.rms_norm_eps) if frozen is None or frozen[2] is None else frozen[2]
         a = nn.apply_rms(a, post_s, lp.post_attn_norm, cfg.norm_offset)
     return x + a, (ln1_s, pattern, post_s, a)
 
@@ -275,15 +277,15 @@ def block_attention(lp: LayerParams, cfg: ModelConfig, x, window, cos, sin, froz
 def block_mlp_points(lp: LayerParams, cfg: ModelConfig, resid_mid, frozen=None):
     """MLP half of a block, returning every hook point (``MLPPoints``) and the scales used.
 
-    ``frozen`` is ``None`` or ``(ln2_scale, post_mlp_scale)``.
+    ``frozen`` is ``None`` or ``(ln2_scale, post_mlp_scale)``; a ``None`` entry is computed live.
     """
-    ln2_s = nn.rms_scale(resid_mid, cfg.rms_norm_eps) if frozen is None else frozen[0]
+    ln2_s = nn.rms_scale(resid_mid, cfg.rms_norm_eps) if frozen is None or frozen[0] is None else frozen[0]
     normalized = (resid_mid.astype(jnp.float32) * ln2_s).astype(resid_mid.dtype)
     mlp_in = nn.apply_rms(resid_mid, ln2_s, lp.ln2, cfg.norm_offset)
     raw = nn.gated_mlp(mlp_in, lp.w_gate, lp.w_up, lp.w_down, cfg.activation)
     post_s, out = None, raw
     if cfg.post_norms:
-        post_s = nn.rms_scale(raw, cfg.rms_norm_eps) if frozen is None else frozen[1]
+        post_s = nn.rms_scale(raw, cfg.rms_norm_eps) if frozen is None or frozen[1] is None else frozen[1]
         out = nn.apply_rms(raw, post_s, lp.post_mlp_norm, cfg.norm_offset)
     return MLPPoints(resid_mid, normalized, mlp_in, raw, out), (ln2_s, post_s)
 
@@ -384,7 +386,7 @@ def forward_fn(
         else:
             write, state = mlp_fn(layer, points, state)
             if mlp_at == "mlp_out_raw" and cfg.post_norms:
-                s = nn.rms_scale(write, cfg.rms_norm_eps) if fzl is None else fzl[4]
+                s = nn.rms_scale(write, cfg.rms_norm_eps) if fzl is None or fzl[4] is None else fzl[4]
                 write = nn.apply_rms(write, s, lp.post_mlp_norm, cfg.norm_offset)
         out = mid + write.astype(mid.dtype)
         ys = None
