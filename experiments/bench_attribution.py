@@ -204,9 +204,9 @@ def worker_ours(case_dir: Path, out_npz: Path, cache_dir: str | None) -> None:
         prof[key] = (n + 1, s + time.perf_counter() - t, v + int(np.sum(valid)))
         return out
 
-    def timed_logit(st, ctx, vecs, src):
+    def timed_logit(st, ctx, vecs, src, last):
         t = time.perf_counter()
-        out = jax.block_until_ready(orig_logit(st, ctx, vecs, src))
+        out = jax.block_until_ready(orig_logit(st, ctx, vecs, src, last))
         n, s, v = prof.get("logit rows", (0, 0.0, 0))
         prof["logit rows"] = (n + 1, s + time.perf_counter() - t, v + len(vecs))
         return out

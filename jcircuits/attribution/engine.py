@@ -19,7 +19,14 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from jcircuits.attribution.linear import LinearContext, Static, rows_for_features, rows_for_logits
+from jcircuits.attribution.linear import (
+    LinearContext,
+    Static,
+    length_bucket,
+    pad_positions,
+    rows_for_features,
+    rows_for_logits,
+)
 from jcircuits.attribution.targets import Targets, resolve_targets
 from jcircuits.distributed import to_host
 from jcircuits.graph import Graph
@@ -84,8 +91,8 @@ def source_index(active: np.ndarray, rank: np.ndarray, K, L: int, n_pos: int) ->
 
 def build_context(model: Model, transcoders: TranscoderSet, rep: Replacement, dtype=jnp.float32):
     """The frozen linear model's constants for ``rep`` and the source layout. Returns
-    ``(static, ctx, src_index)`` where ``src_index(n_pos)`` gives the (cached, device) column map for a
-    position prefix (see ``source_index``)."""
+    ``(static, ctx, src_index)``: ``ctx`` is zero-padded to ``length_bucket(T)`` positions, and
+    ``src_index(n_pos)`` gives the (cached, device) column map for a position prefix (see ``source_index``)."""
     cfg, tcfg = model.cfg, transcoders.cfg
     L, T, D = cfg.n_layers, len(rep.tokens), cfg.d_model
     inter = rep.inter
@@ -129,6 +136,7 @@ def build_context(model: Model, transcoders: TranscoderSet, rep: Replacement, dt
         dec=dec,
         dec_clt=dec_clt,
     )
+    ctx = pad_positions(ctx, length_bucket(T))  # one set of compiled shapes per length bucket
     static = Static(cfg=cfg, input_hook=tcfg.input_hook, output_hook=tcfg.output_hook)
     cache: dict[int, jax.Array] = {}
 
@@ -288,9 +296,12 @@ def attribute(
     rows_hat = np.zeros_like(rows) if selecting else None
     row_nodes = np.zeros(K + n_feat_rows, np.int64)  # working-matrix node index of each row's target
 
+    Tb = ctx.embeddings.shape[0]  # padded length
+
     def store(at, out):
         feats, errs, toks = (to_host(o) for o in out)  # in order; gathered across processes if needed
         m = at.stop - at.start
+        errs, toks = errs.reshape(-1, L, Tb)[:, :, :T].reshape(-1, L * T), toks[:, :T]
         rows[at, :n_active] = feats[:m]
         rows[at, n_active : n_active + n_err] = errs[:m]
         rows[at, n_active + n_err :] = toks[:m]
@@ -302,7 +313,8 @@ def attribute(
     counter = {"compile_s": 0.0}
     vec = on_mesh(targets.vectors) if mesh is not None else jnp.asarray(targets.vectors)
     for i in range(0, K, batch_size):
-        out = _timed(rows_for_logits, static, ctx, vec[i : i + batch_size], src_index(T), counter=counter)
+        args = (static, ctx, vec[i : i + batch_size], src_index(Tb), jnp.int32(T - 1))
+        out = _timed(rows_for_logits, *args, counter=counter)
         store(slice(i, min(i + batch_size, K)), out)
     row_nodes[:K] = n_cols + np.arange(K)
     timings["logit_rows_s"] = time.perf_counter() - t1
@@ -311,7 +323,7 @@ def attribute(
     t2 = time.perf_counter()
     act = rep.active_features
     small = -(-max(1, dev_batch // 4) // d) * d
-    pos_buckets = _position_buckets(T, position_buckets)
+    pos_buckets = _position_buckets(Tb, position_buckets)
     visited = np.zeros(n_active, bool)
     st = K
     bar = tqdm(total=n_feat_rows, desc="feature rows", disable=not verbose, unit="row")

@@ -85,6 +85,41 @@ class Static:
     output_hook: str
 
 
+def length_bucket(T: int) -> int:
+    """The padded prompt length the engine compiles for: a multiple of 16 (64 past 128 tokens, 256 past 1024),
+    so prompts of nearby lengths share every compiled shape."""
+    g = 16 if T <= 128 else 64 if T <= 1024 else 256
+    return -(-T // g) * g
+
+
+def pad_positions(ctx: LinearContext, n: int) -> LinearContext:
+    """``ctx`` zero-padded to ``n ≥ T`` positions. Exact for the real positions: attention is causal, so padded
+    positions (after the prompt) never receive gradient from targets inside it, and their constants are zero."""
+    T = ctx.embeddings.shape[0]
+    if n == T:
+        return ctx
+
+    def pad(a, axes):
+        if a is None:
+            return None
+        widths = [(0, n - T if i in axes else 0) for i in range(a.ndim)]
+        return jnp.pad(a, widths)
+
+    return dataclasses.replace(
+        ctx,
+        ln1_scale=pad(ctx.ln1_scale, (1,)),
+        pattern=pad(ctx.pattern, (2, 3)),
+        ln2_scale=pad(ctx.ln2_scale, (1,)),
+        errors=pad(ctx.errors, (1,)),
+        embeddings=pad(ctx.embeddings, (0,)),
+        final_scale=pad(ctx.final_scale, (0,)),
+        post_attn_scale=pad(ctx.post_attn_scale, (1,)),
+        post_mlp_scale=pad(ctx.post_mlp_scale, (1,)),
+        dec=pad(ctx.dec, (1,)),
+        dec_clt=None if ctx.dec_clt is None else tuple(pad(d, (0,)) for d in ctx.dec_clt),
+    )
+
+
 def prefix(ctx: LinearContext, n: int) -> LinearContext:
     """The frozen model restricted to the first ``n`` positions (exact for those positions: attention is causal
     and everything else is per-position)."""
@@ -221,16 +256,17 @@ def contract_clt(ctx: LinearContext, gslot_LBTD):
     return [jnp.einsum("jbtd,tkjd->btk", gslot_LBTD[l:], ctx.dec_clt[l]) for l in range(L)]
 
 
-def logit_cotangents(st: Static, ctx: LinearContext, vecs_KD, T: int):
-    """Gradient at the final residual for each logit direction ``v`` read at ``final_norm(x_L)[T-1]``."""
+def logit_cotangents(st: Static, ctx: LinearContext, vecs_KD, last):
+    """Gradient at the final residual for each logit direction ``v`` read at ``final_norm(x_L)[last]``."""
     cfg = st.cfg
 
     def final(x_TD):
         return nn.apply_rms(x_TD, ctx.final_scale, ctx.final_norm, cfg.norm_offset)
 
+    T = ctx.embeddings.shape[0]
     zero = jnp.zeros((T, cfg.d_model), vecs_KD.dtype)
     _, vjp = jax.vjp(final, zero)
-    cot = jnp.zeros((vecs_KD.shape[0], T, cfg.d_model), vecs_KD.dtype).at[:, T - 1].set(vecs_KD)
+    cot = jnp.zeros((vecs_KD.shape[0], T, cfg.d_model), vecs_KD.dtype).at[:, last].set(vecs_KD)
     return jax.vmap(lambda c: vjp(c)[0])(cot)
 
 
@@ -253,11 +289,12 @@ def rows_for_features(st: Static, ctx: LinearContext, start, pos_B, feat_B, vali
 
 
 @partial(jax.jit, static_argnums=(0,))
-def rows_for_logits(st: Static, ctx: LinearContext, vecs_BD, src_index):
-    """Adjacency rows for a batch of logit directions (already demeaned), read at the last position."""
+def rows_for_logits(st: Static, ctx: LinearContext, vecs_BD, src_index, last):
+    """Adjacency rows for a batch of logit directions (already demeaned), read at position ``last`` (the
+    prompt's last token; ``ctx`` may be padded past it)."""
     T = ctx.embeddings.shape[0]
     B, D = vecs_BD.shape
-    g0 = logit_cotangents(st, ctx, vecs_BD.astype(ctx.embeddings.dtype), T)
+    g0 = logit_cotangents(st, ctx, vecs_BD.astype(ctx.embeddings.dtype), last)
     out = backward_rows(st, ctx, g0, jnp.zeros((B, D), g0.dtype), jnp.zeros(B, jnp.int32), st.cfg.n_layers)
     return _finish(ctx, *out, src_index, T)
 
