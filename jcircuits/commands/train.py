@@ -1,0 +1,150 @@
+"""``jcircuits train-default`` and ``jcircuits train-transcoders``.
+
+``train-default OUT`` re-creates the embedded default model (synthetic corpus, tiny Llama, harvest, JumpReLU
+PLTs) into ``OUT``; ``jcircuits/default`` is ``train-default jcircuits/default --seed 0``.
+
+``train-transcoders --model DIR --text FILE -o OUT`` trains a PLT or CLT set on any model we can run: each line
+of ``FILE`` is tokenized with the model's tokenizer (or ``--tokens-npy`` gives ``[sequences, positions]`` ids),
+activations are harvested (in memory, or as shards under ``--harvest-dir``), and the set is trained with
+checkpoints and metrics under ``OUT/train`` (``--resume`` by default) and written to ``OUT`` in circuit-tracer's
+format (``config.yaml`` + layer files).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+__all__ = ["register"]
+
+
+def cmd_train_default(args) -> int:
+    from jcircuits.training.default_model import DefaultSettings, train_default
+
+    s = DefaultSettings()
+    if args.lm_steps is not None or args.tc_steps is not None:
+        import dataclasses
+
+        s = dataclasses.replace(
+            s,
+            lm_steps=args.lm_steps if args.lm_steps is not None else s.lm_steps,
+            tc_steps=args.tc_steps if args.tc_steps is not None else s.tc_steps,
+        )
+    rec = train_default(args.output, seed=args.seed, settings=s)
+    print(json.dumps({k: rec[k] for k in ("accuracy", "transcoders", "lm_train_s", "tc_train_s", "total_s")}))
+    return 0
+
+
+def _read_tokens(args, tokenizer, pad_id: int):
+    import numpy as np
+
+    if args.tokens_npy is not None:
+        arr = np.load(args.tokens_npy, allow_pickle=False)
+        if arr.ndim != 2 or not np.issubdtype(arr.dtype, np.integer):
+            raise ValueError(f"{args.tokens_npy}: expected an integer array [sequences, positions]")
+        return arr.astype(np.int32)
+    if tokenizer is None:
+        raise ValueError("the model directory has no tokenizer.json: pass --tokens-npy instead of --text")
+    lines = [ln.strip() for ln in Path(args.text).read_text().splitlines() if ln.strip()]
+    if not lines:
+        raise ValueError(f"{args.text} has no non-empty lines")
+    out = np.full((len(lines), args.seq_len), pad_id, np.int32)
+    for i, ln in enumerate(lines):
+        ids = tokenizer.encode(ln)[: args.seq_len]
+        out[i, : len(ids)] = ids
+    return out
+
+
+def cmd_train_transcoders(args) -> int:
+    import numpy as np
+
+    from jcircuits.loading import load_model, resolve_model_dir
+    from jcircuits.tokenizer import Tokenizer
+    from jcircuits.training.harvest import harvest, load_shards
+    from jcircuits.training.transcoder import (
+        TrainConfig,
+        evaluate_transcoders,
+        to_transcoder_set,
+        train_transcoders,
+    )
+    from jcircuits.transcoders.io import save_transcoders
+
+    if (args.text is None) == (args.tokens_npy is None):
+        raise SystemExit("give exactly one of --text FILE or --tokens-npy FILE")
+    model_dir = resolve_model_dir(args.model)
+    params, cfg = load_model(model_dir)
+    tok = Tokenizer.from_file(model_dir) if (Path(model_dir) / "tokenizer.json").is_file() else None
+    pad = cfg.pad_token_id if cfg.pad_token_id is not None else (tok.pad_id if tok else None)
+    if pad is None:
+        raise ValueError("the model defines no pad token id; pad your --tokens-npy rows yourself")
+    tokens = _read_tokens(args, tok, pad)
+    tcfg = TrainConfig(
+        kind=args.kind,
+        n_features=args.n_features,
+        activation=args.activation,
+        top_k=args.top_k,
+        sparsity=args.sparsity or {"jumprelu": "l0", "relu": "tanh", "topk": "none"}[args.activation],
+        sparsity_coeff=args.sparsity_coeff,
+        decoder_norm="unit" if args.activation == "topk" else "penalty",
+        lr=args.lr,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        log_every=args.log_every,
+        checkpoint_every=args.checkpoint_every,
+        input_hook=args.input_hook,
+        output_hook=args.output_hook,
+    )
+    kw = dict(input_hook=tcfg.input_hook, output_hook=tcfg.output_hook, pad_id=pad, progress=not args.quiet)
+    if args.harvest_dir:
+        harvest(params, cfg, tokens, out_dir=args.harvest_dir, **kw)
+        x, y = load_shards(args.harvest_dir)
+    else:
+        x, y = harvest(params, cfg, tokens, **kw)
+    n_eval = max(1, int(0.05 * x.shape[0]))
+    perm = np.random.default_rng(args.seed).permutation(x.shape[0])
+    ev, tr = perm[:n_eval], perm[n_eval:]
+    out = Path(args.output)
+    res = train_transcoders(x[tr], y[tr], tcfg, out_dir=out / "train", resume=not args.no_resume)
+    ts = to_transcoder_set(res, scan=args.scan or f"jcircuits-{tcfg.kind}-{Path(model_dir).name}")
+    cfg_path = save_transcoders(ts, out)
+    metrics = evaluate_transcoders(ts, x[ev], y[ev])
+    (out / "eval.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    print(f"wrote {cfg_path}; held-out {len(ev)} tokens: {json.dumps(metrics)}", file=sys.stderr)
+    return 0
+
+
+def register(sub) -> None:
+    a = sub.add_parser("train-default", help="re-create the embedded default model and its transcoders")
+    a.add_argument("output", help="directory to write the model, tokenizer and transcoders into")
+    a.add_argument("--seed", type=int, default=0)
+    a.add_argument("--lm-steps", type=int, default=None, help="override the LM's training steps")
+    a.add_argument("--tc-steps", type=int, default=None, help="override the transcoders' training steps")
+    a.set_defaults(func=cmd_train_default)
+
+    t = sub.add_parser("train-transcoders", help="harvest activations and train PLT/CLT transcoders")
+    t.add_argument("--model", required=True, help="HF model directory, org/repo or hf://org/repo")
+    t.add_argument("--text", help="text file, one training sequence per line")
+    t.add_argument("--tokens-npy", help="int .npy [sequences, positions] of token ids (pad-filled)")
+    t.add_argument("--seq-len", type=int, default=64, help="positions per --text line (truncate/pad)")
+    t.add_argument("-o", "--output", required=True, help="output directory (config.yaml + layer files)")
+    t.add_argument("--kind", choices=("plt", "clt"), default="plt")
+    t.add_argument("--activation", choices=("relu", "jumprelu", "topk"), default="jumprelu")
+    t.add_argument("--top-k", type=int, default=None)
+    t.add_argument("--sparsity", choices=("l1", "tanh", "l0", "none"), default=None)
+    t.add_argument("--sparsity-coeff", type=float, default=2e-3)
+    t.add_argument("--n-features", type=int, default=1024)
+    t.add_argument("--steps", type=int, default=2000)
+    t.add_argument("--batch-size", type=int, default=1024)
+    t.add_argument("--lr", type=float, default=1e-2)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--log-every", type=int, default=100)
+    t.add_argument("--checkpoint-every", type=int, default=500)
+    t.add_argument("--input-hook", default="mlp.hook_in")
+    t.add_argument("--output-hook", default="mlp.hook_out")
+    t.add_argument("--harvest-dir", help="write harvested activations as shards here (else in memory)")
+    t.add_argument("--scan", help="the transcoder set's scan name in config.yaml")
+    t.add_argument("--no-resume", action="store_true", help="start over even if checkpoints exist")
+    t.add_argument("-q", "--quiet", action="store_true")
+    t.set_defaults(func=cmd_train_transcoders)
