@@ -145,12 +145,18 @@ def graph_to_json(
     scan: str | Sequence[str] | None = None,
     max_nodes: int | None = DEFAULT_MAX_NODES,
     max_links: int | None = DEFAULT_MAX_LINKS,
+    keep_zero_weight_links: bool = False,
 ) -> tuple[dict[str, Any], tuple[int, int]]:
     """The pruned graph as a schema dict, and the (nodes, links) counts before the caps.
 
     Prunes with `prune_graph(graph, node_threshold, edge_threshold)`, builds one node per kept node (types and
     ids in the module docstring) and one link per kept edge, weight = ``adjacency_matrix[target, source]``.
     ``scan`` overrides ``graph.scan`` (a list names a custom transcoder set, as in circuit-tracer).
+
+    Edges of weight exactly 0 are not links. circuit-tracer writes them when its edge threshold resolves to a
+    score of 0 (thresholds near 1, or graphs where little reaches the logits): then every zero entry between
+    kept nodes, self-pairs included, becomes a "link" — up to N² of them. ``keep_zero_weight_links=True``
+    reproduces that.
     """
     _check_slug(slug)
     if max_nodes is not None and max_nodes < graph.n_pos + graph.n_logits:
@@ -161,6 +167,8 @@ def graph_to_json(
     pr = prune_graph(graph, node_threshold, edge_threshold)
     node_mask = np.asarray(pr.node_mask)
     edge_mask = np.asarray(pr.edge_mask) & node_mask[:, None] & node_mask[None, :]
+    if not keep_zero_weight_links:
+        edge_mask &= np.asarray(graph.adjacency_matrix) != 0
     cumulative = np.asarray(pr.cumulative_scores, np.float64)
     n_before = (_connected(graph, node_mask, edge_mask).sum(), int(edge_mask.sum()))
     node_mask, edge_mask = _cap(graph, node_mask, edge_mask, cumulative, max_nodes, max_links)
@@ -178,7 +186,9 @@ def graph_to_json(
     ids: dict[int, str] = {}
     nodes: list[dict[str, Any]] = []
     for i in np.flatnonzero(node_mask).tolist():
-        infl = float(cumulative[i])
+        infl = (
+            float(cumulative[i]) if np.isfinite(cumulative[i]) else None
+        )  # 0/0 when nothing reaches a logit
         if i < S:
             layer, pos, feat = (int(x) for x in af[sel[i]])
             node = _node(f"{layer}_{feat}_{pos}", cantor_pairing(layer, feat), str(layer), pos, _FEATURE)
@@ -206,7 +216,13 @@ def graph_to_json(
 
     adj = np.asarray(graph.adjacency_matrix)
     t_idx, s_idx = np.nonzero(edge_mask)
-    weights = adj[t_idx, s_idx].astype(np.float64).tolist()
+    weights = adj[t_idx, s_idx].astype(np.float64)
+    if not np.all(np.isfinite(weights)):
+        raise ValueError(
+            "the graph's adjacency matrix has NaN/inf entries on kept edges (overflow in attribution? try "
+            "dtype float32); JSON cannot hold them"
+        )
+    weights = weights.tolist()
     links = [
         {"source": ids[s], "target": ids[t], "weight": w}
         for t, s, w in zip(t_idx.tolist(), s_idx.tolist(), weights, strict=True)
@@ -316,10 +332,12 @@ def export_graph_json(
     scan: str | Sequence[str] | None = None,
     max_nodes: int | None = DEFAULT_MAX_NODES,
     max_links: int | None = DEFAULT_MAX_LINKS,
+    keep_zero_weight_links: bool = False,
 ) -> ExportResult:
     """Prune ``graph`` and write ``out_dir/<slug>.json`` (schema in the module docstring) plus its entry in
     ``out_dir/graph-metadata.json``. Caps: at most ``max_nodes`` nodes (tokens and logits always kept, then by
-    influence) and ``max_links`` links (by edge influence score); ``None`` disables a cap."""
+    influence) and ``max_links`` links (by edge influence score); ``None`` disables a cap. Other arguments as
+    in `graph_to_json`."""
     doc, (n_nodes_pruned, n_links_pruned) = graph_to_json(
         graph,
         slug,
@@ -329,6 +347,7 @@ def export_graph_json(
         scan=scan,
         max_nodes=max_nodes,
         max_links=max_links,
+        keep_zero_weight_links=keep_zero_weight_links,
     )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

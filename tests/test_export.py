@@ -218,6 +218,32 @@ def test_token_strings_fall_back_to_stored_strings_then_ids(demo):
         del graph.settings["token_strings"]
 
 
+def test_zero_weight_edges_are_not_links_unless_asked(tmp_path):
+    # nothing reaches the logits: the reference's edge threshold resolves to 0 and keeps every zero entry
+    S, L, T, K = 3, 2, 3, 2
+    n = S + L * T + T + K
+    graph = Graph(
+        input_string="a b c",
+        input_tokens=np.arange(T),
+        active_features=np.array([[0, 1, 5], [1, 2, 6], [1, 1, 7]]),
+        activation_values=np.ones(3, np.float32),
+        selected_features=np.arange(3),
+        adjacency_matrix=np.zeros((n, n), np.float32),
+        logit_token_ids=np.array([4, 5]),
+        logit_probabilities=np.array([0.6, 0.3], np.float32),
+        logit_labels=["x", "y"],
+        n_layers=L,
+        vocab_size=10,
+    )
+    doc, _ = graph_to_json(graph, "zero")
+    assert doc["links"] == [] and {x["feature_type"] for x in doc["nodes"]} == {"embedding", "logit"}
+    validate_graph_json(doc)
+    quirk, _ = graph_to_json(graph, "zero", keep_zero_weight_links=True)
+    assert len(quirk["links"]) == len(quirk["nodes"]) ** 2 == n**2
+    assert all(e["weight"] == 0.0 for e in quirk["links"])
+    assert all(x["influence"] is None for x in quirk["nodes"])  # 0/0 cumulative influence is not a number
+
+
 @pytest.mark.parametrize("slug", ["", "../x", ".hidden", "a/b", "sp ace"])
 def test_bad_slugs_are_refused(demo, slug, tmp_path):
     with pytest.raises(ValueError, match="slug"):
