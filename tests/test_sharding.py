@@ -17,6 +17,7 @@ from converters.transcoders import write_clt_dir, write_plt_files
 from jcircuits import sharding as shd
 from jcircuits.attribution import attribute
 from jcircuits.loading import load_model, params_to_numpy
+from jcircuits.memory import batch_bytes, estimate_attribution
 from jcircuits.models import config_from_hf, forward, init_params, param_axes
 from jcircuits.sharded_loading import load_model_sharded, load_transcoders_sharded
 from jcircuits.transcoders.io import load_transcoders, transcoder_set_to_numpy
@@ -204,3 +205,90 @@ def test_sharded_clt_attribution_equals_single_device():
     ts = tiny.tiny_transcoders(model.cfg, kind="clt", input_hook="hook_resid_mid", output_hook="hook_mlp_out")
     want = attribute(model, ts, PROMPT[:8], batch_size=16)
     _assert_same_graph(attribute(model, ts, PROMPT[:8], batch_size=16, mesh=shd.make_mesh(2, 4)), want)
+
+
+# ----------------------------------------------------------------------------------------- memory estimator
+
+
+@pytest.mark.parametrize(
+    "L,D,T,F,B,kind", [(3, 64, 24, 256, 32, "plt"), (4, 64, 48, 256, 128, "plt"), (3, 64, 24, 256, 32, "clt")]
+)
+def test_batch_estimate_brackets_xla_memory_analysis(L, D, T, F, B, kind):
+    """The estimator's per-batch term vs XLA's compiled temp + output bytes of the row function, on CPU.
+    Stated tolerance: never below the measurement (it must not under-promise), at most 1.5x above it."""
+    from jcircuits.attribution import build_context, linear
+    from jcircuits.replacement import replace
+
+    model = tiny.tiny_model("llama", n_layers=L, d_model=D, d_mlp=2 * D, head_dim=D // 4)
+    ts = tiny.tiny_transcoders(model.cfg, kind=kind, n_features=F)
+    tokens = np.asarray(np.random.default_rng(0).integers(3, 97, T), np.int32)
+    tokens[0] = 1
+    rep = replace(model, ts, tokens)
+    static, ctx, src_index = build_context(model, ts, rep)
+    Tb = ctx.embeddings.shape[0]  # the engine may pad the prompt to a length bucket
+    K = ctx.dec.shape[2] if ctx.dec is not None else max(d.shape[1] for d in ctx.dec_clt)
+    z = np.zeros(B, np.int32)
+    compiled = linear.rows_for_features.lower(
+        static, ctx, np.int32(1), z, z, np.ones(B, bool), src_index(Tb), Tb
+    ).compile()
+    ma = compiled.memory_analysis()
+    measured = ma.temp_size_in_bytes + ma.output_size_in_bytes
+    est = batch_bytes(
+        model.cfg, n_tokens=Tb, batch=B, k_pad=K, n_active=rep.n_active, itemsize=4, clt=kind == "clt"
+    )
+    assert measured <= est <= 1.5 * measured, (est, measured, est / measured)
+
+
+@needs8
+def test_estimated_param_bytes_per_device_equal_the_placed_shards():
+    model = tiny.tiny_model("gemma2", vocab_size=128, n_heads=4, n_kv_heads=2, d_mlp=64)
+    ts = tiny.tiny_transcoders(model.cfg, skip=True)
+    mesh = shd.make_mesh(2, 4)
+    params = shd.shard_params(model.params, model.cfg, mesh)
+    enc = shd.shard_transcoders(ts.params, ts.cfg, mesh)
+    dev = jax.devices()[0]
+
+    def on_device(tree):
+        return sum(
+            s.data.nbytes for x in jax.tree.leaves(tree) for s in x.addressable_shards if s.device == dev
+        )
+
+    est = estimate_attribution(model.cfg, ts.cfg, n_tokens=12, mesh=(2, 4))
+    assert est.device["params"] == on_device(params)
+    assert est.device["transcoders"] == on_device(enc)
+    # bfloat16 halves the resident weights; the model axis splits weights, the data axis splits the batch
+    half = estimate_attribution(model.cfg, ts.cfg, n_tokens=12, mesh=(2, 4), dtype="bfloat16")
+    assert half.device["params"] * 2 == est.device["params"]
+    assert (
+        est.device["params"]
+        < estimate_attribution(model.cfg, ts.cfg, n_tokens=12, mesh=(2, 1)).device["params"]
+    )
+    assert (
+        estimate_attribution(model.cfg, ts.cfg, n_tokens=12, mesh=(8, 1)).device["batch"]
+        < est.device["batch"]
+    )
+
+
+def test_dry_run_prints_mesh_and_shardings_and_refuses_what_cannot_fit(capsys):
+    from jcircuits.cli import main
+
+    args = [
+        "attribute",
+        "--tokens",
+        "1,17,42,5,63,8",
+        "--dry-run",
+        "--mesh",
+        "2x4",
+        "--max-feature-nodes",
+        "64",
+    ]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "mesh: data=2 x model=4" in out and "params.layers.wq" in out and "P(None, None, 'model')" in out
+    assert main(args + ["--device-memory", "1MiB"]) == 2  # the weights fit, a 256-row batch does not
+    err = capsys.readouterr().err
+    assert "will not fit" in err and "--batch-size" in err and "--dtype bfloat16" in err and "--mesh" in err
+    assert main(args + ["--host-memory", "1100KiB"]) == 2  # the model loads, the row matrix does not
+    assert "--max-feature-nodes" in capsys.readouterr().err
+    # without --dry-run a run that cannot fit is refused before anything is loaded
+    assert main(args[:3] + ["--device-memory", "1MiB"]) == 2
