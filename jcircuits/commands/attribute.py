@@ -63,7 +63,7 @@ def cmd_attribute(args) -> int:
         raise SystemExit("give exactly one of --prompt TEXT or --tokens 2,15,7,…")
     if (args.slug or args.serve) and not args.graph_dir:
         raise SystemExit("--slug and --serve need --graph-dir DIR (where the graph JSON is written)")
-    from jcircuits.plan import preflight
+    from jcircuits.plan import mesh_from_args, preflight
 
     code = preflight(args)  # memory estimate first: --dry-run stops here, and so does a run that cannot fit
     if code is not None:
@@ -84,6 +84,7 @@ def cmd_attribute(args) -> int:
         max_feature_nodes=args.max_feature_nodes,
         dtype=jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32,
         verbose=not args.quiet,
+        mesh=mesh_from_args(args),  # --mesh DATAxMODEL: rows over data, weights over model
     )
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
