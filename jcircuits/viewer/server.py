@@ -180,7 +180,9 @@ class _Handler(BaseHTTPRequestHandler):
             length = int(self.headers.get("Content-Length", ""))
         except ValueError:
             raise _HTTPError(HTTPStatus.LENGTH_REQUIRED, "Content-Length required") from None
-        if length < 0 or length > MAX_SAVE_BYTES:
+        if length < 0:
+            raise _HTTPError(HTTPStatus.BAD_REQUEST, "negative Content-Length")
+        if length > MAX_SAVE_BYTES:
             raise _HTTPError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"body over {MAX_SAVE_BYTES} bytes")
         body = self.rfile.read(length)
         try:

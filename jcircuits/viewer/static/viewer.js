@@ -79,7 +79,10 @@
       if (typeof n.layer !== 'string' || !Number.isInteger(n.ctx_idx)) {
         return `nodes[${i}] (${n.node_id}) needs a string layer and an integer ctx_idx`;
       }
-      if (seen.has(n.node_id)) return `duplicate node_id ${n.node_id}`;
+      if (seen.has(n.node_id)) {
+        return `duplicate node_id ${n.node_id} (circuit-tracer 0.5.0 gives an error node the id of a layer-0 ` +
+          'feature; its links are ambiguous. Re-export the graph with jcircuits)';
+      }
       seen.add(n.node_id);
     }
     for (let i = 0; i < doc.links.length; i++) {
