@@ -62,6 +62,15 @@ def _single_token_id(tok, s: str) -> int:
         raise ValueError(f"target {s!r} is not a single token of this tokenizer") from None
 
 
+def size_bucket(n: int) -> int:
+    """``n`` rounded up to a half-octave (8, 12, 16, 24, 32, 48, 64, 96, …): at most 50% padding, and few
+    enough distinct sizes that prompts with different numbers of active features share compiled shapes."""
+    if n <= 8:
+        return 8
+    p = 1 << ((n - 1).bit_length() - 1)  # largest power of two below n
+    return p + p // 2 if n <= p + p // 2 else 2 * p
+
+
 def _source_layout(active: np.ndarray, L: int, T: int, clt: bool):
     """Rank of each active feature within its (layer, position) and the padded width K (per layer for CLT) of
     the padded source-edge layout used by ``linear._finish``."""
@@ -71,14 +80,14 @@ def _source_layout(active: np.ndarray, L: int, T: int, clt: bool):
     rank = np.arange(n) - first
     counts = np.bincount(key, minlength=L * T).reshape(L, T)
     if not clt:
-        return rank, max(int(counts.max()) if n else 0, 1)
-    return rank, [max(int(counts[l].max()), 1) for l in range(L)]
+        return rank, size_bucket(int(counts.max()) if n else 0)
+    return rank, [size_bucket(int(counts[l].max())) for l in range(L)]
 
 
 def source_index(active: np.ndarray, rank: np.ndarray, K, L: int, n_pos: int) -> np.ndarray:
     """Flat column of each active feature in the padded source edges of the ``n_pos``-position prefix
     (``[L, n_pos, K]`` flattened; per source layer ``[n_pos, K_l]`` blocks for a CLT); sources at positions
-    ``≥ n_pos`` point at the trailing zero column."""
+    ``≥ n_pos`` point at the trailing zero column, and so does the padding up to ``size_bucket(n_active)``."""
     lay, pos = active[:, 0].astype(np.int64), active[:, 1].astype(np.int64)
     if isinstance(K, int):
         flat, width = (lay * n_pos + pos) * K + rank, L * n_pos * K
@@ -86,7 +95,9 @@ def source_index(active: np.ndarray, rank: np.ndarray, K, L: int, n_pos: int) ->
         Ks = np.asarray(K, np.int64)
         offsets = np.concatenate([[0], np.cumsum(n_pos * Ks)])
         flat, width = offsets[lay] + pos * Ks[lay] + rank, int(offsets[-1])
-    return np.where(pos < n_pos, flat, width).astype(np.int32)
+    index = np.full(size_bucket(len(active)), width, np.int32)  # padded entries read the zero column
+    index[: len(active)] = np.where(pos < n_pos, flat, width)
+    return index
 
 
 def build_context(model: Model, transcoders: TranscoderSet, rep: Replacement, dtype=jnp.float32):
@@ -302,11 +313,11 @@ def attribute(
         feats, errs, toks = (to_host(o) for o in out)  # in order; gathered across processes if needed
         m = at.stop - at.start
         errs, toks = errs.reshape(-1, L, Tb)[:, :, :T].reshape(-1, L * T), toks[:, :T]
-        rows[at, :n_active] = feats[:m]
+        rows[at, :n_active] = feats[:m, :n_active]
         rows[at, n_active : n_active + n_err] = errs[:m]
         rows[at, n_active + n_err :] = toks[:m]
         if selecting:
-            rows_hat[at] = _normalized_abs(feats[:m], errs[:m], toks[:m])
+            rows_hat[at] = _normalized_abs(feats[:m, :n_active], errs[:m], toks[:m])
 
     # ---- logit rows
     t1 = time.perf_counter()
