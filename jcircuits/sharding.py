@@ -243,8 +243,9 @@ def put(x: Any, sharding: NamedSharding) -> jax.Array:
     """Place ``x`` (numpy, a process-local ``jax.Array``, or a global array) with ``sharding``.
 
     Works with several processes: each process supplies only the shards of its own devices, sliced from its
-    local value (which must be the same on every process), so host memory holds one shard at a time. An array
-    already laid out this way is returned as is.
+    local value (which must be the same on every process), so host memory holds one shard at a time; a local
+    array whose shards already match the global layout is wrapped without a copy. An array already laid out
+    this way is returned as is.
     """
     if isinstance(x, jax.Array) and x.sharding == sharding:
         return x
@@ -252,7 +253,20 @@ def put(x: Any, sharding: NamedSharding) -> jax.Array:
         return jax.jit(lambda a: a, out_shardings=sharding)(x)  # reshard between global layouts
     if jax.process_count() == 1:
         return jax.device_put(x, sharding)
+    if isinstance(x, jax.Array):
+        # A process-local array already split over this process's devices exactly as the global layout wants
+        # (e.g. weights loaded on a host-local mesh whose model axis is the global one): reuse its buffers.
+        want = sharding.addressable_devices_indices_map(x.shape)
+        have = {s.device: _norm(s.index, x.shape) for s in x.addressable_shards}
+        if all(have.get(dev) == _norm(idx, x.shape) for dev, idx in want.items()):
+            shards = {s.device: s.data for s in x.addressable_shards}
+            return jax.make_array_from_single_device_arrays(x.shape, sharding, [shards[d] for d in want])
     return jax.make_array_from_callback(np.shape(x), sharding, lambda idx: np.asarray(x[idx]))
+
+
+def _norm(index: tuple, shape: Sequence[int]) -> tuple:
+    """A shard index as explicit ``(start, stop)`` pairs, so equal regions compare equal."""
+    return tuple(s.indices(n)[:2] for s, n in zip(index, shape, strict=True))
 
 
 def shard_tree(tree: Any, axes_tree: Any, mesh: Mesh, rules: Mapping[str, str | None] = RULES) -> Any:

@@ -53,12 +53,25 @@ def main() -> int:
         np.array_equal(distributed.to_host(a), distributed.to_host(b))
         for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(params), strict=True)
     )
-    result = dict(logits=logits, checkpoint_equal=np.asarray(same))
+    # weights on a host-local mesh (as tpu/run.py loads them) move onto the global mesh without a copy when the
+    # global model axis is this process's devices
+    local = shd.make_mesh(1, jax.local_device_count(), devices=jax.local_devices())
+    local_params = shd.shard_params(model.params, model.cfg, local)
+    moved = shd.shard_params(local_params, model.cfg, mesh)
+
+    def pointers(a):
+        return {s.device.id: s.data.unsafe_buffer_pointer() for s in a.addressable_shards}
+
+    zero_copy = pointers(moved.layers.wq) == pointers(local_params.layers.wq)
+    result = dict(logits=logits, checkpoint_equal=np.asarray(same), zero_copy=np.asarray(zero_copy))
     if do_attr:
         from jcircuits.attribution import attribute
+        from jcircuits.replacement import Model
 
         ts = tiny.tiny_transcoders(model.cfg)
-        graph = attribute(model, ts, np.asarray(PROMPT), batch_size=8, mesh=mesh)
+        ts.params = shd.shard_transcoders(ts.params, ts.cfg, local)
+        local_model = Model(params=local_params, cfg=model.cfg, name=model.name)
+        graph = attribute(local_model, ts, np.asarray(PROMPT), batch_size=8, mesh=mesh)
         result.update(adjacency=graph.adjacency_matrix, selected=graph.selected_features)
     if distributed.is_coordinator():
         np.savez(out / "result.npz", **result)

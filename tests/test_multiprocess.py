@@ -64,6 +64,7 @@ def test_two_processes_shard_forward_checkpoint_and_attribution_like_one(tmp_pat
     want = np.asarray(forward(model.params, model.cfg, tokens))
     np.testing.assert_allclose(res["logits"], want, rtol=0, atol=2e-5)
     assert bool(res["checkpoint_equal"])
+    assert bool(res["zero_copy"])
     graph = attribute(model, tiny.tiny_transcoders(model.cfg), np.asarray(mp_worker.PROMPT), batch_size=8)
     np.testing.assert_array_equal(res["selected"], graph.selected_features)
     A = graph.adjacency_matrix
