@@ -46,7 +46,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jcircuits.attribution.engine import encode_prompt
-from jcircuits.models import Intermediates, forward_fn
+from jcircuits.models import Intermediates, forward, forward_fn
 from jcircuits.models.decode import (
     _check_sampling,
     decode_loop_fn,
@@ -333,23 +333,20 @@ def _intervene_jit(
     return logits, acts
 
 
-@partial(jax.jit, static_argnames=("cfg", "tcfg"))
-def _clean_jit(params, tc, tokens, layers, feats, zero_positions, *, cfg, tcfg):
-    """Clean run: intermediates, the feature inputs/outputs at the hooks, and each edited feature's clean
-    activation ``[n, T]`` (post-activation, first ``zero_positions`` zeroed)."""
-    logits, inter, _ = forward_fn(params, cfg, tokens[None], capture=True)
-    x_in = inter.hook(tcfg.input_hook)[:, 0]
-    out = inter.hook(tcfg.output_hook)[:, 0].astype(jnp.float32)
-    keep = jnp.arange(tokens.shape[0]) >= zero_positions
+@partial(jax.jit, static_argnames=("tcfg",))
+def _clean_consts(tc, x_in, out, layers, feats, zero_positions, *, tcfg):
+    """Clean-run constants from the clean feature inputs/outputs ``[L, T, D]``: each edited feature's clean
+    activation ``[n, T]`` (post-activation, first ``zero_positions`` zeroed) and the clean ``skip(x)``."""
+    keep = jnp.arange(x_in.shape[1]) >= zero_positions
 
     def one(l, f):
         return encode_layer(tcfg, tc, l, x_in[l])[:, f] * keep
 
-    basis = jax.vmap(one)(layers, feats) if layers.shape[0] else jnp.zeros((0, tokens.shape[0]))
+    basis = jax.vmap(one)(layers, feats)
     skip = None
     if tc.W_skip is not None:
         skip = jnp.einsum("ltd,lde->lte", x_in.astype(tc.W_skip.dtype), tc.W_skip).astype(jnp.float32)
-    return inter, out, skip, basis
+    return out.astype(jnp.float32), skip, basis
 
 
 def _prepare(
@@ -368,15 +365,11 @@ def _prepare(
     frozen, clean = None, None
     # circuit-tracer freezes only when there is something to edit; constraints imply frozen patterns
     if plan.n and (freeze_attention or C is not None):
-        inter, out, skip, basis = _clean_jit(
-            model.params,
-            transcoders.params,
-            jnp.asarray(tokens),
-            edit.layers,
-            edit.feats,
-            zero_pos,
-            cfg=cfg,
-            tcfg=tcfg,
+        # the clean run is the model's own jitted forward (usually compiled already)
+        _, inter = forward(model.params, cfg, tokens[None], capture=True)
+        x_in, out = inter.hook(tcfg.input_hook)[:, 0], inter.hook(tcfg.output_hook)[:, 0]
+        out, skip, basis = _clean_consts(
+            transcoders.params, x_in, out, edit.layers, edit.feats, zero_pos, tcfg=tcfg
         )
         frozen = _frozen(inter, patterns=True, scales=C is not None and len(C) == cfg.n_layers)
         if C is not None:
