@@ -107,8 +107,12 @@ def test_greedy_is_deterministic_and_sampling_reproducible_from_the_key():
     # each sampled token is one the model gives non-negligible probability
     p = jax.nn.softmax(s1.logits, axis=-1)
     assert (np.asarray(p)[np.arange(N), s1.tokens] > 1e-6).all()
-    # plain generation without edits agrees with the model-level generator
-    plain = generate(model, ts, PROMPT, [], N, temperature=1.0, rng=jax.random.key(7))
+    # without edits, the transcoder-aware decode path (taken when activations are requested) samples exactly
+    # what the plain model-level generator samples
+    plain = generate(
+        model, ts, PROMPT, [], N, temperature=1.0, rng=jax.random.key(7), return_activations=True
+    )
+    assert plain.activations.shape == (model.cfg.n_layers, len(PROMPT) + N - 1, ts.cfg.n_features)
     ref, _ = generate_plain(model.params, model.cfg, PROMPT[None], N, temperature=1.0, key=jax.random.key(7))
     np.testing.assert_array_equal(plain.tokens, np.asarray(ref)[0])
 
