@@ -45,6 +45,7 @@ __all__ = [
     "shardings",
     "transcoder_axes",
     "context_axes",
+    "intermediates_axes",
     "place_context",
     "put",
     "shard_tree",
@@ -206,6 +207,29 @@ def transcoder_axes(cfg: TranscoderConfig) -> Transcoders:
         b_dec=("layers", "embed"),
         threshold=("layers", "features") if jump else None,
         W_skip=("layers", "embed", "embed_out") if cfg.skip else None,
+    )
+
+
+def intermediates_axes(inter: Any) -> Any:
+    """Logical axes of the activations one forward pass captures (``models.transformer.Intermediates``, same tree;
+    fields matched by name). Leading ``L``, then the prompt batch, positions and the residual width."""
+    per_layer = ("layers", "batch", "positions", "embed")
+    scale = ("layers", "batch", "positions", None)
+    return dataclasses.replace(
+        inter,
+        resid=per_layer,
+        resid_mid=per_layer,
+        attn_out=per_layer,
+        attn_pattern=("layers", "batch", "q_heads", "positions", "positions"),
+        ln1_scale=scale,
+        ln2_scale=scale,
+        mlp_in=per_layer,
+        mlp_out_raw=per_layer,
+        mlp_out=per_layer,
+        final_scale=("batch", "positions", None),
+        final_normed=("batch", "positions", "embed"),
+        post_attn_scale=None if inter.post_attn_scale is None else scale,
+        post_mlp_scale=None if inter.post_mlp_scale is None else scale,
     )
 
 

@@ -71,6 +71,25 @@ def test_every_param_and_transcoder_axis_has_a_rule():
     assert names <= set(shd.RULES), sorted(names - set(shd.RULES))
 
 
+@pytest.mark.parametrize("arch", ["llama", "gemma2"])
+def test_every_activation_and_linear_context_array_has_logical_axes(arch):
+    from jcircuits.attribution import build_context
+    from jcircuits.replacement import replace
+
+    model = tiny.tiny_model(arch)
+    tokens = jax.ShapeDtypeStruct((2, 7), jnp.int32)
+    _, inter = jax.eval_shape(lambda p, t: forward(p, model.cfg, t, capture=True), model.params, tokens)
+    ts = tiny.tiny_transcoders(model.cfg, kind="clt" if arch == "gemma2" else "plt", skip=True)
+    _, ctx, _ = build_context(model, ts, replace(model, ts, np.asarray(PROMPT[:7])))
+    mesh = {"data": 2, "model": 4}
+    for tree, axes in ((inter, shd.intermediates_axes(inter)), (ctx, shd.context_axes(ctx, model.cfg))):
+        flat = jax.tree.leaves(axes, is_leaf=shd.is_axes)
+        arrays = jax.tree.leaves(tree)
+        assert len(flat) == len(arrays)
+        for ax, x in zip(flat, arrays, strict=True):
+            shd.spec_for(ax, x.shape, mesh)  # one name per dimension, every name in the table
+
+
 def test_spec_for_splits_by_rule_and_replicates_what_does_not_divide():
     mesh = {"data": 2, "model": 4}
     assert shd.spec_for(("layers", "embed", "q_heads", "head_dim"), (3, 32, 8, 8), mesh) == PartitionSpec(
@@ -292,3 +311,20 @@ def test_dry_run_prints_mesh_and_shardings_and_refuses_what_cannot_fit(capsys):
     assert "--max-feature-nodes" in capsys.readouterr().err
     # without --dry-run a run that cannot fit is refused before anything is loaded
     assert main(args[:3] + ["--device-memory", "1MiB"]) == 2
+
+
+@pytest.mark.parametrize("name", ["gemma-2-9b", "llama-3.1-8b"])
+def test_tpu_config_dry_runs_fit_and_a_long_prompt_is_refused(name, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    tpu = Path(__file__).resolve().parent.parent / "tpu"
+    spec = importlib.util.spec_from_file_location("tpu_dryrun", tpu / "dryrun.py")
+    dryrun = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(dryrun)
+    config = str(tpu / "configs" / f"{name}.yaml")
+    assert dryrun.main([config]) == 0
+    out = capsys.readouterr().out
+    assert "fits: peak" in out and "transcoders.W_enc" in out and "P(None, None, 'model')" in out
+    assert dryrun.main([config, "--n-tokens", "1024"]) == 2
+    assert "will not fit" in capsys.readouterr().err
