@@ -99,8 +99,43 @@ def read_transcoder_config(path: str) -> TranscoderConfig:
     )
 
 
-def _configs(args) -> tuple[ModelConfig, TranscoderConfig, int | None]:
-    """Model and transcoder configs named by the CLI arguments, and the prompt length when known."""
+def _model_files(model: str) -> Path:
+    """A directory holding the model's ``config.json`` (and ``tokenizer.json`` when there is one): the local
+    directory itself, or for a Hub id only those two small files (never the weights) from the Hub or its cache."""
+    p = Path(model).expanduser()
+    if p.is_dir():
+        return p
+    import os
+
+    import huggingface_hub
+
+    from jcircuits.loading import _hub_cache_dir, _truthy
+
+    repo = model.removeprefix("hf://").split("?")[0]
+    offline = _truthy(os.environ.get("HF_HUB_OFFLINE"))
+    try:
+        got = huggingface_hub.snapshot_download(
+            repo,
+            allow_patterns=[
+                "config.json",
+                "tokenizer.json",
+                "tokenizer_config.json",
+                "special_tokens_map.json",
+            ],
+            cache_dir=_hub_cache_dir(),
+            local_files_only=offline,
+        )
+    except Exception as e:  # not cached while offline, unknown repo, no network
+        why = "HF_HUB_OFFLINE is set and it is not cached" if offline else f"{type(e).__name__}: {e}"
+        raise FileNotFoundError(
+            f"cannot read {repo!r}'s config.json for the estimate ({why}); pass a local model directory"
+        ) from None
+    return Path(got)
+
+
+def _configs(args) -> tuple[ModelConfig, TranscoderConfig, int | None] | None:
+    """Model and transcoder configs named by the CLI arguments, and the prompt length when known; ``None`` when
+    the transcoders are not local files (a real run then goes ahead without an estimate)."""
     from jcircuits.commands.attribute import parse_tokens
 
     n_tokens = len(parse_tokens(args.tokens)) if args.tokens is not None else None
@@ -112,19 +147,21 @@ def _configs(args) -> tuple[ModelConfig, TranscoderConfig, int | None]:
         if args.prompt is not None and model.tokenizer is not None:
             n_tokens = len(model.tokenizer.encode(args.prompt))
         return model.cfg, ts.cfg, n_tokens
-    from jcircuits.loading import resolve_model_dir
     from jcircuits.models.config import config_from_hf
 
-    model_dir = resolve_model_dir(args.model)
-    cfg = config_from_hf(model_dir)
     if args.transcoders is None:
         raise SystemExit("--model needs --transcoders (a circuit-tracer config.yaml, directory or hub repo)")
     p = Path(args.transcoders)
     if not p.exists():
-        raise FileNotFoundError(
-            f"the memory estimate reads local transcoder files; {args.transcoders!r} is not a local path "
-            "(download it first, e.g. with huggingface-cli download)"
-        )
+        if args.dry_run:
+            raise FileNotFoundError(
+                f"the memory estimate reads local transcoder files; {args.transcoders!r} is not a local path "
+                "(download it first, e.g. with huggingface-cli download)"
+            )
+        print("jcircuits attribute: no memory estimate (transcoders are not local files)", file=sys.stderr)
+        return None
+    model_dir = _model_files(args.model)
+    cfg = config_from_hf(model_dir)
     tcfg = read_transcoder_config(str(p))
     if args.prompt is not None and (model_dir / "tokenizer.json").is_file():
         from jcircuits.tokenizer import Tokenizer
@@ -201,10 +238,12 @@ def preflight(args) -> int | None:
     fits, 2 when it cannot fit) or ``None`` to go ahead."""
     if args.tokens is None and args.prompt is None:
         return None  # cmd_attribute reports the missing prompt
-    cfg, tcfg, n_tokens = _configs(args)
+    found = _configs(args)
+    if found is None:
+        return None
+    cfg, tcfg, n_tokens = found
     if n_tokens is None:
         return None  # no tokenizer to measure the prompt: the run itself reports that
-    n_tokens += 0 if args.tokens is not None else 1  # a special start token may be prepended
     mesh = parse_mesh(args.mesh) if getattr(args, "mesh", None) else (1, 1)
     if mesh[0] * mesh[1] > jax.device_count() and not args.dry_run:
         raise SystemExit(

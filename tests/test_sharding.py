@@ -288,29 +288,42 @@ def test_estimated_param_bytes_per_device_equal_the_placed_shards():
     )
 
 
-def test_dry_run_prints_mesh_and_shardings_and_refuses_what_cannot_fit(capsys):
+@pytest.fixture(scope="module")
+def local_model_dir(tmp_path_factory):
+    """A tiny HF checkpoint and a circuit-tracer transcoder directory (the CLI reads only their configs)."""
+    d = tmp_path_factory.mktemp("cli")
+    hf = _hf_config("llama")
+    cfg = config_from_hf(hf)
+    save_hf_checkpoint(params_to_numpy(init_params(cfg, jax.random.key(0))), hf, d / "model")
+    write_plt_files(transcoder_set_to_numpy(tiny.tiny_transcoders(cfg, skip=True)), d / "tc")
+    return d
+
+
+def test_dry_run_prints_mesh_and_shardings_and_refuses_what_cannot_fit(local_model_dir, capsys):
     from jcircuits.cli import main
 
-    args = [
+    d = local_model_dir
+    run = [
         "attribute",
+        "--model",
+        str(d / "model"),
+        "--transcoders",
+        str(d / "tc"),
         "--tokens",
         "1,17,42,5,63,8",
-        "--dry-run",
-        "--mesh",
-        "2x4",
-        "--max-feature-nodes",
-        "64",
     ]
+    args = run + ["--dry-run", "--mesh", "2x4", "--max-feature-nodes", "64", "--l0", "16"]
     assert main(args) == 0
     out = capsys.readouterr().out
-    assert "mesh: data=2 x model=4" in out and "params.layers.wq" in out and "P(None, None, 'model')" in out
-    assert main(args + ["--device-memory", "1MiB"]) == 2  # the weights fit, a 256-row batch does not
+    assert "mesh: data=2 x model=4" in out and "T=6" in out and "~160 active features" in out
+    assert "params.layers.wq" in out and "P(None, None, 'model')" in out and "transcoders.W_skip" in out
+    assert main(args + ["--device-memory", "400KiB"]) == 2  # the weights fit, a 256-row batch does not
     err = capsys.readouterr().err
     assert "will not fit" in err and "--batch-size" in err and "--dtype bfloat16" in err and "--mesh" in err
-    assert main(args + ["--host-memory", "1100KiB"]) == 2  # the model loads, the row matrix does not
+    assert main(args + ["--host-memory", "130KiB"]) == 2  # the model loads, the row matrix does not
     assert "--max-feature-nodes" in capsys.readouterr().err
     # without --dry-run a run that cannot fit is refused before anything is loaded
-    assert main(args[:3] + ["--device-memory", "1MiB"]) == 2
+    assert main(run + ["--device-memory", "400KiB"]) == 2
 
 
 @pytest.mark.parametrize("name", ["gemma-2-9b", "llama-3.1-8b"])
