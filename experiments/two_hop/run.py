@@ -1,0 +1,246 @@
+"""Two-hop circuit in the embedded default model: the answer goes through a "state" feature, and swapping that
+feature for another state's changes the answer to that state's capital.
+
+Run from the repository root (a few minutes on 2 CPU cores)::
+
+    python experiments/two_hop/run.py            # writes experiments/two_hop/{results.md,results.json,graph.svg}
+
+Steps:
+1. Attribute ``the capital of the state containing dallas is`` (-> austin) and draw the pruned graph.
+2. Find *state features*: for every prompt ``the capital of the state containing CITY is`` (all 60 cities), read the
+   transcoder activations at the city position and the last position. A feature is a state-S feature at
+   (layer, position) when it is active on >= 80% of S's cities and on <= 10% of the other states' cities.
+3. Show that the graph's most influential features are Texas features (influence on the logits, from the
+   graph's adjacency matrix).
+4. Intervene (``jcircuits.intervention.feature_intervention``; attention patterns frozen, later layers live): turn
+   the Texas features off and set California's features to their mean activation on California prompts, at one
+   layer at a time and at all layers; report p(austin), p(sacramento) and the top token. Then do the same swap for
+   every (source state, target state) pair, one held-in city per source state, and count how often the answer
+   becomes the target's capital.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent.parent))
+
+from jcircuits.attribution import attribute  # noqa: E402
+from jcircuits.demo import DEFAULT_DIR, default_model, default_transcoders  # noqa: E402
+from jcircuits.export import graph_to_json  # noqa: E402
+from jcircuits.graph import compute_node_influence  # noqa: E402
+from jcircuits.intervention import feature_intervention  # noqa: E402
+from jcircuits.render import render_svg  # noqa: E402
+from jcircuits.training.corpus import STATES  # noqa: E402
+
+TEMPLATE = "the capital of the state containing {} is"
+ON, OFF = 0.8, 0.1
+
+
+def clean_acts(model, ts, city: str) -> np.ndarray:
+    """Feature activations ``[L, T, F]`` on the two-hop prompt for ``city`` (no edits)."""
+    _, acts = feature_intervention(model, ts, TEMPLATE.format(city), [])
+    return np.asarray(acts)
+
+
+def probs_last(logits) -> np.ndarray:
+    return np.asarray(jax.nn.softmax(np.asarray(logits)[-1].astype(np.float64)))
+
+
+def state_features(acts: dict[str, np.ndarray], positions: list[int]):
+    """Per state: boolean mask ``[L, P, F]`` of its features at ``positions``, and its mean activations."""
+    on = {
+        s: np.stack([acts[c][:, positions] > 0 for c in cities]).mean(0) for s, (_, cities) in STATES.items()
+    }
+    mean = {s: np.stack([acts[c][:, positions] for c in cities]).mean(0) for s, (_, cities) in STATES.items()}
+    feats = {}
+    for s in STATES:
+        others = np.max(np.stack([on[t] for t in STATES if t != s]), 0)
+        feats[s] = (on[s] >= ON) & (others <= OFF)
+    return feats, mean
+
+
+def set_edits(state: str, feats, positions: list[int], layers, value=None) -> list[tuple]:
+    """Interventions setting ``state``'s features in ``layers`` to 0 (``value=None``) or to ``value[l, p, f]``."""
+    L, P, F = np.nonzero(feats[state])
+    return [
+        (int(l), positions[p], int(f), 0.0 if value is None else float(value[l, p, f]))
+        for l, p, f in zip(L, P, F, strict=True)
+        if l in layers
+    ]
+
+
+def swap_edits(src: str, dst: str, feats, mean, positions: list[int], layers) -> list[tuple]:
+    """Turn ``src``'s state features off and ``dst``'s on (at their mean activation), in ``layers``."""
+    return set_edits(src, feats, positions, layers) + set_edits(dst, feats, positions, layers, mean[dst])
+
+
+def main() -> int:
+    t0 = time.perf_counter()
+    model, ts = default_model(), default_transcoders()
+    tok = model.tokenizer
+    L = model.cfg.n_layers
+    record = json.loads((DEFAULT_DIR / "training.json").read_text())
+    cap_id = {s: tok.token_to_id(cap) for s, (cap, _) in STATES.items()}
+    prompt = TEMPLATE.format("dallas")
+    ids = tok.encode(prompt)
+    city_pos, last_pos = int(np.nonzero(ids == tok.token_to_id("dallas"))[0][0]), len(ids) - 1
+    positions = [city_pos, last_pos]
+
+    # 1. the graph
+    graph = attribute(model, ts, prompt, verbose=False)
+    doc, _ = graph_to_json(graph, "two_hop_dallas", tokenizer=tok)
+    (HERE / "graph.svg").write_text(render_svg(doc, 1100, 620), encoding="utf-8")
+
+    # 2. state features
+    acts = {c: clean_acts(model, ts, c) for _, (_, cities) in STATES.items() for c in cities}
+    feats, mean = state_features(acts, positions)
+    n_feats = {s: int(feats[s].sum()) for s in STATES}
+
+    # 3. which graph features matter, and are they state features?
+    infl = np.asarray(compute_node_influence(graph.adjacency_matrix, graph.logit_weights()))
+    sel = np.asarray(graph.active_features)[np.asarray(graph.selected_features)]
+    vals = np.asarray(graph.activation_values)[np.asarray(graph.selected_features)]
+    order = np.argsort(-infl[: len(sel)])[:10]
+    top_rows = []
+    for i in order:
+        l, p, f = (int(v) for v in sel[i])
+        owner = "-"
+        if p in positions:
+            owners = [s for s in STATES if feats[s][l, positions.index(p), f]]
+            owner = owners[0] if owners else "-"
+        top_rows.append(
+            {
+                "layer": l,
+                "pos": p,
+                "token": tok.id_to_token(int(ids[p])),
+                "feature": f,
+                "activation": float(vals[i]),
+                "influence": float(infl[i]),
+                "state_feature_of": owner,
+            }
+        )
+    tx_share = sum(r["influence"] for r in top_rows if r["state_feature_of"] == "texas")
+
+    # 4. interventions on the dallas prompt
+    logits, _ = feature_intervention(model, ts, prompt, [])
+    base = probs_last(logits)
+    rows = [{"edit": "none (clean)", "n_edits": 0, **_summ(base, cap_id, tok)}]
+    settings = [(f"swap texas -> california at layer {l}", [l]) for l in range(L)]
+    settings.append(("swap texas -> california at all layers", list(range(L))))
+    for name, layers in settings:
+        edits = swap_edits("texas", "california", feats, mean, positions, layers)
+        p = probs_last(feature_intervention(model, ts, prompt, edits)[0]) if edits else base
+        rows.append({"edit": name, "n_edits": len(edits), **_summ(p, cap_id, tok)})
+    off = set_edits("texas", feats, positions, range(L))
+    p = probs_last(feature_intervention(model, ts, prompt, off)[0])
+    rows.append({"edit": "texas features off (all layers)", "n_edits": len(off), **_summ(p, cap_id, tok)})
+
+    # every (source state, target state) pair, first city of each source state, all layers
+    held = set(_world_held_out(record))
+    pairs, hits = [], 0
+    for s, (_, cities) in STATES.items():
+        city = next(c for c in cities if c not in held)
+        pr = TEMPLATE.format(city)
+        for t in STATES:
+            if t == s:
+                continue
+            edits = swap_edits(s, t, feats, mean, positions, range(L))
+            p = probs_last(feature_intervention(model, ts, pr, edits)[0])
+            ok = int(p.argmax()) == cap_id[t]
+            hits += ok
+            pairs.append({"city": city, "from": s, "to": t, "p_target": float(p[cap_id[t]]), "hit": bool(ok)})
+
+    out = {
+        "prompt": prompt,
+        "graph": {
+            "n_active": int(graph.settings["n_active"]),
+            "n_selected": int(len(graph.selected_features)),
+            "logits": dict(zip(graph.logit_labels, map(float, graph.logit_probabilities), strict=True)),
+        },
+        "state_feature_counts": n_feats,
+        "top_features": top_rows,
+        "texas_share_of_top10_influence": tx_share / sum(r["influence"] for r in top_rows),
+        "dallas_swap": rows,
+        "pair_swaps": {"hits": hits, "total": len(pairs), "pairs": pairs},
+        "seconds": time.perf_counter() - t0,
+    }
+    (HERE / "results.json").write_text(json.dumps(out, indent=2) + "\n")
+    (HERE / "results.md").write_text(_markdown(out, record))
+    print(_markdown(out, record))
+    return 0
+
+
+def _summ(p: np.ndarray, cap_id: dict[str, int], tok) -> dict:
+    return {
+        "p_austin": float(p[cap_id["texas"]]),
+        "p_sacramento": float(p[cap_id["california"]]),
+        "top": tok.id_to_token(int(p.argmax())),
+        "p_top": float(p.max()),
+    }
+
+
+def _world_held_out(record) -> tuple[str, ...]:
+    from jcircuits.training.corpus import make_world
+
+    return make_world(record["seed"]).held_out_cities
+
+
+def _markdown(out: dict, record: dict) -> str:
+    lines = [
+        "# Two-hop circuit in the default model",
+        "",
+        "Made by `python experiments/two_hop/run.py` on the embedded default model (`jcircuits/default`, "
+        f"seed {record['seed']}); {out['seconds']:.0f} s on CPU.",
+        "",
+        f"Prompt: `{out['prompt']}`. Graph: {out['graph']['n_active']} active features, "
+        f"{out['graph']['n_selected']} selected; logits "
+        + ", ".join(f"{k} {v:.3f}" for k, v in list(out["graph"]["logits"].items())[:3])
+        + ". Picture: [graph.svg](graph.svg).",
+        "",
+        "State features (active on ≥80% of one state's cities, ≤10% of the others', at the city or last "
+        "position): " + ", ".join(f"{s} {n}" for s, n in out["state_feature_counts"].items()) + ".",
+        "",
+        "## Most influential features in the graph",
+        "",
+        "| layer | position | feature | activation | influence | state feature of |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in out["top_features"]:
+        lines.append(
+            f"| {r['layer']} | {r['pos']} ({r['token']}) | {r['feature']} | {r['activation']:.2f} | "
+            f"{r['influence']:.3f} | {r['state_feature_of']} |"
+        )
+    lines += [
+        "",
+        f"Texas features carry {100 * out['texas_share_of_top10_influence']:.0f}% of the top-10 features' influence.",
+        "",
+        "## Swapping the state feature (dallas prompt)",
+        "",
+        "| intervention | edits | p(austin) | p(sacramento) | top token (p) |",
+        "|---|---|---|---|---|",
+    ]
+    for r in out["dallas_swap"]:
+        lines.append(
+            f"| {r['edit']} | {r['n_edits']} | {r['p_austin']:.3f} | {r['p_sacramento']:.3f} | "
+            f"{r['top']} ({r['p_top']:.3f}) |"
+        )
+    ps = out["pair_swaps"]
+    lines += [
+        "",
+        f"Swapping every source state's features for every other state's (all layers, one trained city per "
+        f"state): the answer becomes the target state's capital in **{ps['hits']}/{ps['total']}** cases.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
