@@ -306,9 +306,10 @@ def _frozen(inter: Intermediates, patterns: bool, scales: bool) -> Intermediates
 
 
 def _edited_forward(
-    params, cfg, tcfg, tc, tokens, frozen, edit, clean, zero_positions, record_pre, want_acts
+    params, cfg, tcfg, tc, tokens, frozen, edit, clean, zero_positions, record_pre, want_acts, capture=False
 ):
-    """Un-jitted edited prompt forward with capture. Returns ``(logits [T, V], acts or None, inter)``."""
+    """Un-jitted edited prompt forward. Returns ``(logits [T, V], acts or None, intermediates or None)``;
+    ``capture=True`` (generation's prefill) keeps the intermediates the KV cache is built from."""
     T = tokens.shape[0]
     L, D, F = cfg.n_layers, cfg.d_model, tcfg.n_features
     keep = (jnp.arange(T) >= zero_positions).astype(jnp.float32)
@@ -318,7 +319,7 @@ def _edited_forward(
     fn = _mlp_fn(tcfg, tc, edit, cover, keep, clean, record_pre)
     mlp_at = "mlp_out" if tcfg.output_hook == "hook_mlp_out" else "mlp_out_raw"
     logits, inter, (_, acts) = forward_fn(
-        params, cfg, tokens[None], frozen=frozen, capture=True, mlp_fn=fn, mlp_state=state0, mlp_at=mlp_at
+        params, cfg, tokens[None], frozen=frozen, capture=capture, mlp_fn=fn, mlp_state=state0, mlp_at=mlp_at
     )
     return logits[0], acts, inter
 
@@ -458,7 +459,18 @@ def _generate_jit(
 ):
     T = tokens.shape[0]
     logits, acts, inter = _edited_forward(
-        params, cfg, tcfg, tc, tokens, frozen, edit, clean, zero_positions, record_pre, want_acts
+        params,
+        cfg,
+        tcfg,
+        tc,
+        tokens,
+        frozen,
+        edit,
+        clean,
+        zero_positions,
+        record_pre,
+        want_acts,
+        capture=True,
     )
     first = sample_token(logits[-1:], jax.random.fold_in(key, 0), temperature, greedy)
     if n_new == 1:
