@@ -181,7 +181,7 @@ def test_sharded_forward_equals_single_device_on_every_mesh(arch):
     model = tiny.tiny_model(arch, vocab_size=128, n_heads=4, n_kv_heads=2, d_mlp=64)
     tokens = np.asarray(jax.random.randint(jax.random.key(1), (8, 12), 0, 128), np.int32)
     want_logits, want_inter = forward(model.params, model.cfg, tokens, capture=True)
-    for shape in MESHES:
+    for shape in MESHES if arch == "llama" else [(2, 4)]:  # every mesh once; Gemma's extras on one
         mesh = shd.make_mesh(*shape)
         params = shd.shard_params(model.params, model.cfg, mesh)
         toks = shd.put(tokens, jax.sharding.NamedSharding(mesh, PartitionSpec("data")))
