@@ -164,7 +164,9 @@ def batch_bytes(
         src = L * B * T * D * s + L * B * T * k_pad * s + T * k_pad * D * s * L * (L + 1) // 2
     else:
         src = L * B * T * k_pad * s
-    rows = B * n_active * 4 + B * (L * T + T) * 4
+    from jcircuits.attribution.engine import size_bucket  # the engine pads the gathered columns to a bucket
+
+    rows = B * size_bucket(n_active) * 4 + B * (L * T + T) * 4
     block = B * T * (4 * D + 3 * H * E) * s
     return src + rows + block
 
@@ -280,10 +282,10 @@ def estimate_attribution(
     return MemoryEstimate(device=device, host=host, settings=settings)
 
 
-def device_capacity(override: int | None = None) -> tuple[int | None, str]:
+def device_capacity(override: int | None = None, n_devices: int | None = None) -> tuple[int | None, str]:
     """Bytes one device can hold and where the number came from: ``override``, the device's own
-    ``memory_stats()['bytes_limit']`` (GPU/TPU), or, for CPU devices, the available host RAM shared by the local
-    devices."""
+    ``memory_stats()['bytes_limit']`` (GPU/TPU), or, for CPU devices, the available host RAM shared by the
+    ``n_devices`` devices a run uses (default: all local devices)."""
     if override is not None:
         return override, "--device-memory"
     dev = jax.local_devices()[0]
@@ -297,7 +299,8 @@ def device_capacity(override: int | None = None) -> tuple[int | None, str]:
     ram = host_capacity()
     if ram is None:
         return None, "unknown"
-    return ram // max(1, jax.local_device_count()), "host RAM / local devices"
+    n = jax.local_device_count() if n_devices is None else n_devices
+    return ram // max(1, n), f"host RAM / {n} device{'s' if n > 1 else ''}"
 
 
 def host_capacity() -> int | None:

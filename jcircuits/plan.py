@@ -262,7 +262,7 @@ def preflight(args) -> int | None:
         l0=getattr(args, "l0", None),
     )
     dev_override = parse_bytes(args.device_memory) if getattr(args, "device_memory", None) else None
-    dev_cap, dev_src = device_capacity(dev_override)
+    dev_cap, dev_src = device_capacity(dev_override, n_devices=mesh[0] * mesh[1])
     host_cap = parse_bytes(args.host_memory) if getattr(args, "host_memory", None) else host_capacity()
     problems = est.problems(dev_cap, host_cap)
     if args.dry_run:
