@@ -199,7 +199,7 @@ def worker_ours(case_dir: Path, out_npz: Path, cache_dir: str | None) -> None:
     def timed_feat(st, ctx, start, pos, feat, valid, src, n_pos):
         t = time.perf_counter()
         out = jax.block_until_ready(orig_feat(st, ctx, start, pos, feat, valid, src, n_pos))
-        key = f"feat rows layer {int(start)} B={len(pos)} n={n_pos}"
+        key = f"feat rows layers ≤{int(np.max(np.asarray(start)))} B={len(pos)} n={n_pos}"
         n, s, v = prof.get(key, (0, 0.0, 0))
         prof[key] = (n + 1, s + time.perf_counter() - t, v + int(np.sum(valid)))
         return out
@@ -329,7 +329,7 @@ def cost_analysis_block(case_dir: Path, B: int):
     ca = ca[0] if isinstance(ca, list) else ca
     out["block_flops_per_row"] = float(ca.get("flops", float("nan"))) / B
     pos = np.zeros(B, np.int32)
-    lowered = linear.rows_for_features.lower(st, ctx, jnp.int32(1), pos, pos, np.ones(B, bool), src(T), T)
+    lowered = linear.rows_for_features.lower(st, ctx, pos + 1, pos, pos, np.ones(B, bool), src(T), T)
     ca2 = lowered.compile().cost_analysis()
     ca2 = ca2[0] if isinstance(ca2, list) else ca2
     out["rows_for_features_flops_per_row_xla"] = float(ca2.get("flops", float("nan"))) / B
@@ -455,7 +455,7 @@ def main(argv=None) -> int:
     batches = []
     for k, (n, _, _) in prof.items():
         if k.startswith("feat rows"):
-            layer, B, n_pos = int(k.split()[3]), int(k.split("B=")[1].split()[0]), int(k.split("n=")[1])
+            layer, B, n_pos = int(k.split("≤")[1].split()[0]), int(k.split("B=")[1].split()[0]), int(k.split("n=")[1])
             batches += [(layer, B, n_pos)] * n
     n_logits = len(ours["no cache"]["logit_token_ids"])
     import jax  # noqa: F401  (after the workers, so this process's threads do not compete with them)

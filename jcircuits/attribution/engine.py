@@ -166,24 +166,26 @@ def _position_buckets(T: int, n_buckets: int) -> list[int]:
 
 def plan_batches(
     idx: np.ndarray, act: np.ndarray, batch_size: int, small: int, pos_buckets: list[int]
-) -> list[tuple[int, int, int, np.ndarray]]:
-    """Split feature targets ``idx`` into device batches ``(layer, B, n_pos, members)``.
+) -> list[tuple[int, int, np.ndarray]]:
+    """Split feature targets ``idx`` into device batches ``(B, n_pos, members)``.
 
-    Targets are grouped by the layer they read from (each group's backward stops there) and sorted by position
-    within it; full ``batch_size`` chunks come first and the remainder goes in ``small`` chunks, so padding stays
-    below ``small`` rows per group. Each chunk is truncated to the smallest position bucket covering its targets.
+    A target read at layer ``s`` needs the blocks below ``s``, so targets are sorted by (layer, position),
+    highest first, and cut in order: a full ``batch_size`` chunk where the next ``batch_size`` targets share one
+    layer, else a ``small`` chunk (which may straddle two layers; its lower rows then ride along through a block
+    or two they do not need). Only the last chunk is padded. Each chunk is truncated to the smallest position
+    bucket covering its targets.
     """
-    plan = []
-    for layer in np.unique(act[idx, 0]):
-        group = idx[act[idx, 0] == layer]
-        group = group[np.argsort(act[group, 1], kind="stable")]
-        j = 0
-        while j < len(group):
-            B = batch_size if len(group) - j >= batch_size else small
-            part = group[j : j + B]
-            need = int(act[part, 1].max()) + 1
-            plan.append((int(layer), B, next(n for n in pos_buckets if n >= need), part))
-            j += B
+    order = np.lexsort((-act[idx, 1], -act[idx, 0]))
+    idx = idx[order]
+    lay = act[idx, 0]
+    plan, j = [], 0
+    while j < len(idx):
+        full = j + batch_size <= len(idx) and lay[j] == lay[j + batch_size - 1]
+        B = batch_size if full else small
+        part = idx[j : j + B]
+        need = int(act[part, 1].max()) + 1
+        plan.append((B, next(n for n in pos_buckets if n >= need), part))
+        j += B
     return plan
 
 
@@ -341,13 +343,14 @@ def attribute(
 
     def run_batch(idx: np.ndarray):
         nonlocal st
-        for layer, B, n_pos, part in plan_batches(idx, act, dev_batch, small, pos_buckets):
+        for B, n_pos, part in plan_batches(idx, act, dev_batch, small, pos_buckets):
             pad = B - len(part)
+            start = np.pad(act[part, 0], (0, pad), mode="edge").astype(np.int32)  # padding adds no layers
             pos = np.pad(act[part, 1], (0, pad)).astype(np.int32)
             feat = np.pad(act[part, 2], (0, pad)).astype(np.int32)
             valid = np.arange(B) < len(part)
-            pos, feat, valid = on_mesh(pos), on_mesh(feat), on_mesh(valid)
-            args = (static, ctx, jnp.int32(layer), pos, feat, valid, src_index(n_pos), n_pos)
+            start, pos, feat, valid = on_mesh(start), on_mesh(pos), on_mesh(feat), on_mesh(valid)
+            args = (static, ctx, start, pos, feat, valid, src_index(n_pos), n_pos)
             out = _timed(rows_for_features, *args, counter=counter)
             store(slice(st, st + len(part)), out)
             row_nodes[st : st + len(part)] = part
@@ -362,7 +365,7 @@ def attribute(
             influence = _partial_influence(rows_hat[:st], row_nodes[:st], targets.probabilities, n_cols)
             rank = np.argsort(-influence[:n_active], kind="stable")
             queue = rank[~visited[rank]][: min(update_interval * batch_size, n_feat_rows - (st - K))]
-            run_batch(queue)  # grouped by layer across the whole queue, then chunked
+            run_batch(queue)  # sorted by layer across the whole queue, then chunked
     bar.close()
     timings["feature_rows_s"] = time.perf_counter() - t2
     compile_s = timings["compile_s"] = counter["compile_s"]

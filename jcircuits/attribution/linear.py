@@ -205,44 +205,51 @@ def _block(st: Static, c, x_TD, slot_TD):
     return mid + _hook_out(st, c, s)
 
 
-def backward_rows(st: Static, ctx: LinearContext, g0_BTD, enc_BD, pos_B, start):
+def backward_rows(st: Static, ctx: LinearContext, g0_BTD, enc_BD, pos_B, start_B):
     """Transpose the frozen model for a batch of targets.
 
     ``g0`` is the gradient at the final residual (logit targets; zeros for feature targets); ``enc`` the encoder
-    vector injected at block ``start``'s input hook at position ``pos`` (feature targets; ignored when
-    ``start == L``). Returns ``(src [L, B, T, K] or grad_slot [L, B, T, D] for CLT, err [L, B, T], tok [B, T])``.
+    vector injected at block ``start``'s input hook at position ``pos``, per row (feature targets; none when
+    ``start == L``). A batch may mix start layers: each row's gradient is exactly zero above its own start, so
+    the blocks between a row's start and the batch's highest start add nothing to it (only work).
+    Returns ``(src [L, B, T, K] or grad_slot [L, B, T, D] for CLT, err [L, B, T], tok [B, T])``.
     """
     L = st.cfg.n_layers
     B, T, D = g0_BTD.shape
     consts = _layer_consts(ctx)
     clt = ctx.dec_clt is not None
     K = D if clt else ctx.dec.shape[2]
+    top = jnp.max(start_B)
     zeros_out = lambda dt: (jnp.zeros((B, T, K), dt), jnp.zeros((B, T), dt))  # noqa: E731
 
-    def full(g, c):
-        zero = jnp.zeros((T, D), g.dtype)
-        _, vjp = jax.vjp(lambda x, s: _block(st, c, x, s), zero, zero)
-        gx, gslot = jax.vmap(vjp)(g)
-        err = jnp.einsum("btd,td->bt", gslot, c["err"])
-        src = gslot if clt else jnp.einsum("btd,tkd->btk", gslot, c["dec"])
-        return gx, (src, err)
-
-    def inject(g, c):
-        zero = jnp.zeros((T, D), g.dtype)
+    def inject(layer, c, dtype):
+        zero = jnp.zeros((T, D), dtype)
+        e = enc_BD.astype(dtype) * (start_B == layer)[:, None].astype(dtype)
 
         def one(e_D, p):
             _, vjp = jax.vjp(lambda x: _attn_hook_in_at(st, c, x, p), zero)
             return vjp(e_D)[0]
 
-        return jax.vmap(one)(enc_BD.astype(g.dtype), pos_B), zeros_out(g.dtype)
+        return jax.vmap(one)(e, pos_B)
 
-    def skip(g, c):
+    def full(layer, g, c):  # rows already started pass through; rows starting here are injected
+        zero = jnp.zeros((T, D), g.dtype)
+        _, vjp = jax.vjp(lambda x, s: _block(st, c, x, s), zero, zero)
+        gx, gslot = jax.vmap(vjp)(g)
+        err = jnp.einsum("btd,td->bt", gslot, c["err"])
+        src = gslot if clt else jnp.einsum("btd,tkd->btk", gslot, c["dec"])
+        return gx + inject(layer, c, g.dtype), (src, err)
+
+    def first(layer, g, c):  # the batch's highest start: every gradient is still zero, only inject
+        return inject(layer, c, g.dtype), zeros_out(g.dtype)
+
+    def skip(layer, g, c):
         return g, zeros_out(g.dtype)
 
     def body(g, xs):
         layer, c = xs
-        branch = jnp.where(layer < start, 0, jnp.where(layer == start, 1, 2))
-        return jax.lax.switch(branch, [full, inject, skip], g, c)
+        branch = jnp.where(layer < top, 0, jnp.where(layer == top, 1, 2))
+        return jax.lax.switch(branch, [full, first, skip], layer, g, c)
 
     g, (src, err) = jax.lax.scan(body, g0_BTD, (jnp.arange(L), consts), reverse=True)
     tok = jnp.einsum("btd,td->bt", g, ctx.embeddings.astype(g.dtype))
@@ -271,20 +278,20 @@ def logit_cotangents(st: Static, ctx: LinearContext, vecs_KD, last):
 
 
 @partial(jax.jit, static_argnums=(0, 7))
-def rows_for_features(st: Static, ctx: LinearContext, start, pos_B, feat_B, valid_B, src_index, n_pos: int):
-    """Adjacency rows for a batch of feature targets read at layer ``start`` (traced) at positions ``< n_pos``.
+def rows_for_features(st: Static, ctx: LinearContext, start_B, pos_B, feat_B, valid_B, src_index, n_pos: int):
+    """Adjacency rows for a batch of feature targets read at layers ``start_B`` and positions ``pos_B < n_pos``.
 
-    Only the first ``n_pos`` positions are transposed (static; see ``prefix``). ``src_index`` maps every active
-    feature to its flat (layer, position, k) slot of the padded source edges of that prefix, or to the trailing
-    zero column for sources at positions ``≥ n_pos`` (``source_index``).
-    Returns ``(features [B, n], errors [B, L·T], tokens [B, T])`` in float32.
+    Only the first ``n_pos`` positions are transposed (static; see ``prefix``), and only the blocks below the
+    batch's highest start layer. ``src_index`` maps every active feature to its flat (layer, position, k) slot of
+    the padded source edges of that prefix, or to the trailing zero column for sources at positions ``≥ n_pos``
+    (``source_index``). Returns ``(features [B, n], errors [B, L·T], tokens [B, T])`` in float32.
     """
     T, D = ctx.embeddings.shape[0], st.cfg.d_model
     dtype = ctx.embeddings.dtype
-    enc = jnp.take(ctx.W_enc[start], feat_B, axis=1).T * valid_B[:, None].astype(dtype)  # [B, D]
+    enc = ctx.W_enc[start_B, :, feat_B] * valid_B[:, None].astype(dtype)  # [B, D]
     B = pos_B.shape[0]
     sub = prefix(ctx, n_pos)
-    out = backward_rows(st, sub, jnp.zeros((B, n_pos, D), dtype), enc, pos_B, start)
+    out = backward_rows(st, sub, jnp.zeros((B, n_pos, D), dtype), enc, pos_B, start_B)
     return _finish(sub, *out, src_index, T)
 
 
@@ -295,7 +302,8 @@ def rows_for_logits(st: Static, ctx: LinearContext, vecs_BD, src_index, last):
     T = ctx.embeddings.shape[0]
     B, D = vecs_BD.shape
     g0 = logit_cotangents(st, ctx, vecs_BD.astype(ctx.embeddings.dtype), last)
-    out = backward_rows(st, ctx, g0, jnp.zeros((B, D), g0.dtype), jnp.zeros(B, jnp.int32), st.cfg.n_layers)
+    start = jnp.full(B, st.cfg.n_layers, jnp.int32)
+    out = backward_rows(st, ctx, g0, jnp.zeros((B, D), g0.dtype), jnp.zeros(B, jnp.int32), start)
     return _finish(ctx, *out, src_index, T)
 
 
