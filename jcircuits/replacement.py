@@ -103,19 +103,27 @@ def _skip_all(W_skip: jax.Array, x_LTD: jax.Array) -> jax.Array:
 def decode_sparse(
     tcfg: TranscoderConfig, decoders: DecoderStore, feats: np.ndarray, values: np.ndarray, n_pos: int
 ) -> np.ndarray:
-    """Σ a·W_dec over the given active features → ``[L, T, D]`` (biases and skip excluded), on host."""
+    """Σ a·W_dec over the given active features → ``[L, T, D]`` (biases and skip excluded), on host.
+
+    ``feats`` must be sorted by (layer, position), as ``replace`` produces them: each (layer, position) group is
+    then contiguous and summed with one ``np.add.reduceat``."""
     out = np.zeros((tcfg.n_layers, n_pos, tcfg.d_model), np.float32)
-    for l in np.unique(feats[:, 0]) if len(feats) else []:
-        sel = feats[:, 0] == l
+    if not len(feats):
+        return out
+    key = feats[:, 0].astype(np.int64) * n_pos + feats[:, 1]
+    if np.any(np.diff(key) < 0):
+        raise ValueError("decode_sparse needs features sorted by (layer, position)")
+    for l in np.unique(feats[:, 0]):
+        sel = np.flatnonzero(feats[:, 0] == l)
         rows = decoders.rows(int(l), feats[sel, 2]) * values[sel].reshape(
             -1, *([1] * (2 if tcfg.kind == "clt" else 1))
         )
-        pos = feats[sel, 1]
+        pos, starts = np.unique(feats[sel, 1], return_index=True)
+        summed = np.add.reduceat(rows, starts, axis=0)  # [n_pos_active, D] or [n_pos_active, L - l, D]
         if tcfg.kind == "plt":
-            np.add.at(out[l], pos, rows)
+            out[l, pos] = summed
         else:
-            for j in range(rows.shape[1]):
-                np.add.at(out[l + j], pos, rows[:, j])
+            out[l:, pos] += np.moveaxis(summed, 1, 0)
     return out
 
 

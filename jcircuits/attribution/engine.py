@@ -306,7 +306,7 @@ def attribute(
     K = len(targets)
     rows = np.zeros((K + n_feat_rows, n_cols), np.float32)
     selecting = n_feat_rows < n_active  # influence-ordered selection needs normalised |rows| as they arrive
-    rows_hat = np.zeros_like(rows) if selecting else None
+    rows_hat = np.zeros(rows.shape, np.float32) if selecting else None  # calloc: pages appear as rows land
     row_nodes = np.zeros(K + n_feat_rows, np.int64)  # working-matrix node index of each row's target
 
     Tb = ctx.embeddings.shape[0]  # padded length
