@@ -1,11 +1,18 @@
-"""A seeded random tiny model with random transcoders and a small word tokenizer.
+"""The built-in default that ``jcircuits attribute`` traces when no ``--model`` is given, and a seeded random model.
 
-This is what ``jcircuits attribute`` traces when no ``--model`` is given, until the trained default model ships.
-Its graphs are real attribution graphs of a real (random) network — every edge is exact — but they mean nothing:
-the weights are noise. Everything is built in memory from the seed; nothing is downloaded.
+The default (``default_model`` / ``default_transcoders``) is the embedded, trained model in ``jcircuits/default``: a
+tiny 4-layer Llama-architecture model trained in this repo (``jcircuits train-default``) on a synthetic corpus of
+two-hop geography facts and small-number addition, with JumpReLU per-layer transcoders trained on its own
+activations. It is read with the ordinary loaders (``load_model``, ``load_transcoders``), so it exercises the same
+path as any Hugging Face checkpoint. ``demo_model()`` / ``demo_transcoders(model)`` return it.
+
+The seeded random model (``random_model`` / ``random_transcoders``, or ``demo_model(seed=…)``) is still here for
+tests: its graphs are exact for that network but mean nothing. It is built in memory from the seed.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -16,13 +23,62 @@ from jcircuits.replacement import Model, TranscoderSet
 from jcircuits.tokenizer import Tokenizer
 from jcircuits.transcoders.core import DenseDecoders, TranscoderConfig, Transcoders
 
-__all__ = ["demo_model", "demo_transcoders", "DEMO_NOTICE"]
+__all__ = [
+    "demo_model",
+    "demo_transcoders",
+    "default_model",
+    "default_transcoders",
+    "random_model",
+    "random_transcoders",
+    "DEFAULT_DIR",
+    "DEFAULT_NAME",
+    "DEMO_NOTICE",
+]
+
+DEFAULT_DIR = Path(__file__).resolve().parent / "default"
+DEFAULT_NAME = "jcircuits-default-tiny-llama"
 
 DEMO_NOTICE = (
-    "NOTE: no trained default model ships yet; tracing a SEEDED RANDOM tiny Llama-architecture model with random "
-    "transcoders. The graph is exact for that network but its features mean nothing. Pass --model and "
-    "--transcoders to trace a real model."
+    "NOTE: no --model given; tracing the embedded default: a tiny 4-layer Llama-architecture model trained in "
+    "this repo on a synthetic corpus of two-hop facts ('the capital of the state containing dallas is' -> austin) "
+    "and small-number addition ('3 plus 4 is' -> 7; lowercase words only), with JumpReLU transcoders trained on "
+    "its activations. Pass --model and --transcoders to trace another model."
 )
+
+
+def default_model() -> Model:
+    """The embedded trained model (``jcircuits/default``: HF Llama ``config.json`` + ``model.safetensors`` +
+    word-level ``tokenizer.json``)."""
+    from jcircuits.loading import load_model
+
+    if not (DEFAULT_DIR / "model.safetensors").is_file():
+        raise FileNotFoundError(
+            f"the embedded default model is missing from {DEFAULT_DIR}; re-create it with "
+            f"`jcircuits train-default {DEFAULT_DIR}` or reinstall jcircuits"
+        )
+    params, cfg = load_model(DEFAULT_DIR)
+    return Model(params=params, cfg=cfg, tokenizer=Tokenizer.from_file(DEFAULT_DIR), name=DEFAULT_NAME)
+
+
+def default_transcoders(model: Model | None = None) -> TranscoderSet:
+    """The embedded model's per-layer JumpReLU transcoders (circuit-tracer format, ``default/transcoders``)."""
+    from jcircuits.transcoders.io import load_transcoders
+
+    n_layers = None if model is None else model.cfg.n_layers
+    return load_transcoders(DEFAULT_DIR / "transcoders", lazy_decoder=False, n_layers=n_layers)
+
+
+def demo_model(seed: int | None = None) -> Model:
+    """The default model; with an integer ``seed``, the seeded random model instead."""
+    return default_model() if seed is None else random_model(seed)
+
+
+def demo_transcoders(model: Model, seed: int | None = None, n_features: int = 256) -> TranscoderSet:
+    """The default transcoders for the default model; random ones (``seed``, default 1) for any other model."""
+    if seed is None and model.name == DEFAULT_NAME:
+        return default_transcoders(model)
+    return random_transcoders(model, 1 if seed is None else seed, n_features)
+
 
 _WORDS = (
     "the a an of in on at to is was are be and or not it this that with for as by from capital city state "
@@ -46,7 +102,8 @@ def _tokenizer() -> Tokenizer:
     return Tokenizer(tk, bos_id=1, pad_id=0, eos_id=2)
 
 
-def demo_model(seed: int = 0) -> Model:
+def random_model(seed: int = 0) -> Model:
+    """A seeded random tiny Llama (4 layers, d_model 64) with a small word tokenizer; built in memory."""
     tok = _tokenizer()
     cfg = ModelConfig(
         arch="llama",
@@ -78,7 +135,8 @@ def demo_model(seed: int = 0) -> Model:
     return Model(params=params, cfg=cfg, tokenizer=tok, name=f"demo-random-llama-seed{seed}")
 
 
-def demo_transcoders(model: Model, seed: int = 1, n_features: int = 256) -> TranscoderSet:
+def random_transcoders(model: Model, seed: int = 1, n_features: int = 256) -> TranscoderSet:
+    """Seeded random JumpReLU per-layer transcoders for ``model`` (a few percent of features active)."""
     cfg = model.cfg
     rng = np.random.default_rng(seed)
     L, D, F = cfg.n_layers, cfg.d_model, n_features

@@ -31,7 +31,7 @@ def cmd_train_default(args) -> int:
             lm_steps=args.lm_steps if args.lm_steps is not None else s.lm_steps,
             tc_steps=args.tc_steps if args.tc_steps is not None else s.tc_steps,
         )
-    rec = train_default(args.output, seed=args.seed, settings=s)
+    rec = train_default(args.output, seed=args.seed, settings=s, reuse_lm=args.reuse_lm)
     print(json.dumps({k: rec[k] for k in ("accuracy", "transcoders", "lm_train_s", "tc_train_s", "total_s")}))
     return 0
 
@@ -121,6 +121,11 @@ def register(sub) -> None:
     a.add_argument("--seed", type=int, default=0)
     a.add_argument("--lm-steps", type=int, default=None, help="override the LM's training steps")
     a.add_argument("--tc-steps", type=int, default=None, help="override the transcoders' training steps")
+    a.add_argument(
+        "--reuse-lm",
+        action="store_true",
+        help="keep the LM an earlier run wrote to OUTPUT; retrain transcoders",
+    )
     a.set_defaults(func=cmd_train_default)
 
     t = sub.add_parser("train-transcoders", help="harvest activations and train PLT/CLT transcoders")

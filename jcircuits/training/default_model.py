@@ -35,7 +35,7 @@ class DefaultSettings:
     n_layers: int = 4
     n_heads: int = 4
     d_mlp: int = 256
-    lm_steps: int = 1500
+    lm_steps: int = 2000
     lm_batch: int = 32
     lm_lr: float = 3e-3
     n_harvest_docs: int = 1500
@@ -48,9 +48,17 @@ class DefaultSettings:
 
 
 def train_default(
-    out_dir: str | Path, *, seed: int = 0, settings: DefaultSettings | None = None, log=print
+    out_dir: str | Path,
+    *,
+    seed: int = 0,
+    settings: DefaultSettings | None = None,
+    reuse_lm: bool = False,
+    log=print,
 ) -> dict[str, Any]:
-    """Train the default LM and its transcoders into ``out_dir``; returns the ``training.json`` record."""
+    """Train the default LM and its transcoders into ``out_dir``; returns the ``training.json`` record.
+
+    ``reuse_lm=True`` keeps an LM already in ``out_dir`` that an earlier run with the same seed and LM settings
+    wrote (LM training is deterministic, so this only saves time) and retrains the transcoders."""
     import jax
 
     from jcircuits.loading import load_model
@@ -82,13 +90,19 @@ def train_default(
     cfg = lm.tiny_llama_config(
         tk.get_vocab_size(), d_model=s.d_model, n_layers=s.n_layers, n_heads=s.n_heads, d_mlp=s.d_mlp
     )
-    t0 = time.perf_counter()
-    params, lm_hist = lm.train_lm(
-        cfg, data, steps=s.lm_steps, batch_size=s.lm_batch, lr=s.lm_lr, seed=seed, log_every=250, log=log
-    )
-    record["lm_train_s"] = time.perf_counter() - t0
-    record["lm_final_loss"] = lm_hist[-1]["loss"]
-    lm.save_lm(params, cfg, out)
+    prev = _previous(out, seed, s) if reuse_lm else None
+    if prev is not None:
+        record["lm_train_s"], record["lm_final_loss"] = prev["lm_train_s"], prev["lm_final_loss"]
+        if log:
+            log(f"reusing the LM in {out} (trained in {prev['lm_train_s']:.0f} s)")
+    else:
+        t0 = time.perf_counter()
+        params, lm_hist = lm.train_lm(
+            cfg, data, steps=s.lm_steps, batch_size=s.lm_batch, lr=s.lm_lr, seed=seed, log_every=250, log=log
+        )
+        record["lm_train_s"] = time.perf_counter() - t0
+        record["lm_final_loss"] = lm_hist[-1]["loss"]
+        lm.save_lm(params, cfg, out)
 
     # Everything downstream reads the files back, so it sees exactly what ships.
     params, cfg = load_model(out)
@@ -132,6 +146,29 @@ def train_default(
     if log:
         log(f"transcoders (held-out tokens): {record['transcoders']}")
     return record
+
+
+_LM_FIELDS = (
+    "seq_len",
+    "n_train_docs",
+    "d_model",
+    "n_layers",
+    "n_heads",
+    "d_mlp",
+    "lm_steps",
+    "lm_batch",
+    "lm_lr",
+)
+
+
+def _previous(out: Path, seed: int, s: DefaultSettings) -> dict[str, Any] | None:
+    """The earlier record in ``out`` if its LM was trained with this seed and these LM settings."""
+    f = out / "training.json"
+    if not (f.is_file() and (out / "model.safetensors").is_file()):
+        return None
+    rec = json.loads(f.read_text())
+    same = rec.get("seed") == seed and all(rec["settings"].get(k) == getattr(s, k) for k in _LM_FIELDS)
+    return rec if same else None
 
 
 def _round(v):
