@@ -41,7 +41,11 @@ from jcircuits.render import render_svg  # noqa: E402
 from jcircuits.training.corpus import STATES  # noqa: E402
 
 TEMPLATE = "the capital of the state containing {} is"
-ON, OFF = 0.8, 0.1
+ON, OFF = 0.6, 0.2
+SWAP_LAYERS = (2, 3)  # where state features live at the last position (see results.md)
+SHORTCUT_LAYERS = (1, 2)
+SCALES = (1.0, 2.0, 4.0)
+MAIN_SCALE = 2.0
 
 
 def clean_acts(model, ts, city: str) -> np.ndarray:
@@ -77,9 +81,25 @@ def set_edits(state: str, feats, positions: list[int], layers, value=None) -> li
     ]
 
 
-def swap_edits(src: str, dst: str, feats, mean, positions: list[int], layers) -> list[tuple]:
-    """Turn ``src``'s state features off and ``dst``'s on (at their mean activation), in ``layers``."""
-    return set_edits(src, feats, positions, layers) + set_edits(dst, feats, positions, layers, mean[dst])
+def swap_edits(
+    src: str, dst: str, feats, mean, positions: list[int], layers, scale: float = 1.0
+) -> list[tuple]:
+    """Turn ``src``'s state features off and ``dst``'s on (at ``scale`` x their mean activation), in ``layers``."""
+    return set_edits(src, feats, positions, layers) + set_edits(
+        dst, feats, positions, layers, scale * mean[dst]
+    )
+
+
+def city_edits(acts_LTF: np.ndarray, feats, city_pos: int, layers) -> list[tuple]:
+    """Turn off the features active at the city position in ``layers`` that are no state's feature (the city's
+    own features, through which the model also maps a trained city straight to its capital)."""
+    any_state = np.any(np.stack([feats[s][:, 0] for s in feats]), 0)  # [L, F] at the city position
+    return [
+        (int(l), city_pos, int(f), 0.0)
+        for l in layers
+        for f in np.nonzero(acts_LTF[l, city_pos])[0]
+        if not any_state[l, f]
+    ]
 
 
 def main() -> int:
@@ -127,32 +147,56 @@ def main() -> int:
                 "state_feature_of": owner,
             }
         )
+    row = np.asarray(graph.adjacency_matrix)[graph.logit_slice][0]  # direct effects on the top logit
+    f_row = row[: len(sel)]
+    direct = {
+        "features_at_city_position": float(f_row[sel[:, 1] == city_pos].sum()),
+        "features_at_last_position": float(f_row[sel[:, 1] == last_pos].sum()),
+        "features_elsewhere": float(f_row[(sel[:, 1] != city_pos) & (sel[:, 1] != last_pos)].sum()),
+        "errors": float(row[graph.error_slice].sum()),
+        "tokens": float(row[graph.token_slice].sum()),
+    }
     tx_share = sum(r["influence"] for r in top_rows if r["state_feature_of"] == "texas")
 
-    # 4. interventions on the dallas prompt
+    # 4. interventions on the dallas prompt: state swap at the layers holding state features, with and without
+    # the city's own features (the memorised city -> capital shortcut) turned off at the city position
     logits, _ = feature_intervention(model, ts, prompt, [])
     base = probs_last(logits)
     rows = [{"edit": "none (clean)", "n_edits": 0, **_summ(base, cap_id, tok)}]
-    settings = [(f"swap texas -> california at layer {l}", [l]) for l in range(L)]
-    settings.append(("swap texas -> california at all layers", list(range(L))))
-    for name, layers in settings:
-        edits = swap_edits("texas", "california", feats, mean, positions, layers)
-        p = probs_last(feature_intervention(model, ts, prompt, edits)[0]) if edits else base
-        rows.append({"edit": name, "n_edits": len(edits), **_summ(p, cap_id, tok)})
+    city_off = city_edits(acts["dallas"], feats, city_pos, SHORTCUT_LAYERS)
+    p = probs_last(feature_intervention(model, ts, prompt, city_off)[0])
+    rows.append(
+        {"edit": "dallas's own features off (layers 1-2)", "n_edits": len(city_off), **_summ(p, cap_id, tok)}
+    )
     off = set_edits("texas", feats, positions, range(L))
     p = probs_last(feature_intervention(model, ts, prompt, off)[0])
-    rows.append({"edit": "texas features off (all layers)", "n_edits": len(off), **_summ(p, cap_id, tok)})
+    rows.append({"edit": "texas state features off", "n_edits": len(off), **_summ(p, cap_id, tok)})
+    both = city_off + off
+    p = probs_last(feature_intervention(model, ts, prompt, both)[0])
+    rows.append(
+        {"edit": "dallas's own + texas state features off", "n_edits": len(both), **_summ(p, cap_id, tok)}
+    )
+    for shortcut in (False, True):
+        for k in SCALES:
+            edits = swap_edits("texas", "california", feats, mean, positions, SWAP_LAYERS, k)
+            edits = (city_off if shortcut else []) + edits
+            p = probs_last(feature_intervention(model, ts, prompt, edits)[0])
+            name = f"texas -> california state features ({k:g}x mean)" + (
+                " + dallas's own off" if shortcut else ""
+            )
+            rows.append({"edit": name, "n_edits": len(edits), **_summ(p, cap_id, tok)})
 
-    # every (source state, target state) pair, first city of each source state, all layers
+    # every (source state, target state) pair, first trained city of each source state, with the main recipe
     held = set(_world_held_out(record))
     pairs, hits = [], 0
     for s, (_, cities) in STATES.items():
         city = next(c for c in cities if c not in held)
         pr = TEMPLATE.format(city)
+        own = city_edits(acts[city], feats, city_pos, SHORTCUT_LAYERS)
         for t in STATES:
             if t == s:
                 continue
-            edits = swap_edits(s, t, feats, mean, positions, range(L))
+            edits = own + swap_edits(s, t, feats, mean, positions, SWAP_LAYERS, MAIN_SCALE)
             p = probs_last(feature_intervention(model, ts, pr, edits)[0])
             ok = int(p.argmax()) == cap_id[t]
             hits += ok
@@ -167,6 +211,7 @@ def main() -> int:
         },
         "state_feature_counts": n_feats,
         "top_features": top_rows,
+        "direct_effects_on_top_logit": direct,
         "texas_share_of_top10_influence": tx_share / sum(r["influence"] for r in top_rows),
         "dallas_swap": rows,
         "pair_swaps": {"hits": hits, "total": len(pairs), "pairs": pairs},
@@ -205,8 +250,10 @@ def _markdown(out: dict, record: dict) -> str:
         + ", ".join(f"{k} {v:.3f}" for k, v in list(out["graph"]["logits"].items())[:3])
         + ". Picture: [graph.svg](graph.svg).",
         "",
-        "State features (active on ≥80% of one state's cities, ≤10% of the others', at the city or last "
-        "position): " + ", ".join(f"{s} {n}" for s, n in out["state_feature_counts"].items()) + ".",
+        f"State features (active on ≥{ON:.0%} of one state's cities and ≤{OFF:.0%} of every other state's, at "
+        "the city or last position): "
+        + ", ".join(f"{s} {n}" for s, n in out["state_feature_counts"].items())
+        + ".",
         "",
         "## Most influential features in the graph",
         "",
@@ -220,9 +267,18 @@ def _markdown(out: dict, record: dict) -> str:
         )
     lines += [
         "",
-        f"Texas features carry {100 * out['texas_share_of_top10_influence']:.0f}% of the top-10 features' influence.",
+        f"Texas features carry {100 * out['texas_share_of_top10_influence']:.0f}% of the top-10 features' influence. "
+        "Direct effects on the austin logit (the graph's logit row): "
+        + ", ".join(f"{k.replace('_', ' ')} {v:+.2f}" for k, v in out["direct_effects_on_top_logit"].items())
+        + ". Two paths reach the answer: the city's own features at the city position (a memorised "
+        "city -> capital shortcut, moved to the last position by attention) and state features at the last "
+        "position.",
         "",
         "## Swapping the state feature (dallas prompt)",
+        "",
+        "Attention patterns frozen at the clean run; every later feature is re-encoded live. State features are "
+        "set at the city and last positions in layers 2-3; 'dallas's own features' are the non-state features "
+        "active at the dallas position in layers 1-2.",
         "",
         "| intervention | edits | p(austin) | p(sacramento) | top token (p) |",
         "|---|---|---|---|---|",
@@ -235,8 +291,9 @@ def _markdown(out: dict, record: dict) -> str:
     ps = out["pair_swaps"]
     lines += [
         "",
-        f"Swapping every source state's features for every other state's (all layers, one trained city per "
-        f"state): the answer becomes the target state's capital in **{ps['hits']}/{ps['total']}** cases.",
+        "Recipe for every (source state, target state) pair, one trained city per source state: the city's own "
+        f"features off (layers 1-2) and the state features swapped at {MAIN_SCALE:g}x mean (layers 2-3): the answer "
+        f"becomes the target state's capital in **{ps['hits']}/{ps['total']}** cases.",
         "",
     ]
     return "\n".join(lines)
