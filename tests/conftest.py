@@ -1,7 +1,7 @@
 """Session-wide fixtures shared by the test suite.
 
-`ref_cases`: the directory of circuit-tracer reference cases (see tests/reference/README.md).
-Only this fixture lives here; test modules keep their own fixtures.
+`ref_cases`: the directory of circuit-tracer reference cases (see tests/reference/README.md), and `loaded`:
+``loaded(case) -> (model, transcoders, ref arrays, meta)`` for one case, read once per session.
 """
 
 from __future__ import annotations
@@ -94,3 +94,29 @@ def _generate(python: Path, out: Path) -> None:
         )
     shutil.rmtree(out, ignore_errors=True)
     os.replace(tmp, out)
+
+
+@pytest.fixture(scope="session")
+def loaded(ref_cases):
+    """``loaded(case)`` → ``(model, transcoders, ref.npz arrays, meta.json)`` of one reference case, cached."""
+    import numpy as np
+
+    from jcircuits.loading import load_model
+    from jcircuits.replacement import Model
+    from jcircuits.tokenizer import Tokenizer
+    from jcircuits.transcoders.io import load_transcoders
+
+    cache = {}
+
+    def get(case):
+        if case not in cache:
+            d = ref_cases / case
+            if not d.is_dir():
+                pytest.fail(f"reference case {case} missing in {ref_cases}")
+            params, cfg = load_model(d / "model")
+            model = Model(params, cfg, Tokenizer.from_file(d / "model"), name=case)
+            ts = load_transcoders(d / "transcoders" / "config.yaml", lazy_decoder=False)
+            cache[case] = (model, ts, dict(np.load(d / "ref.npz")), json.loads((d / "meta.json").read_text()))
+        return cache[case]
+
+    return get

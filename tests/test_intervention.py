@@ -4,8 +4,6 @@ definition of attribution edges (with every layer constrained, doubling a featur
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 from tiny import tiny_model, tiny_transcoders
@@ -19,10 +17,8 @@ from jcircuits.intervention import (
     resolve_interventions,
     specs_to_interventions,
 )
-from jcircuits.loading import load_model
 from jcircuits.models import forward
-from jcircuits.replacement import Model, replace
-from jcircuits.tokenizer import Tokenizer
+from jcircuits.replacement import replace
 from jcircuits.transcoders.io import load_transcoders
 
 CASES = ["gemma2_plt_jumprelu", "llama_plt_relu_skip", "llama_clt", "gemma2_clt"]
@@ -45,26 +41,6 @@ def _tiny(case):
 
 
 # ----------------------------------------------------------------------------------- circuit-tracer parity
-
-
-@pytest.fixture(scope="module")
-def loaded(ref_cases):
-    cache = {}
-
-    def get(case):
-        if case not in cache:
-            d = ref_cases / case
-            if not d.is_dir():
-                pytest.fail(f"reference case {case} missing in {ref_cases}")
-            params, cfg = load_model(d / "model")
-            model = Model(params, cfg, Tokenizer.from_file(d / "model"), name=case)
-            ts = load_transcoders(d / "transcoders" / "config.yaml", lazy_decoder=False)
-            ref = dict(np.load(d / "ref.npz"))
-            meta = json.loads((d / "meta.json").read_text())
-            cache[case] = (model, ts, ref, meta)
-        return cache[case]
-
-    return get
 
 
 @pytest.mark.parametrize("case", CASES)

@@ -7,39 +7,14 @@ adjacency matrix, influence-ordered feature selection, pruning masks and graph s
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 
 from jcircuits.attribution import attribute
 from jcircuits.graph import compute_graph_scores, prune_graph
-from jcircuits.loading import load_model
-from jcircuits.replacement import Model, replace
-from jcircuits.tokenizer import Tokenizer
-from jcircuits.transcoders.io import load_transcoders
+from jcircuits.replacement import replace
 
 CASES = ["gemma2_plt_jumprelu", "llama_plt_relu_skip", "llama_clt", "gemma2_clt"]
-
-
-@pytest.fixture(scope="module")
-def loaded(ref_cases):
-    cache = {}
-
-    def get(case):
-        if case not in cache:
-            d = ref_cases / case
-            if not d.is_dir():
-                pytest.fail(f"reference case {case} missing in {ref_cases}")
-            params, cfg = load_model(d / "model")
-            model = Model(params, cfg, Tokenizer.from_file(d / "model"), name=case)
-            ts = load_transcoders(d / "transcoders" / "config.yaml", lazy_decoder=False)
-            ref = dict(np.load(d / "ref.npz"))
-            meta = json.loads((d / "meta.json").read_text())
-            cache[case] = (model, ts, ref, meta)
-        return cache[case]
-
-    return get
 
 
 def _rel(a, b):
