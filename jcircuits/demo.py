@@ -4,10 +4,10 @@ The default (``default_model`` / ``default_transcoders``) is the embedded, train
 tiny 4-layer Llama-architecture model trained in this repo (``jcircuits train-default``) on a synthetic corpus of
 two-hop geography facts and small-number addition, with JumpReLU per-layer transcoders trained on its own
 activations. It is read with the ordinary loaders (``load_model``, ``load_transcoders``), so it exercises the same
-path as any Hugging Face checkpoint. ``demo_model()`` / ``demo_transcoders(model)`` return it.
+path as any Hugging Face checkpoint.
 
-The seeded random model (``random_model`` / ``random_transcoders``, or ``demo_model(seed=…)``) is still here for
-tests: its graphs are exact for that network but mean nothing. It is built in memory from the seed.
+The seeded random model (``demo_model`` / ``demo_transcoders``) is still here for tests: its graphs are exact for
+that network but mean nothing. It is built in memory from the seed; nothing is read or downloaded.
 """
 
 from __future__ import annotations
@@ -28,8 +28,6 @@ __all__ = [
     "demo_transcoders",
     "default_model",
     "default_transcoders",
-    "random_model",
-    "random_transcoders",
     "DEFAULT_DIR",
     "DEFAULT_NAME",
     "DEMO_NOTICE",
@@ -68,18 +66,6 @@ def default_transcoders(model: Model | None = None) -> TranscoderSet:
     return load_transcoders(DEFAULT_DIR / "transcoders", lazy_decoder=False, n_layers=n_layers)
 
 
-def demo_model(seed: int | None = None) -> Model:
-    """The default model; with an integer ``seed``, the seeded random model instead."""
-    return default_model() if seed is None else random_model(seed)
-
-
-def demo_transcoders(model: Model, seed: int | None = None, n_features: int = 256) -> TranscoderSet:
-    """The default transcoders for the default model; random ones (``seed``, default 1) for any other model."""
-    if seed is None and model.name == DEFAULT_NAME:
-        return default_transcoders(model)
-    return random_transcoders(model, 1 if seed is None else seed, n_features)
-
-
 _WORDS = (
     "the a an of in on at to is was are be and or not it this that with for as by from capital city state "
     "country river mountain red green blue one two three four five six seven eight nine ten plus minus equals "
@@ -102,7 +88,7 @@ def _tokenizer() -> Tokenizer:
     return Tokenizer(tk, bos_id=1, pad_id=0, eos_id=2)
 
 
-def random_model(seed: int = 0) -> Model:
+def demo_model(seed: int = 0) -> Model:
     """A seeded random tiny Llama (4 layers, d_model 64) with a small word tokenizer; built in memory."""
     tok = _tokenizer()
     cfg = ModelConfig(
@@ -135,7 +121,7 @@ def random_model(seed: int = 0) -> Model:
     return Model(params=params, cfg=cfg, tokenizer=tok, name=f"demo-random-llama-seed{seed}")
 
 
-def random_transcoders(model: Model, seed: int = 1, n_features: int = 256) -> TranscoderSet:
+def demo_transcoders(model: Model, seed: int = 1, n_features: int = 256) -> TranscoderSet:
     """Seeded random JumpReLU per-layer transcoders for ``model`` (a few percent of features active)."""
     cfg = model.cfg
     rng = np.random.default_rng(seed)

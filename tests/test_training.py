@@ -295,13 +295,13 @@ def test_embedded_default_answers_its_prompts_and_its_transcoders_fit():
     """The committed default (what `jcircuits attribute` traces without --model) loads with the ordinary loaders,
     answers the README's prompt with austin and '3 plus 4 is' with 7, and its transcoders reconstruct its MLP
     outputs on fresh corpus text (FVU < 0.2 at every layer) with few active features."""
-    from jcircuits.demo import DEFAULT_DIR, demo_model, demo_transcoders
+    from jcircuits.demo import DEFAULT_DIR, default_model, default_transcoders, demo_model, demo_transcoders
     from jcircuits.training import lm
     from jcircuits.training.harvest import harvest
 
     record = json.loads((DEFAULT_DIR / "training.json").read_text())
-    model = demo_model()
-    ts = demo_transcoders(model)
+    model = default_model()
+    ts = default_transcoders(model)
     assert ts.cfg.kind == "plt" and ts.cfg.n_layers == model.cfg.n_layers and ts.cfg.activation == "jumprelu"
     tok = model.tokenizer
     probs = lm.predict_next(
@@ -317,7 +317,7 @@ def test_embedded_default_answers_its_prompts_and_its_transcoders_fit():
     ev = evaluate_transcoders(ts, x, y)
     assert max(ev["fvu"]) < 0.2 and max(ev["l0"]) < 64, ev
     # random model still reachable for tests
-    rnd = demo_model(seed=0)
+    rnd = demo_model()
     assert rnd.name.startswith("demo-random") and demo_transcoders(rnd).cfg.n_features == 256
 
 

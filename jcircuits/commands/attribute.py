@@ -31,13 +31,13 @@ def load_model_and_transcoders(args):
     from jcircuits.replacement import Model
 
     if args.model is None:
-        from jcircuits.demo import DEMO_NOTICE, demo_model, demo_transcoders
+        from jcircuits.demo import DEMO_NOTICE, default_model, default_transcoders
 
         if args.transcoders is not None:
             raise SystemExit("--transcoders needs --model (the demo model comes with its own transcoders)")
         print(DEMO_NOTICE, file=sys.stderr)
-        model = demo_model()
-        return model, demo_transcoders(model)
+        model = default_model()
+        return model, default_transcoders(model)
     if args.transcoders is None:
         raise SystemExit("--model needs --transcoders (a circuit-tracer config.yaml, directory or hub repo)")
     import jax.numpy as jnp
