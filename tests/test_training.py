@@ -384,3 +384,19 @@ def test_train_transcoders_command_writes_loadable_set_and_logs(tmp_path):
     assert len((tmp_path / "tc" / "train" / "metrics.csv").read_text().splitlines()) == 3
     ev = json.loads((tmp_path / "tc" / "eval.json").read_text())
     assert len(ev["fvu"]) == 2 and ev["n_tokens"] > 0
+
+
+def test_embedded_default_reads_in_transformers_with_the_same_logits():
+    """The committed default is a plain Hugging Face Llama directory: transformers loads it and gives our logits."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    from jcircuits.demo import DEFAULT_DIR, default_model
+    from jcircuits.models import forward
+
+    model = default_model()
+    ids = model.tokenizer.encode("the capital of the state containing dallas is")
+    hf = transformers.AutoModelForCausalLM.from_pretrained(DEFAULT_DIR, torch_dtype=torch.float32).eval()
+    with torch.no_grad():
+        ref = hf(torch.tensor(ids[None], dtype=torch.long)).logits[0].numpy()
+    ours = np.asarray(forward(model.params, model.cfg, ids[None]))[0]
+    np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-4)
