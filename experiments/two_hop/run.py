@@ -17,6 +17,9 @@ Steps:
    layer at a time and at all layers; report p(austin), p(sacramento) and the top token. Then do the same swap for
    every (source state, target state) pair, one held-in city per source state, and count how often the answer
    becomes the target's capital.
+5. Held-out cities (two-hop sentence never trained, so the answer must be composed): swap *only* the state
+   features for every (source, target) pair and count how often the answer becomes the target's capital; show
+   one prompt (pasadena: sacramento -> austin) in full.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ SWAP_LAYERS = (2, 3)  # where state features live at the last position (see resu
 SHORTCUT_LAYERS = (1, 2)
 SCALES = (1.0, 2.0, 4.0)
 MAIN_SCALE = 2.0
+HEADLINE_HELD_OUT = "pasadena"  # a held-out california city: its two-hop sentence was never trained
 
 
 def clean_acts(model, ts, city: str) -> np.ndarray:
@@ -202,6 +206,53 @@ def main() -> int:
             hits += ok
             pairs.append({"city": city, "from": s, "to": t, "p_target": float(p[cap_id[t]]), "hit": bool(ok)})
 
+    # held-out cities: their two-hop sentence was never trained, so no city -> capital shortcut exists and the
+    # answer must be composed (city -> state -> capital); here the state-feature swap alone should move it
+    heldout = {"cities": [], "swaps": [], "headline": []}
+    for city in held:
+        s = next(st for st, (_, cities) in STATES.items() if city in cities)
+        pr = TEMPLATE.format(city)
+        p0 = probs_last(feature_intervention(model, ts, pr, [])[0])
+        correct = int(p0.argmax()) == cap_id[s]
+        heldout["cities"].append({"city": city, "state": s, "correct": bool(correct)})
+        if not correct:
+            continue
+        for t in STATES:
+            if t == s:
+                continue
+            for k in SCALES:
+                edits = swap_edits(s, t, feats, mean, positions, SWAP_LAYERS, k)
+                p = probs_last(feature_intervention(model, ts, pr, edits)[0])
+                heldout["swaps"].append(
+                    {
+                        "city": city,
+                        "from": s,
+                        "to": t,
+                        "scale": k,
+                        "p_target": float(p[cap_id[t]]),
+                        "p_source": float(p[cap_id[s]]),
+                        "hit": int(p.argmax()) == cap_id[t],
+                    }
+                )
+    pr = TEMPLATE.format(HEADLINE_HELD_OUT)
+    heldout["headline"].append(
+        {
+            "edit": "none (clean)",
+            "n_edits": 0,
+            **_summ(probs_last(feature_intervention(model, ts, pr, [])[0]), cap_id, tok),
+        }
+    )
+    off = set_edits("california", feats, positions, SWAP_LAYERS)
+    p = probs_last(feature_intervention(model, ts, pr, off)[0])
+    heldout["headline"].append(
+        {"edit": "california state features off", "n_edits": len(off), **_summ(p, cap_id, tok)}
+    )
+    for k in SCALES:
+        edits = swap_edits("california", "texas", feats, mean, positions, SWAP_LAYERS, k)
+        p = probs_last(feature_intervention(model, ts, pr, edits)[0])
+        name = f"california -> texas state features ({k:g}x mean)"
+        heldout["headline"].append({"edit": name, "n_edits": len(edits), **_summ(p, cap_id, tok)})
+
     out = {
         "prompt": prompt,
         "graph": {
@@ -215,6 +266,7 @@ def main() -> int:
         "texas_share_of_top10_influence": tx_share / sum(r["influence"] for r in top_rows),
         "dallas_swap": rows,
         "pair_swaps": {"hits": hits, "total": len(pairs), "pairs": pairs},
+        "held_out": heldout,
         "seconds": time.perf_counter() - t0,
     }
     (HERE / "results.json").write_text(json.dumps(out, indent=2) + "\n")
@@ -296,6 +348,37 @@ def _markdown(out: dict, record: dict) -> str:
         f"becomes the target state's capital in **{ps['hits']}/{ps['total']}** cases.",
         "",
     ]
+    ho = out["held_out"]
+    n_ok = sum(c["correct"] for c in ho["cities"])
+    lines += [
+        "## Held-out cities: the state feature alone decides the answer",
+        "",
+        f"For the {len(ho['cities'])} held-out cities the two-hop sentence was never trained (only 'CITY is in "
+        f"STATE' and 'the capital of STATE is CAPITAL'), so there is no memorised shortcut: the model answers "
+        f"{n_ok}/{len(ho['cities'])} of them correctly by composing the two facts. On those, swapping **only** the "
+        "state features (layers 2-3, city and last positions; no other edit) moves the answer to the target "
+        "state's capital:",
+        "",
+        "| scale of the target state's features | answer becomes the target's capital | chance |",
+        "|---|---|---|",
+    ]
+    n_states = len(STATES)
+    for k in SCALES:
+        sw = [r for r in ho["swaps"] if r["scale"] == k]
+        lines.append(f"| {k:g}x mean | **{sum(r['hit'] for r in sw)}/{len(sw)}** | ~1/{n_states - 1} |")
+    lines += [
+        "",
+        f"Prompt `{TEMPLATE.format(HEADLINE_HELD_OUT)}` ({HEADLINE_HELD_OUT} is a held-out california city):",
+        "",
+        "| intervention | edits | p(austin) | p(sacramento) | top token (p) |",
+        "|---|---|---|---|---|",
+    ]
+    for r in ho["headline"]:
+        lines.append(
+            f"| {r['edit']} | {r['n_edits']} | {r['p_austin']:.3f} | {r['p_sacramento']:.3f} | "
+            f"{r['top']} ({r['p_top']:.3f}) |"
+        )
+    lines.append("")
     return "\n".join(lines)
 
 
