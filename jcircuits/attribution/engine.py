@@ -189,23 +189,24 @@ def plan_batches(
     return plan
 
 
-def _timed(fn, *args, counter: dict):
-    """Call a jitted ``fn`` and block; add the wall time to ``counter['compile_s']`` only when the call
-    compiled (the jit cache grew)."""
+def _launch(fn, *args, counter: dict):
+    """Call a jitted ``fn`` without waiting for the result (dispatch is asynchronous, so the host can store the
+    previous batch meanwhile). Compilation happens inside the call, so when the jit cache grew the call's wall
+    time is compile time and is added to ``counter['compile_s']``."""
     size = getattr(fn, "_cache_size", lambda: 0)
     before = size()
     tc = time.perf_counter()
-    out = jax.block_until_ready(fn(*args))
+    out = fn(*args)
     if size() > before:
         counter["compile_s"] += time.perf_counter() - tc
     return out
 
 
-def _normalized_abs(feats: np.ndarray, errs: np.ndarray, toks: np.ndarray) -> np.ndarray:
-    """``|row| / max(Σ|row|, 1e-8)`` over ``[features | errors | tokens]`` (the reference's row normalisation)."""
-    a = np.abs(np.concatenate([feats, errs, toks], axis=1))
-    a /= np.maximum(a.sum(axis=1, keepdims=True), 1e-8)
-    return a
+def _normalize_abs_rows(raw: np.ndarray, out: np.ndarray) -> None:
+    """``out = |raw| / max(Σ|raw|, 1e-8)`` row-wise, in place (the reference's row normalisation of the rows
+    ``[features | errors | tokens]``)."""
+    np.abs(raw, out=out)
+    out /= np.maximum(out.sum(axis=1, keepdims=True), 1e-8)
 
 
 def _partial_influence(
@@ -319,7 +320,7 @@ def attribute(
         rows[at, n_active : n_active + n_err] = errs[:m]
         rows[at, n_active + n_err :] = toks[:m]
         if selecting:
-            rows_hat[at] = _normalized_abs(feats[:m, :n_active], errs[:m], toks[:m])
+            _normalize_abs_rows(rows[at], rows_hat[at])
 
     # ---- logit rows
     t1 = time.perf_counter()
@@ -327,7 +328,7 @@ def attribute(
     vec = on_mesh(targets.vectors) if mesh is not None else jnp.asarray(targets.vectors)
     for i in range(0, K, batch_size):
         args = (static, ctx, vec[i : i + batch_size], src_index(Tb), jnp.int32(T - 1))
-        out = _timed(rows_for_logits, *args, counter=counter)
+        out = _launch(rows_for_logits, *args, counter=counter)
         store(slice(i, min(i + batch_size, K)), out)
     row_nodes[:K] = n_cols + np.arange(K)
     timings["logit_rows_s"] = time.perf_counter() - t1
@@ -341,8 +342,16 @@ def attribute(
     st = K
     bar = tqdm(total=n_feat_rows, desc="feature rows", disable=not verbose, unit="row")
 
-    def run_batch(idx: np.ndarray):
+    def finish(part: np.ndarray, out) -> None:
         nonlocal st
+        store(slice(st, st + len(part)), out)
+        row_nodes[st : st + len(part)] = part
+        visited[part] = True
+        st += len(part)
+        bar.update(len(part))
+
+    def run_batch(idx: np.ndarray):
+        pending = None  # the batch in flight: its rows are stored while the next one computes
         for B, n_pos, part in plan_batches(idx, act, dev_batch, small, pos_buckets):
             pad = B - len(part)
             start = np.pad(act[part, 0], (0, pad), mode="edge").astype(np.int32)  # padding adds no layers
@@ -351,12 +360,12 @@ def attribute(
             valid = np.arange(B) < len(part)
             start, pos, feat, valid = on_mesh(start), on_mesh(pos), on_mesh(feat), on_mesh(valid)
             args = (static, ctx, start, pos, feat, valid, src_index(n_pos), n_pos)
-            out = _timed(rows_for_features, *args, counter=counter)
-            store(slice(st, st + len(part)), out)
-            row_nodes[st : st + len(part)] = part
-            visited[part] = True
-            st += len(part)
-            bar.update(len(part))
+            out = _launch(rows_for_features, *args, counter=counter)
+            if pending is not None:
+                finish(*pending)
+            pending = (part, out)
+        if pending is not None:
+            finish(*pending)
 
     if not selecting:
         run_batch(np.arange(n_active))
