@@ -43,6 +43,7 @@ from converters.safetensors_io import SafeFile, bf16_bits_to_float32, save_file
 __all__ = [
     "TranscoderFormatError",
     "LazyDecoders",
+    "RowSource",
     "sniff_format",
     "read_plt_files",
     "write_plt_files",
@@ -68,8 +69,10 @@ class TranscoderFormatError(ValueError):
 # ------------------------------------------------------------------------------------------- lazy decoders
 
 
-class _RowSource:
-    """One decoder tensor in one file, memory-mapped at its byte offset (``st_dtype``: safetensors name)."""
+class RowSource:
+    """One tensor in one file (a safetensors entry or an uncompressed ``.npz`` member), memory-mapped at its byte
+    offset (``st_dtype``: safetensors dtype name). ``read(rows)`` copies only those rows (float32); ``array()`` is
+    the whole tensor as a read-only memory map, which callers slice without reading the rest of the file."""
 
     def __init__(self, path: Path, name: str, shape, st_dtype: str, offset: int, col_start: int = 0):
         dt = {"F32": "<f4", "F16": "<f2", "BF16": "<u2", "F64": "<f8"}.get(st_dtype)
@@ -81,7 +84,7 @@ class _RowSource:
         self._map: np.memmap | None = None
 
     @classmethod
-    def safetensors(cls, path: Path, name: str, col_start: int = 0) -> _RowSource:
+    def safetensors(cls, path: Path, name: str, col_start: int = 0) -> RowSource:
         with SafeFile(path) as f:
             if name not in f:
                 raise TranscoderFormatError(f"{path}: missing decoder tensor {name!r}")
@@ -89,7 +92,7 @@ class _RowSource:
             return cls(path, name, f.shape(name), f.dtype_name(name), begin, col_start)
 
     @classmethod
-    def npz(cls, path: Path, name: str) -> _RowSource | None:
+    def npz(cls, path: Path, name: str) -> RowSource | None:
         """The ``.npy`` member ``name`` of an uncompressed ``.npz`` (``None`` if compressed or Fortran-ordered)."""
         with zipfile.ZipFile(path) as z:
             info = z.getinfo(name + ".npy")
@@ -114,10 +117,14 @@ class _RowSource:
             return None
         return cls(path, name, shape, names[dtype], offset)
 
-    def read(self, feats: np.ndarray) -> np.ndarray:
+    def array(self) -> np.memmap:
+        """The tensor in its stored layout, memory-mapped read-only (BF16 as raw ``uint16`` bits)."""
         if self._map is None:
             self._map = np.memmap(self.path, dtype=self.dtype, mode="r", offset=self.offset, shape=self.shape)
-        raw = np.asarray(self._map[feats])  # fancy indexing on a memmap touches only those rows
+        return self._map
+
+    def read(self, feats: np.ndarray) -> np.ndarray:
+        raw = np.asarray(self.array()[feats])  # fancy indexing on a memmap touches only those rows
         out = bf16_bits_to_float32(raw) if self.st_dtype == "BF16" else raw.astype(np.float32)
         if self.col_start:
             out = out[:, self.col_start :]
@@ -131,7 +138,7 @@ class LazyDecoders:
     ``bytes_read`` count the distinct rows fetched from the files (duplicates in one call are read once).
     """
 
-    def __init__(self, kind: str, sources: Sequence[_RowSource], *, check_finite: bool = True):
+    def __init__(self, kind: str, sources: Sequence[RowSource], *, check_finite: bool = True):
         self.kind = kind
         self._sources = list(sources)
         self.check_finite = check_finite
@@ -285,7 +292,7 @@ def read_plt_files(paths: Sequence[str | Path], *, lazy_decoder: bool = False) -
                 np.ascontiguousarray(_finite(p, "W_skip", f.get("W_skip")).T) if "W_skip" in f else None
             )
             if lazy_decoder:
-                srcs.append(_RowSource.safetensors(p, "W_dec"))
+                srcs.append(RowSource.safetensors(p, "W_dec"))
             else:
                 dec.append(_finite(p, "W_dec", f.get("W_dec")))
     W_dec = LazyDecoders("plt", srcs) if lazy_decoder else np.stack(dec)
@@ -370,7 +377,7 @@ def read_clt_dir(
                 q, f"W_dec_{i}", f.shape(f"W_dec_{i}"), (F, L - i, D), "[n_features, n_layers - i, d_model]"
             )
             if lazy_decoder:
-                srcs.append(_RowSource.safetensors(q, f"W_dec_{i}"))
+                srcs.append(RowSource.safetensors(q, f"W_dec_{i}"))
             else:
                 dec.append(_finite(q, f"W_dec_{i}", f.get(f"W_dec_{i}")))
     W_dec = LazyDecoders("clt", srcs) if lazy_decoder else dec
@@ -420,7 +427,7 @@ def read_gemmascope_npz(paths: Sequence[str | Path], *, lazy_decoder: bool = Fal
             b_enc.append(_finite(p, "b_enc", z["b_enc"]))
             b_dec.append(_finite(p, "b_dec", z["b_dec"]))
             thr.append(_finite(p, "threshold", z["threshold"]))
-            src = _RowSource.npz(p, "W_dec") if lazy_decoder else None
+            src = RowSource.npz(p, "W_dec") if lazy_decoder else None
             if src is None:
                 dec.append(_finite(p, "W_dec", z["W_dec"]))
             srcs.append(src)
@@ -498,7 +505,7 @@ def read_gemmascope2_files(paths: Sequence[str | Path], *, lazy_decoder: bool = 
                 _shape(p, a, f.shape(a), (D, D))
             skip.append(_finite(p, a, f.get(a)) if a in f else None)
             if lazy_decoder:
-                srcs.append(_RowSource.safetensors(p, "w_dec", col_start=i if kind == "clt" else 0))
+                srcs.append(RowSource.safetensors(p, "w_dec", col_start=i if kind == "clt" else 0))
             else:
                 w = _finite(p, "w_dec", f.get("w_dec"))
                 dec.append(np.ascontiguousarray(w[:, i:]) if kind == "clt" else w)

@@ -73,30 +73,12 @@ def mesh_from_args(args) -> Any:
 
 
 def read_transcoder_config(path: str) -> TranscoderConfig:
-    """The ``TranscoderConfig`` of a local transcoder directory from file headers only (no arrays read)."""
-    from converters.safetensors_io import SafeFile
-    from jcircuits.sharded_loading import _DEFAULT_HOOKS, _layout
+    """The ``TranscoderConfig`` of a local transcoder directory or config.yaml from file headers only (no arrays
+    read): circuit-tracer PLT/CLT directories and config.yaml files listing local PLT or GemmaScope files. Other
+    layouts raise ``sharded_loading.ShardedLoadingUnsupported``."""
+    from jcircuits.sharded_loading import read_transcoder_config as from_headers
 
-    kind, enc, _, conf = _layout(Path(path))
-    with SafeFile(enc[0]) as f:
-        if kind == "plt":
-            F, D = f.shape("b_enc")[0], f.shape("b_dec")[0]
-            jump, skip = "activation_function.threshold" in f, "W_skip" in f
-        else:
-            F, D = f.shape("b_enc_0")[0], f.shape("b_dec_0")[0]
-            jump, skip = "threshold_0" in f, "W_skip_0" in f
-    d_in, d_out = _DEFAULT_HOOKS[kind]
-    return TranscoderConfig(
-        kind=kind,
-        n_layers=len(enc),
-        d_model=int(D),
-        n_features=int(F),
-        activation=conf.get("activation") or ("jumprelu" if jump else "relu"),
-        top_k=conf.get("top_k"),
-        input_hook=conf.get("feature_input_hook") or d_in,
-        output_hook=conf.get("feature_output_hook") or d_out,
-        skip=skip,
-    )
+    return from_headers(path)
 
 
 def _model_files(model: str) -> Path:
@@ -160,9 +142,17 @@ def _configs(args) -> tuple[ModelConfig, TranscoderConfig, int | None] | None:
             )
         print("jcircuits attribute: no memory estimate (transcoders are not local files)", file=sys.stderr)
         return None
+    from jcircuits.sharded_loading import ShardedLoadingUnsupported
+
+    try:
+        tcfg = read_transcoder_config(str(p))
+    except ShardedLoadingUnsupported as e:
+        if args.dry_run:
+            raise
+        print(f"jcircuits attribute: no memory estimate ({e})", file=sys.stderr)
+        return None
     model_dir = _model_files(args.model)
     cfg = config_from_hf(model_dir)
-    tcfg = read_transcoder_config(str(p))
     if args.prompt is not None and (model_dir / "tokenizer.json").is_file():
         from jcircuits.tokenizer import Tokenizer
 
@@ -233,6 +223,15 @@ def _transcoder_shapes(tcfg: TranscoderConfig, dtype):
     )
 
 
+def _sharded_loading(args) -> bool:
+    """Whether ``attribute --mesh`` will load this model and transcoders shard by shard (``load_for_mesh``)."""
+    if not getattr(args, "mesh", None) or args.model is None:
+        return False
+    from jcircuits.sharded_loading import sharded_transcoders_unsupported
+
+    return sharded_transcoders_unsupported(args.transcoders) is None
+
+
 def preflight(args) -> int | None:
     """Estimate memory for the run ``args`` describes. Returns an exit code to stop with (0 after a dry run that
     fits, 2 when it cannot fit) or ``None`` to go ahead."""
@@ -260,6 +259,7 @@ def preflight(args) -> int | None:
         dtype=args.dtype,
         mesh=mesh,
         l0=getattr(args, "l0", None),
+        sharded_loading=_sharded_loading(args),
     )
     dev_override = parse_bytes(args.device_memory) if getattr(args, "device_memory", None) else None
     dev_cap, dev_src = device_capacity(dev_override, n_devices=mesh[0] * mesh[1])
