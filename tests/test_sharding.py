@@ -13,13 +13,19 @@ import tiny
 from jax.sharding import AxisType, PartitionSpec
 
 from converters.hf import save_hf_checkpoint
-from converters.transcoders import write_clt_dir, write_plt_files
+from converters.transcoders import write_clt_dir, write_gemmascope_npz, write_plt_files
 from jcircuits import sharding as shd
 from jcircuits.attribution import attribute
 from jcircuits.loading import load_model, params_to_numpy
 from jcircuits.memory import batch_bytes, estimate_attribution
 from jcircuits.models import config_from_hf, forward, init_params, param_axes
-from jcircuits.sharded_loading import load_model_sharded, load_transcoders_sharded
+from jcircuits.plan import read_transcoder_config
+from jcircuits.sharded_loading import (
+    ShardedLoadingUnsupported,
+    load_for_mesh,
+    load_model_sharded,
+    load_transcoders_sharded,
+)
 from jcircuits.transcoders.io import load_transcoders, transcoder_set_to_numpy
 
 MESHES = [(8, 1), (4, 2), (2, 4)]
@@ -163,13 +169,49 @@ def test_sharded_transcoder_loading_equals_plain_loading(tmp_path, kind):
     mesh = shd.make_mesh(4, 2)
     reads: list = []
     got = load_transcoders_sharded(tmp_path, mesh, reads=reads)
-    assert got.cfg == want.cfg
+    assert got.cfg == want.cfg == read_transcoder_config(tmp_path)  # the dry run's config, from headers only
     for a, b in zip(jax.tree.leaves(got.params), jax.tree.leaves(want.params), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     assert got.params.W_enc.sharding.spec == PartitionSpec(None, None, "model")
     assert all(math.prod(s) == cfg.d_model * 96 // 2 for n, s in reads if n.startswith("W_enc"))
     feats = np.array([0, 5, 17])
     np.testing.assert_array_equal(got.decoders.rows(1, feats), want.decoders.rows(1, feats))
+
+
+def _gemmascope_config(tc: dict, d, *, compressed: bool = False):
+    """GemmaScope ``layer_{i}/params.npz`` files and a circuit-tracer config.yaml listing them (relative paths)."""
+    paths = write_gemmascope_npz(tc, d)
+    if compressed:  # same arrays, deflated members: nothing to memory-map
+        for q in paths:
+            with np.load(q) as z:
+                arrays = {k: z[k] for k in z.files}
+            np.savez_compressed(q, **arrays)
+    lines = [f"  - {q.relative_to(d)}" for q in paths]
+    conf = "model_kind: transcoder_set\nfeature_input_hook: mlp.hook_in\nfeature_output_hook: mlp.hook_out\n"
+    (d / "config.yaml").write_text(conf + "transcoders:\n" + "\n".join(lines) + "\n")
+    return d / "config.yaml"
+
+
+@needs8
+def test_sharded_gemmascope_npz_loading_reads_slices_and_equals_plain_loading(tmp_path):
+    cfg = tiny.tiny_config("llama")
+    tc = transcoder_set_to_numpy(tiny.tiny_transcoders(cfg))  # JumpReLU, no skip: what GemmaScope holds
+    conf = _gemmascope_config(tc, tmp_path)
+    want = load_transcoders(conf)
+    reads: list = []
+    got = load_transcoders_sharded(tmp_path, shd.make_mesh(4, 2), reads=reads, n_layers=cfg.n_layers)
+    assert got.cfg == want.cfg == read_transcoder_config(conf) and got.cfg.activation == "jumprelu"
+    for a, b in zip(jax.tree.leaves(got.params), jax.tree.leaves(want.params), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert got.params.W_enc.sharding.spec == PartitionSpec(None, None, "model")
+    enc_reads = [s for n, s in reads if n == "W_enc"]
+    assert enc_reads and all(s == (cfg.d_model, 96 // 2) for s in enc_reads), enc_reads  # half the features
+    feats = np.array([0, 5, 17, 95])
+    np.testing.assert_array_equal(got.decoders.rows(1, feats), want.decoders.rows(1, feats))
+    # deflated members cannot be sliced on disk: a clear error the CLI turns into host loading
+    _gemmascope_config(tc, tmp_path / "z", compressed=True)
+    with pytest.raises(ShardedLoadingUnsupported, match="compressed"):
+        load_transcoders_sharded(tmp_path / "z", shd.make_mesh(4, 2))
 
 
 # -------------------------------------------------------------------------------------- sharded computation
@@ -341,3 +383,57 @@ def test_tpu_config_dry_runs_fit_and_a_long_prompt_is_refused(name, capsys):
     assert "fits: peak" in out and "transcoders.W_enc" in out and "P(None, None, 'model')" in out
     assert dryrun.main([config, "--n-tokens", "1024"]) == 2
     assert "will not fit" in capsys.readouterr().err
+
+
+@needs8
+def test_cli_mesh_loads_shards_from_files_and_gives_the_unsharded_graph(
+    local_model_dir, tmp_path, monkeypatch, capsys
+):
+    """``attribute --mesh 2x4`` reads each model tensor shard by shard (``load_model`` is never called, no read
+    is a whole model-sharded tensor) and writes the graph a run without ``--mesh`` writes."""
+    from jcircuits import loading, sharded_loading
+    from jcircuits.cli import main
+    from jcircuits.graph import Graph
+
+    d = local_model_dir
+    run = ["attribute", "--model", str(d / "model"), "--transcoders", str(d / "tc")]
+    run += ["--tokens", "1,17,42,5,63,8,29,77", "--batch-size", "16", "-q"]
+    assert main(run + ["-o", str(tmp_path / "one.safetensors")]) == 0
+    reads: list = []
+    plain = sharded_loading.read_slice
+
+    def logged(ckpt, name, index, **kw):
+        part = plain(ckpt, name, index, **kw)
+        reads.append((name, part.shape))
+        return part
+
+    def no_host_load(*a, **k):
+        raise AssertionError("--mesh loaded the whole model on the host")
+
+    monkeypatch.setattr(sharded_loading, "read_slice", logged)
+    monkeypatch.setattr(loading, "load_model", no_host_load)
+    assert main(run + ["--mesh", "2x4", "-o", str(tmp_path / "mesh.safetensors")]) == 0
+    assert "on the host" not in capsys.readouterr().err  # local circuit-tracer files: no fallback notice
+    q = [s for n, s in reads if n.endswith("q_proj.weight")]
+    assert q and all(s == (32, 1, 8) for s in q), q  # [D, heads/4, head_dim]: a quarter of each layer's q
+    assert all(s == (128 // 4, 32) for n, s in reads if n == "model.embed_tokens.weight")
+    assert all(s == (32, 96 // 4) for n, s in reads if n == "W_enc")  # transcoders also read as shards
+    _assert_same_graph(Graph.load(tmp_path / "mesh.safetensors"), Graph.load(tmp_path / "one.safetensors"))
+
+
+@needs8
+def test_mesh_loading_falls_back_to_host_loading_with_a_notice(local_model_dir, tmp_path, capsys):
+    cfg = config_from_hf(local_model_dir / "model")
+    tc = transcoder_set_to_numpy(tiny.tiny_transcoders(cfg))
+    conf = _gemmascope_config(tc, tmp_path, compressed=True)
+    mesh = shd.make_mesh(2, 4)
+    model, ts = load_for_mesh(local_model_dir / "model", conf, mesh)
+    assert "loading the transcoders on the host" in capsys.readouterr().err
+    want = load_transcoders(conf)
+    assert ts.cfg == want.cfg
+    assert ts.params.W_enc.sharding.spec == PartitionSpec(None, None, "model")
+    for a, b in zip(jax.tree.leaves(ts.params), jax.tree.leaves(want.params), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert model.params.layers.wq.sharding.spec == PartitionSpec(
+        None, None, "model"
+    )  # the model: sharded reads

@@ -47,6 +47,11 @@ def load_model_and_transcoders(args):
     from jcircuits.transcoders.io import load_transcoders
 
     dtype = jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32
+    if getattr(args, "mesh", None):  # each device's shards read straight from the files, no whole-model host copy
+        from jcircuits.plan import mesh_from_args
+        from jcircuits.sharded_loading import load_for_mesh
+
+        return load_for_mesh(args.model, args.transcoders, mesh_from_args(args), dtype=dtype)
     model_dir = resolve_model_dir(args.model)
     params, cfg = load_model(model_dir, dtype=dtype)
     tok = Tokenizer.from_file(model_dir) if (Path(model_dir) / "tokenizer.json").is_file() else None
