@@ -326,7 +326,7 @@ def attribute(
     t1 = time.perf_counter()
     counter = {"compile_s": 0.0}
     vec = on_mesh(targets.vectors) if mesh is not None else jnp.asarray(targets.vectors)
-    for i in range(0, K, batch_size):
+    for i in tqdm(range(0, K, batch_size), desc="logit rows", disable=not verbose, unit="batch"):
         args = (static, ctx, vec[i : i + batch_size], src_index(Tb), jnp.int32(T - 1))
         out = _launch(rows_for_logits, *args, counter=counter)
         store(slice(i, min(i + batch_size, K)), out)
