@@ -117,6 +117,52 @@ def test_greedy_is_deterministic_and_sampling_reproducible_from_the_key():
     np.testing.assert_array_equal(plain.tokens, np.asarray(ref)[0])
 
 
+REF_CASES = ["gemma2_plt_jumprelu", "llama_plt_relu_skip", "llama_clt", "gemma2_clt"]
+
+
+def _decode_interventions(rows):
+    """``generation_interventions_*`` rows ``(layer, start, stop, feature, value)`` (stop -1: open-ended)."""
+    return [(int(l), slice(int(a), None if b < 0 else int(b)), int(f), float(v)) for l, a, b, f, v in rows]
+
+
+@pytest.mark.ref
+@pytest.mark.parametrize("case", REF_CASES)
+def test_generation_matches_circuit_tracer_feature_intervention_generate(loaded, case):
+    """Greedy generation against circuit-tracer's ``feature_intervention_generate`` (KV cache, attention frozen
+    in the prompt pass) for edits closed inside the prompt and for an open-ended slice starting in the prompt.
+
+    Open-ended slices differ past the prompt: circuit-tracer applies ``slice(k, None)`` to every new token
+    whatever ``k`` is, we apply it from absolute position ``k``. They agree when ``k`` is inside the prompt, and
+    circuit-tracer's ``slice(T + 2, None)`` is our ``slice(T, None)``."""
+    model, ts, ref, meta = loaded(case)
+    settings = meta["settings"]["feature_intervention_generate"]
+    assert settings["freeze_attention"] and not settings["do_sample"] and settings["use_past_kv_cache"]
+    n_new, T = settings["max_new_tokens"], len(ref["tokens"])
+    plain = generate(model, ts, ref["tokens"], [], max_new_tokens=n_new, return_activations=True)
+    for name in ("closed", "open", "past_prompt"):
+        iv = _decode_interventions(ref[f"generation_interventions_{name}"])
+        want_toks, want_logits = ref[f"generated_tokens_{name}"], ref[f"generated_logits_{name}"]
+        want_acts = ref[f"generated_activations_{name}"]
+        if name == "past_prompt":
+            ((l, pos, f, v),) = iv
+            assert pos.start == T + 2 and pos.stop is None
+            iv = [(l, slice(T, None), f, v)]  # circuit-tracer: every new token
+        g = generate(model, ts, ref["tokens"], iv, max_new_tokens=n_new, return_activations=True)
+        # the edits matter, inside the prompt (first step) and, for open-ended ones, after it
+        assert np.abs(want_logits - plain.logits).max(-1)[int(name == "past_prompt")] > 0.1, name
+        if name != "closed":
+            assert np.abs(want_acts[..., T:, :] - plain.activations[..., T:, :]).max() > 0.1, name
+        np.testing.assert_array_equal(g.tokens, want_toks, err_msg=name)
+        np.testing.assert_allclose(g.logits, want_logits, atol=1e-4, err_msg=name)
+        np.testing.assert_allclose(g.activations, want_acts, atol=1e-4, err_msg=name)
+    # the difference: our slice(T + 2, None) starts at absolute position T + 2, so the first three steps (the
+    # prompt pass, then positions T and T + 1) are unedited while circuit-tracer's second step already is
+    ((l, pos, f, v),) = _decode_interventions(ref["generation_interventions_past_prompt"])
+    ours = generate(model, ts, ref["tokens"], [(l, pos, f, v)], max_new_tokens=n_new, return_activations=True)
+    np.testing.assert_allclose(ours.logits[:3], plain.logits[:3], atol=1e-5)
+    assert np.abs(ours.logits[1] - ref["generated_logits_past_prompt"][1]).max() > 0.1
+
+
 def test_bad_generation_arguments_raise_clear_errors():
     model = tiny_model("llama")
     ts = tiny_transcoders(model.cfg)

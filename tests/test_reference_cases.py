@@ -41,6 +41,12 @@ FLOAT_KEYS = [
     "intervened_activations",
     "intervened_activations_constrained",
 ]
+GENERATION_SETTINGS = ["closed", "open", "past_prompt"]
+FLOAT_KEYS += [
+    f"{k}_{s}"
+    for s in GENERATION_SETTINGS
+    for k in ["generation_interventions", "generated_logits", "generated_activations"]
+]
 INT_KEYS = [
     "tokens",
     "active_features",
@@ -48,6 +54,7 @@ INT_KEYS = [
     "logit_token_ids",
     "selected_features_sel",
     "logit_token_ids_sel",
+    *[f"generated_tokens_{s}" for s in GENERATION_SETTINGS],
 ]
 BOOL_KEYS = ["node_mask", "edge_mask"]
 
@@ -86,6 +93,7 @@ def test_files_exist(case):
 
 def test_keys_and_dtypes(case):
     _, ref, _ = case
+    assert set(ref) == set(FLOAT_KEYS + INT_KEYS + BOOL_KEYS), "README.md documents exactly these keys"
     for k in FLOAT_KEYS:
         assert ref[k].dtype == np.float32, k
     for k in INT_KEYS:
@@ -143,6 +151,15 @@ def test_shapes_consistent(case):
         assert ref[k].shape == (T, V), k
     for k in ["intervened_activations", "intervened_activations_constrained"]:
         assert ref[k].shape == (L, T, F), k
+    n_new = meta["settings"]["feature_intervention_generate"]["max_new_tokens"]
+    for s in GENERATION_SETTINGS:
+        assert (
+            ref[f"generation_interventions_{s}"].ndim == 2
+            and ref[f"generation_interventions_{s}"].shape[1] == 5
+        )
+        assert ref[f"generated_tokens_{s}"].shape == (n_new,), s
+        assert ref[f"generated_logits_{s}"].shape == (n_new, V), s
+        assert ref[f"generated_activations_{s}"].shape == (L, T + n_new - 1, F), s
     assert meta["sizes"]["n_active_features"] == n and meta["sizes"]["n_logit_targets"] == K
     assert meta["tokens"] == ref["tokens"].tolist()
 
@@ -296,3 +313,39 @@ def test_constrained_intervention_is_linear_in_logit_edges(case):
     delta = uncap(ref["intervened_logits_constrained"][-1]) - uncap(ref["tl_logits"][-1])
     got = (delta - delta.mean())[ids]
     np.testing.assert_allclose(pred, got, atol=1e-4 * max(1.0, np.abs(got).max()))
+
+
+def test_generations_recorded(case):
+    """feature_intervention_generate's outputs: greedy tokens; its prompt pass is a feature_intervention run
+    with attention frozen (so with nothing edited inside the prompt it is the clean forward); its activations
+    over the prompt are those of that run; the new tokens are the ones processed afterwards."""
+    _, ref, meta = case
+    L, T, F = ref["activations"].shape
+    for s in GENERATION_SETTINGS:
+        toks, logits, acts = (
+            ref[f"{k}_{s}"] for k in ["generated_tokens", "generated_logits", "generated_activations"]
+        )
+        np.testing.assert_array_equal(toks, logits.argmax(-1), err_msg=s)
+        # greedy choices are clear-cut, so a parity test at atol 1e-4 cannot flip a token
+        top2 = np.sort(logits, axis=-1)[:, -2:]
+        assert (top2[:, 1] - top2[:, 0]).min() > 1e-3, f"{s}: near-tie between the two best tokens"
+        rows = ref[f"generation_interventions_{s}"]
+        assert np.all(rows[:, 1] >= 0) and np.all((rows[:, 2] == -1) | (rows[:, 2] > rows[:, 1]))
+    # closed and open share the point edits of `intervention`; only the open one reaches the new tokens
+    for s in ["closed", "open"]:
+        np.testing.assert_array_equal(
+            ref[f"generation_interventions_{s}"][:3, [0, 1, 3, 4]], ref["intervention"]
+        )
+        np.testing.assert_array_equal(
+            ref[f"generation_interventions_{s}"][:3, 2], ref["intervention"][:, 1] + 1
+        )
+    assert (ref["generation_interventions_closed"][:, 2] > 0).all()
+    assert (ref["generation_interventions_closed"][:, 2] <= T).all()
+    assert (
+        ref["generation_interventions_open"][-1, 2] == -1 and ref["generation_interventions_open"][-1, 1] < T
+    )
+    # past_prompt edits nothing in the prompt: its prompt pass is the clean forward
+    (row,) = ref["generation_interventions_past_prompt"]
+    assert row[1] >= T and row[2] == -1
+    np.testing.assert_allclose(ref["generated_logits_past_prompt"][0], ref["tl_logits"][-1], atol=1e-5)
+    np.testing.assert_allclose(ref["generated_activations_past_prompt"][:, :T], ref["activations"], atol=1e-5)

@@ -672,6 +672,9 @@ def make_case(name: str, spec: dict, out: Path) -> dict:
         interventions.append((l, p, f, val))
     il, iacts = tl.feature_intervention(tokens, interventions)
     il_c, iacts_c = tl.feature_intervention(tokens, interventions, constrained_layers=range(L))
+    t_gen = time.time()
+    generations = record_generations(tl, tokens, interventions, spec["n_features"])
+    t_gen = time.time() - t_gen
 
     ref = {
         "tokens": tokens.numpy().astype(np.int64),
@@ -703,6 +706,7 @@ def make_case(name: str, spec: dict, out: Path) -> dict:
         "intervened_logits_constrained": il_c[0].float().numpy(),
         "intervened_activations": iacts.float().numpy(),
         "intervened_activations_constrained": iacts_c.float().numpy(),
+        **generations,
     }
     for k, v in ref.items():
         if isinstance(v, np.ndarray) and v.dtype == np.float64:
@@ -761,6 +765,17 @@ def make_case(name: str, spec: dict, out: Path) -> dict:
                 "apply_activation_function": True,
                 "constrained": "constrained_layers=range(n_layers)",
             },
+            "feature_intervention_generate": {
+                "settings": list(GENERATION_SETTINGS),
+                "max_new_tokens": N_GEN,
+                "do_sample": False,
+                "stop_at_eos": False,
+                "freeze_attention": True,
+                "use_past_kv_cache": True,
+                "interventions": {
+                    s: generations[f"generation_interventions_{s}"].tolist() for s in GENERATION_SETTINGS
+                },
+            },
             "dtype": "float32",
             "device": "cpu",
         },
@@ -781,10 +796,79 @@ def make_case(name: str, spec: dict, out: Path) -> dict:
             "tokens (T) | logits (K, in logit_token_ids order)]; A[target, source]",
         },
         "seconds": round(time.time() - t0, 2),
+        "seconds_generation": round(t_gen, 2),
     }
     with open(case_dir / "meta.json", "w") as f:
         json.dump(meta, f, indent=1)
     return meta
+
+
+# ----------------------------------------------------------------------------------------------------
+# Generation with interventions
+# ----------------------------------------------------------------------------------------------------
+
+N_GEN = 6  # new tokens per generation (the first comes from the prompt pass, the rest from KV-cache steps)
+GENERATION_SETTINGS = ("closed", "open", "past_prompt")
+
+
+def generation_interventions(interventions, T: int) -> dict[str, list]:
+    """The interventions of each generation setting, positions as ints or slices (see README.md).
+
+    closed: the three point edits of `intervention` plus a closed slice, all inside the prompt, so only the
+    prompt pass is edited. open: the same plus an open-ended slice starting inside the prompt, which
+    circuit-tracer also applies to every new token. past_prompt: only an open-ended slice starting two
+    positions after the prompt, where circuit-tracer's semantics (every new token) and absolute positions
+    differ."""
+    l2, _, f2, _ = interventions[2]
+    return {
+        "closed": [*interventions, (0, slice(2, T - 2), f2, 3.0)],
+        "open": [*interventions, (l2, slice(T - 3, None), f2, 5.0)],
+        "past_prompt": [(l2, slice(T + 2, None), f2, 5.0)],
+    }
+
+
+def _encode_interventions(ivs) -> np.ndarray:
+    """[n, 5] float32 rows (layer, start, stop, feature, value); an int position p is stored as (p, p + 1),
+    an open-ended slice with stop = -1."""
+    rows = []
+    for layer, pos, feat, val in ivs:
+        if isinstance(pos, slice):
+            assert pos.step is None and pos.start is not None and pos.start >= 0
+            start, stop = pos.start, -1 if pos.stop is None else pos.stop
+        else:
+            start, stop = pos, pos + 1
+        rows.append((layer, start, stop, feat, val))
+    return np.array(rows, dtype=np.float32)
+
+
+def record_generations(tl, tokens: torch.Tensor, interventions, n_features: int) -> dict[str, np.ndarray]:
+    """Greedy `feature_intervention_generate` (defaults: freeze_attention=True, KV cache) for each setting:
+    the new token ids [N_GEN], the logits [N_GEN, V] it returns (prompt pass's last position, then one row
+    per KV-cache step; after any final soft-cap) and its activations [L, T + N_GEN - 1, F] (prompt pass with
+    position 0 zeroed, then each processed new token)."""
+    T = int(tokens.shape[0])
+    out = {}
+    for name, ivs in generation_interventions(interventions, T).items():
+        seq, logits, acts = tl.feature_intervention_generate(
+            tokens[None], ivs, max_new_tokens=N_GEN, do_sample=False, stop_at_eos=False, verbose=False
+        )
+        seq = torch.as_tensor(seq).reshape(-1)
+        if not torch.equal(seq[:T], tokens) or seq.shape[0] != T + N_GEN:
+            raise RuntimeError(f"feature_intervention_generate returned {tuple(seq.shape)} tokens")
+        logits = logits.float()
+        if tuple(logits.shape) != (N_GEN, tl.cfg.d_vocab):
+            raise RuntimeError(f"feature_intervention_generate returned logits {tuple(logits.shape)}")
+        new = seq[T:]
+        if not torch.equal(new, logits.argmax(-1)):  # greedy: each token is its row's argmax
+            raise RuntimeError(f"{name}: generated tokens are not the argmax of the returned logits")
+        out[f"generation_interventions_{name}"] = _encode_interventions(ivs)
+        out[f"generated_tokens_{name}"] = new.numpy().astype(np.int64)
+        out[f"generated_logits_{name}"] = logits.numpy()
+        acts = acts.float()
+        if tuple(acts.shape) != (tl.cfg.n_layers, T + N_GEN - 1, n_features):
+            raise RuntimeError(f"feature_intervention_generate returned activations {tuple(acts.shape)}")
+        out[f"generated_activations_{name}"] = acts.numpy()
+    return out
 
 
 def script_hash() -> str:
