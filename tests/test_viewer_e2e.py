@@ -71,9 +71,22 @@ def graph_dir(tmp_path_factory):
          "-o", str(gdir.parent / "texas.safetensors"), "--slug", "texas", "--graph-dir", str(gdir)]
     )  # fmt: skip
     assert code == 0
+    shutil.copy(
+        gdir / "texas.json", gdir / "texas-sn.json"
+    )  # for the supernode test, untouched by the others
     write_graph(gdir, synthetic_graph("small", n_features=60, n_links=400, seed=3))
-    write_graph(gdir, synthetic_graph("large", n_layers=26, n_pos=24, n_features=5000 - 26 * 24 - 24 - 5,
-                                      n_links=100_000, seed=4))  # fmt: skip
+    large = synthetic_graph("large", n_layers=26, n_pos=24, n_features=5000 - 26 * 24 - 24 - 5,
+                            n_links=100_000, seed=4)  # fmt: skip
+    # three pinned supernodes of 30 influential features each, so the responsiveness test also draws outlines
+    # and (after collapsing one) summed links
+    feats = sorted(
+        (n for n in large["nodes"] if n["feature_type"] == "cross layer transcoder"),
+        key=lambda n: n["influence"],
+    )
+    groups = [[f"group {g}"] + [n["node_id"] for n in feats[30 * g : 30 * (g + 1)]] for g in range(3)]
+    large["qParams"]["supernodes"] = groups
+    large["qParams"]["pinnedIds"] = [x for g in groups for x in g[1:]]
+    write_graph(gdir, large)
     return gdir
 
 
@@ -222,6 +235,179 @@ def test_click_pin_group_label_save_reload(page, server, graph_dir):
     page.screenshot(path=str(SHOTS / "04-reloaded.png"))
 
 
+def supernode_boxes(page) -> list[dict]:
+    """The supernode outlines (or collapsed boxes) the last frame drew, in canvas CSS pixels."""
+    return page.evaluate("window.jcViewer.supernodeBoxes()")
+
+
+def wait_frame(page, script: str = "") -> None:
+    """Run ``script`` in the page, then wait two animation frames: a render the viewer scheduled (with
+    requestAnimationFrame, before ours) has been drawn by then."""
+    page.evaluate(
+        """async (script) => {
+            (new Function(script))();
+            for (let k = 0; k < 2; k++) await new Promise((r) => requestAnimationFrame(r));
+        }""",
+        script,
+    )
+
+
+def zoom(page, x: float, y: float, delta_y: float, times: int) -> float:
+    """Wheel ``times`` at canvas point (x, y); return the view's new scale."""
+    wait_frame(
+        page,
+        f"""const c = document.getElementById('overlay-canvas'), b = c.getBoundingClientRect();
+        for (let i = 0; i < {times}; i++) c.dispatchEvent(new WheelEvent('wheel', {{clientX: b.left + {x},
+            clientY: b.top + {y}, deltaY: {delta_y}, bubbles: true, cancelable: true}}));""",
+    )
+    return page.evaluate("window.jcViewer.state.view.scale")
+
+
+def colour_pixels(page, box: dict, colour: str, tol: float = 40.0) -> int:
+    """How many graph-canvas pixels inside ``box`` (CSS px) are within ``tol`` (RGB distance) of ``colour``."""
+    return page.evaluate(
+        """([b, hex, tol]) => {
+            const c = document.getElementById('graph-canvas'), d = window.devicePixelRatio || 1;
+            const x0 = Math.max(0, Math.floor(b.x0 * d)), y0 = Math.max(0, Math.floor(b.y0 * d));
+            const x1 = Math.min(c.width, Math.ceil(b.x1 * d)), y1 = Math.min(c.height, Math.ceil(b.y1 * d));
+            if (x1 <= x0 || y1 <= y0) return 0;
+            const px = c.getContext('2d').getImageData(x0, y0, x1 - x0, y1 - y0).data;
+            const rgb = [1, 3, 5].map((k) => parseInt(hex.slice(k, k + 2), 16));
+            let n = 0;
+            for (let k = 0; k < px.length; k += 4) {
+                const dr = px[k] - rgb[0], dg = px[k + 1] - rgb[1], db = px[k + 2] - rgb[2];
+                if (px[k + 3] > 200 && dr * dr + dg * dg + db * db < tol * tol) n++;
+            }
+            return n;
+        }""",
+        [box, colour, tol],
+    )
+
+
+def test_supernode_outline_collapse_rename_save_reload(page, server, graph_dir):
+    path = graph_dir / "texas-sn.json"
+    doc = json.loads(path.read_text())
+    degree: dict[str, int] = {}
+    for e in doc["links"]:
+        for k in ("source", "target"):
+            degree[e[k]] = degree.get(e[k], 0) + 1
+    feats = sorted(
+        (n for n in doc["nodes"] if n["feature_type"] == "cross layer transcoder"),
+        key=lambda n: (-degree.get(n["node_id"], 0), n["node_id"]),
+    )
+    chosen = [feats[0]] + [n for n in feats[1:] if n["ctx_idx"] != feats[0]["ctx_idx"]][:2]
+    members = [n["node_id"] for n in chosen]
+    open_graph(page, server, "texas-sn")
+    assert supernode_boxes(page) == []
+    for m in members:
+        click_node(page, m, shift=True)
+    for box in page.locator("#pinned-list .group-check").all():
+        box.check()
+    page.fill("#supernode-label", "state facts")
+    page.click("#supernode-form button[type=submit]")
+    wait_frame(page)
+
+    # drawn on the main canvas: one labelled outline around all three members, in its colour
+    (sn,) = supernode_boxes(page)
+    assert sn["label"] == "state facts" and not sn["collapsed"] and sorted(sn["members"]) == sorted(members)
+    for m in members:
+        p = page.evaluate("(id) => window.jcViewer.nodeScreenPos(id)", m)
+        assert sn["x0"] < p["x"] < sn["x1"] and sn["y0"] < p["y"] < sn["y1"]
+    assert sn["labelY"] <= sn["y0"]  # label above the outline
+    assert colour_pixels(page, sn, sn["color"]) > 100
+    page.screenshot(path=str(SHOTS / "08-supernode-outline.png"))
+
+    # still drawn and labelled inside the canvas when zoomed all the way out and far in
+    width, height = page.evaluate("[window.jcViewer.state.width, window.jcViewer.state.height]")
+    cx, cy = (sn["x0"] + sn["x1"]) / 2, (sn["y0"] + sn["y1"]) / 2
+    assert zoom(page, cx, cy, 500, 5) == pytest.approx(0.5)
+    (out,) = supernode_boxes(page)
+    assert out["x1"] - out["x0"] > 10 and colour_pixels(page, out, out["color"]) > 20
+    p = page.evaluate("(id) => window.jcViewer.nodeScreenPos(id)", members[0])
+    assert zoom(page, p["x"], p["y"], -500, 8) == pytest.approx(60)
+    (near,) = supernode_boxes(page)
+    assert 0 <= near["labelX"] <= width and 0 <= near["labelY"] <= height
+    page.screenshot(path=str(SHOTS / "09-supernode-zoomed-in.png"))
+    wait_frame(page, "document.getElementById('overlay-canvas').dispatchEvent(new MouseEvent('dblclick'))")
+
+    # collapse: one box at the members' centroid; links to and from members summed per partner
+    page.click("#supernode-list li.supernode .sn-collapse")
+    wait_frame(page)
+    (box,) = supernode_boxes(page)
+    assert box["collapsed"] and box["label"] == "state facts"
+    pos = [page.evaluate("(id) => window.jcViewer.nodeScreenPos(id)", m) for m in members]
+    centroid = (sum(p["x"] for p in pos) / 3, sum(p["y"] for p in pos) / 3)
+    assert (box["x0"] + box["x1"]) / 2 == pytest.approx(centroid[0], abs=0.5)
+    assert (box["y0"] + box["y1"]) / 2 == pytest.approx(centroid[1], abs=0.5)
+    assert page.evaluate("window.jcViewer.state.nodeVisible.every((v) => v === 1)")  # sliders at 1: all shown
+    inside = set(members)
+    expected: dict[tuple, float] = {}
+    for e in doc["links"]:
+        s_in, t_in = e["source"] in inside, e["target"] in inside
+        if s_in != t_in:
+            key = ("SN", e["target"]) if s_in else (e["source"], "SN")
+            expected[key] = expected.get(key, 0.0) + e["weight"]
+    drawn = {
+        (a["from"]["node"] or "SN", a["to"]["node"] or "SN"): a["weight"]
+        for a in page.evaluate("window.jcViewer.collapsedLinks()")
+    }
+    assert set(drawn) == {k for k, w in expected.items() if w != 0}
+    for k, w in drawn.items():
+        assert w == pytest.approx(expected[k], rel=1e-4, abs=1e-6), k
+    page.mouse.move(page.locator("#overlay-canvas").bounding_box()["x"] + centroid[0],
+                    page.locator("#overlay-canvas").bounding_box()["y"] + centroid[1])  # fmt: skip
+    page.locator("#tooltip").wait_for(state="visible")
+    assert "state facts" in page.locator("#tooltip").inner_text()
+    page.screenshot(path=str(SHOTS / "10-supernode-collapsed.png"))
+
+    # rename (an empty name is refused), save: the new name lands in qParams.supernodes on disk
+    page.click("#supernode-list li.supernode .sn-rename")
+    page.fill(".sn-rename-input", "   ")
+    page.press(".sn-rename-input", "Enter")
+    assert "non-empty" in page.locator("#status").inner_text()
+    page.click("#supernode-list li.supernode .sn-rename")
+    page.fill(".sn-rename-input", "capital of state")
+    page.press(".sn-rename-input", "Enter")
+    wait_frame(page)
+    assert page.locator(".sn-rename-input").count() == 0
+    assert "capital of state (3 nodes)" in page.locator("#supernode-list").inner_text()
+    assert [b["label"] for b in supernode_boxes(page)] == ["capital of state"]
+    assert "capital of state" in page.locator("#subgraph-svg").inner_html()
+    page.click("#save")
+    page.wait_for_function("document.getElementById('status').textContent === 'saved'")
+    saved = json.loads(path.read_text())
+    assert saved["qParams"]["supernodes"] == [["capital of state", *members]]
+    assert saved["qParams"]["sg_pos"] == "" and saved["links"] == doc["links"]
+
+    # reload: the name comes back from the file, drawn on the canvas (expanded: collapsing is a view setting)
+    page.reload()
+    page.wait_for_function("window.jcViewer && window.jcViewer.state.ready")
+    wait_frame(page)
+    assert [(b["label"], b["collapsed"]) for b in supernode_boxes(page)] == [("capital of state", False)]
+    assert "capital of state" in page.locator("#supernode-list").inner_text()
+    page.screenshot(path=str(SHOTS / "11-supernode-reloaded.png"))
+
+    # positions a subgraph layout saved elsewhere (Neuronpedia) survive a rename, not a change of members
+    saved["qParams"]["sg_pos"] = "100 200 300 400 500 600"
+    path.write_text(json.dumps(saved))
+    page.reload()
+    page.wait_for_function("window.jcViewer && window.jcViewer.state.ready")
+    page.dblclick("#supernode-list li.supernode .name")
+    page.fill(".sn-rename-input", "capital facts")
+    page.press(".sn-rename-input", "Enter")
+    page.click("#save")
+    page.wait_for_function("document.getElementById('status').textContent === 'saved'")
+    q = json.loads(path.read_text())["qParams"]
+    assert q["supernodes"] == [["capital facts", *members]] and q["sg_pos"] == "100 200 300 400 500 600"
+    page.click("#supernode-list li.supernode .sn-ungroup")
+    wait_frame(page)
+    assert supernode_boxes(page) == [] and page.locator("#pinned-list li").count() == 3
+    page.click("#save")
+    page.wait_for_function("document.getElementById('status').textContent === 'saved'")
+    q = json.loads(path.read_text())["qParams"]
+    assert q["supernodes"] == [] and q["sg_pos"] == "" and sorted(q["pinnedIds"]) == sorted(members)
+
+
 def set_slider(page, slider: str, value: float) -> dict:
     """Move a slider; return ``work`` (ms of filtering in the input handler + drawing the frame) and ``frame``
     (ms until the next frame has been drawn)."""
@@ -307,6 +493,11 @@ def test_large_graph_stays_responsive(page, server, graph_dir):
     open_graph(page, server, "large")
     wall_ms = (time.perf_counter() - t0) * 1e3
     timings = page.evaluate("window.jcViewer.state.timings")
+    assert [b["label"] for b in supernode_boxes(page)] == ["group 0", "group 1", "group 2"]
+    page.locator("#supernode-list li.supernode .sn-collapse").first.click()  # measure with one collapsed
+    page.wait_for_function("window.jcViewer.supernodeBoxes().some((b) => b.collapsed)")
+    n_summed = len(page.evaluate("window.jcViewer.collapsedLinks()"))
+    assert n_summed > 100  # 30 members with ~40 links each, to distinct partners mostly
     slider_ms = [set_slider(page, "node-threshold", v) for v in (0.5, 0.2, 0.9)]
     slider_ms += [set_slider(page, "edge-threshold", v) for v in (0.5, 0.95)]
     node = max(doc["nodes"][:4000], key=lambda n: n["influence"] or 0)
@@ -318,7 +509,8 @@ def test_large_graph_stays_responsive(page, server, graph_dir):
     render_ms = page.evaluate("window.jcViewer.state.lastRenderMs")
     page.screenshot(path=str(SHOTS / "06-large-5k-100k.png"))
     report = {"page_load_wall_ms": wall_ms, **timings, "slider_ms": slider_ms, "hover_ms": hover_ms,
-              "click_select_ms": click_ms, "full_redraw_ms": render_ms}  # fmt: skip
+              "click_select_ms": click_ms, "full_redraw_ms": render_ms,
+              "supernodes": "3 x 30 members, one collapsed", "summed_links_drawn": n_summed}  # fmt: skip
     (SHOTS / "large-graph-timings.json").write_text(json.dumps(report, indent=2))
     print("large graph timings:", json.dumps(report))
     assert timings["totalMs"] < LOAD_BOUND_MS, report

@@ -22,6 +22,10 @@
     sortedAbs: null, cumShare: null, cellSlot: null, x: null, y: null, slotW: 1,
     nodeVisible: null, linkVisible: null, nodeThreshold: 1, edgeThreshold: 1,
     selected: -1, hovered: -1, pinned: [], supernodes: [], clerps: {}, dirty: false,
+    // supernodes on the main canvas: snCollapsed parallels supernodes (view state, not saved); snGroupOf maps a
+    // node to its supernode (-1: none); snHidden marks members of collapsed supernodes, drawn as one box
+    snCollapsed: [], snGroupOf: null, snHidden: null, hoveredGroup: -1, edgeCut: 0,
+    drawnSupernodes: [], drawnAggregates: [], sgPos: '', linkType: 'both',
     view: {scale: 1, tx: 0, ty: 0}, width: 0, height: 0,
     timings: {}, renders: 0, lastRenderMs: 0, ready: false, error: null,
   };
@@ -223,7 +227,17 @@
     state.pinned = (Array.isArray(q.pinnedIds) ? q.pinnedIds : []).filter((id) => state.ids.has(id));
     state.supernodes = (Array.isArray(q.supernodes) ? q.supernodes : [])
       .filter((g) => Array.isArray(g) && g.length > 1)
-      .map(([label, ...members]) => [String(label), ...members.filter((id) => state.ids.has(id))]);
+      .map(([label, ...members]) => [String(label), ...members.filter((id) => state.ids.has(id))])
+      .filter((g) => g.length > 1);
+    state.snCollapsed = state.supernodes.map(() => false);
+    // sg_pos (subgraph positions from Neuronpedia / circuit-tracer) is kept verbatim until the subgraph's
+    // membership changes; this viewer lays the subgraph out itself and never moves its nodes
+    state.sgPos = typeof q.sg_pos === 'string' ? q.sg_pos : '';
+    state.linkType = typeof q.linkType === 'string' ? q.linkType : 'both';
+    state.hoveredGroup = -1;
+    state.drawnSupernodes = [];
+    state.drawnAggregates = [];
+    indexSupernodes();
     state.selected = state.ids.has(q.clickedId) ? state.ids.get(q.clickedId) : -1;
     state.hovered = -1;
     state.clerps = {};
@@ -269,6 +283,7 @@
     const N = state.nodes.length, M = state.nLinks;
     const nodeVisible = new Uint8Array(N);
     const keep = new Set(state.pinned);
+    for (const g of state.supernodes) for (let j = 1; j < g.length; j++) keep.add(g[j]);  // outlines need them
     for (let i = 0; i < N; i++) {
       const t = state.types[i], infl = state.nodes[i].influence;
       nodeVisible[i] = t === EMBED || t === LOGIT || infl == null || infl <= state.nodeThreshold + 1e-9 ||
@@ -283,6 +298,7 @@
       }
       cut = state.sortedAbs[lo];
     }
+    state.edgeCut = cut;
     const linkVisible = new Uint8Array(M);
     let shownLinks = 0;
     for (let k = 0; k < M; k++) {
@@ -324,9 +340,12 @@
     ctx.setTransform(dpr(), 0, 0, dpr(), 0, 0);
     ctx.clearRect(0, 0, state.width, state.height);
     drawGrid(ctx);
-    drawEdges(ctx);
+    const groups = supernodeGeometry();
+    drawSupernodeFills(ctx, groups);
+    drawEdges(ctx, groups);
     drawNodes(ctx);
     drawLabels(ctx);
+    drawSupernodeOutlines(ctx, groups);
     drawOverlay();
     state.renders++;
     state.lastRenderMs = performance.now() - t0;
@@ -357,18 +376,38 @@
     }
   }
 
-  function drawEdges(ctx) {
+  function drawEdges(ctx, groups) {
     const M = state.nLinks, vis = state.linkVisible, w = state.w, src = state.src, tgt = state.tgt;
+    const hidden = state.snHidden;
+    const aggregates = collapsedEdges();
     let maxAbs = 0;
     for (let k = 0; k < M; k++) if (vis[k]) maxAbs = Math.max(maxAbs, Math.abs(w[k]));
+    for (const a of aggregates) maxAbs = Math.max(maxAbs, Math.abs(a.w));
     if (!maxAbs) return;
     const sel = state.selected;
     const paths = [];
     for (let b = 0; b < 2 * LEVELS; b++) paths.push(new Path2D());
     const faint = new Path2D();
+    // links into or out of a collapsed supernode are drawn once per partner, summed, from its box
+    const selGroup = sel >= 0 && hidden[sel] ? state.snGroupOf[sel] : -1;
+    const endX = (e) => (e.group >= 0 ? groups[e.group].cx : sx(state.x[e.node]));
+    const endY = (e) => (e.group >= 0 ? groups[e.group].cy : sy(state.y[e.node]));
+    for (const a of aggregates) {
+      const touches = (e) => (e.group >= 0 ? e.group === selGroup : e.node === sel);
+      if (sel >= 0 && !touches(a.from) && !touches(a.to)) {
+        faint.moveTo(endX(a.from), endY(a.from));
+        faint.lineTo(endX(a.to), endY(a.to));
+        continue;
+      }
+      const level = Math.min(LEVELS - 1, Math.floor(LEVELS * Math.sqrt(Math.abs(a.w) / maxAbs)));
+      const path = paths[(a.w < 0 ? LEVELS : 0) + level];
+      path.moveTo(endX(a.from), endY(a.from));
+      path.lineTo(endX(a.to), endY(a.to));
+    }
     for (let k = 0; k < M; k++) {
       if (!vis[k]) continue;
       const s = src[k], t = tgt[k];
+      if (hidden[s] | hidden[t]) continue;
       if (sel >= 0 && s !== sel && t !== sel) {
         faint.moveTo(sx(state.x[s]), sy(state.y[s]));
         faint.lineTo(sx(state.x[t]), sy(state.y[t]));
@@ -420,7 +459,7 @@
     const byType = [0, 1, 2, 3].map(() => new Path2D());
     const pinPath = new Path2D();
     for (let i = 0; i < state.nodes.length; i++) {
-      if (!state.nodeVisible[i]) continue;
+      if (!state.nodeVisible[i] || state.snHidden[i]) continue;
       nodeShape(pinned.has(i) ? pinPath : byType[state.types[i]], state.types[i], sx(state.x[i]), sy(state.y[i]), r);
     }
     ctx.lineWidth = 1;
@@ -451,7 +490,7 @@
     ctx.font = '11px system-ui, sans-serif';
     const r = nodeRadius();
     for (let i = 0; i < state.nodes.length; i++) {
-      if (state.types[i] !== LOGIT || !state.nodeVisible[i]) continue;
+      if (state.types[i] !== LOGIT || !state.nodeVisible[i] || state.snHidden[i]) continue;
       const n = state.nodes[i];
       const m = /^Output "(.*)" \(p=([0-9.]+)\)$/s.exec(n.clerp || '');
       const text = m ? `${tokenText(m[1])} ${m[2]}` : (n.clerp || n.node_id);
@@ -478,8 +517,219 @@
       ctx.lineWidth = width;
       ctx.stroke();
     };
-    ring(state.selected, '#111827', 2.5);
+    if (state.selected < 0 || !state.snHidden[state.selected]) ring(state.selected, '#111827', 2.5);
     if (state.hovered !== state.selected) ring(state.hovered, '#2563eb', 2);
+    const box = state.drawnSupernodes.find((b) => b.index === state.hoveredGroup && b.collapsed);
+    if (box) {
+      ctx.strokeStyle = '#2563eb';
+      ctx.lineWidth = 2;
+      ctx.strokeRect(box.x0 - 3, box.y0 - 3, box.x1 - box.x0 + 6, box.y1 - box.y0 + 6);
+    }
+  }
+
+  // ---------------------------------------------------------------------------------------------------
+  // Supernodes on the main canvas: a padded convex hull around the members with the label on top, or, when
+  // collapsed, one labelled box at the members' centroid whose links are the members' links summed per partner.
+  // Padding, line widths and text are in screen pixels, so outlines and labels stay legible at every zoom.
+
+  const SN_COLORS = ['#d97706', '#7c3aed', '#0d9488', '#db2777', '#0369a1', '#65a30d'];
+  const SN_FONT = '600 12px system-ui, sans-serif';
+  const snColor = (gi) => SN_COLORS[gi % SN_COLORS.length];
+
+  // Rebuild the node -> supernode index and the hidden (collapsed member) mask; O(N + members).
+  function indexSupernodes() {
+    const N = state.nodes.length;
+    const groupOf = new Int32Array(N).fill(-1);
+    const hidden = new Uint8Array(N);
+    state.supernodes.forEach((g, gi) => {
+      for (let j = 1; j < g.length; j++) {
+        const i = state.ids.get(g[j]);
+        if (i === undefined) continue;
+        groupOf[i] = gi;
+        if (state.snCollapsed[gi]) hidden[i] = 1;
+      }
+    });
+    state.snGroupOf = groupOf;
+    state.snHidden = hidden;
+    if (state.hoveredGroup >= state.supernodes.length) state.hoveredGroup = -1;
+  }
+
+  function groupMembers(gi) {
+    // members named twice or claimed by a later supernode count once, where the index puts them
+    return [...new Set(state.supernodes[gi].slice(1).map((id) => state.ids.get(id)))]
+      .filter((i) => i !== undefined && state.snGroupOf[i] === gi);
+  }
+
+  // Andrew's monotone chain; points are [x, y] pairs, the hull comes back counter-clockwise.
+  function convexHull(points) {
+    const pts = [...points].sort((a, b) => a[0] - b[0] || a[1] - b[1]);
+    if (pts.length < 3) return pts;
+    const cross = (o, a, b) => (a[0] - o[0]) * (b[1] - o[1]) - (a[1] - o[1]) * (b[0] - o[0]);
+    const lower = [], upper = [];
+    for (const p of pts) {
+      while (lower.length >= 2 && cross(lower[lower.length - 2], lower[lower.length - 1], p) <= 0) lower.pop();
+      lower.push(p);
+    }
+    for (let k = pts.length - 1; k >= 0; k--) {
+      const p = pts[k];
+      while (upper.length >= 2 && cross(upper[upper.length - 2], upper[upper.length - 1], p) <= 0) upper.pop();
+      upper.push(p);
+    }
+    return lower.slice(0, -1).concat(upper.slice(0, -1));
+  }
+
+  // Screen geometry of every supernode for this frame (index gi -> {cx, cy, hull, box, ...}).
+  function supernodeGeometry() {
+    const r = nodeRadius();
+    const pad = r + 7;
+    const ctx = $('graph-canvas').getContext('2d');
+    ctx.font = SN_FONT;
+    return state.supernodes.map((g, gi) => {
+      const members = groupMembers(gi);
+      const collapsed = !!state.snCollapsed[gi];
+      const label = g[0];
+      if (!members.length) return {gi, label, members, collapsed, cx: NaN, cy: NaN, hull: [], empty: true};
+      let cx = 0, cy = 0;
+      const pts = [];
+      for (const i of members) {
+        const x = sx(state.x[i]), y = sy(state.y[i]);
+        cx += x;
+        cy += y;
+        for (let a = 0; a < 8; a++) {
+          pts.push([x + pad * Math.cos(a * Math.PI / 4), y + pad * Math.sin(a * Math.PI / 4)]);
+        }
+      }
+      cx /= members.length;
+      cy /= members.length;
+      const text = label.length > 40 ? `${label.slice(0, 39)}…` : label;
+      const textW = ctx.measureText(text).width;
+      let box;
+      let hull = [];
+      if (collapsed) {
+        const w = Math.max(textW + 14, 28), h = 20;
+        box = {x0: cx - w / 2, y0: cy - h / 2, x1: cx + w / 2, y1: cy + h / 2};
+      } else {
+        hull = convexHull(pts);
+        box = {x0: Infinity, y0: Infinity, x1: -Infinity, y1: -Infinity};
+        for (const [x, y] of hull) {
+          box.x0 = Math.min(box.x0, x); box.y0 = Math.min(box.y0, y);
+          box.x1 = Math.max(box.x1, x); box.y1 = Math.max(box.y1, y);
+        }
+      }
+      const onScreen = box.x1 >= 0 && box.x0 <= state.width && box.y1 >= 0 && box.y0 <= state.height;
+      return {gi, label, text, textW, members, collapsed, cx, cy, hull, box, onScreen, color: snColor(gi)};
+    });
+  }
+
+  function tracePolygon(ctx, hull) {
+    ctx.beginPath();
+    hull.forEach(([x, y], k) => (k ? ctx.lineTo(x, y) : ctx.moveTo(x, y)));
+    ctx.closePath();
+  }
+
+  function drawSupernodeFills(ctx, groups) {
+    ctx.globalAlpha = 0.12;
+    for (const g of groups) {
+      if (g.empty || g.collapsed || !g.onScreen) continue;
+      ctx.fillStyle = g.color;
+      tracePolygon(ctx, g.hull);
+      ctx.fill();
+    }
+    ctx.globalAlpha = 1;
+  }
+
+  function drawSupernodeOutlines(ctx, groups) {
+    const drawn = [];
+    ctx.font = SN_FONT;
+    ctx.lineJoin = 'round';
+    for (const g of groups) {
+      if (g.empty || !g.onScreen) continue;
+      const {box} = g;
+      let lx, ly;
+      if (g.collapsed) {
+        ctx.fillStyle = '#ffffff';
+        ctx.strokeStyle = g.color;
+        ctx.lineWidth = 2;
+        ctx.beginPath();
+        ctx.roundRect(box.x0, box.y0, box.x1 - box.x0, box.y1 - box.y0, 5);
+        ctx.fill();
+        ctx.globalAlpha = 0.2;
+        ctx.fillStyle = g.color;
+        ctx.fill();
+        ctx.globalAlpha = 1;
+        ctx.stroke();
+        lx = g.cx;
+        ly = g.cy;
+        ctx.textBaseline = 'middle';
+      } else {
+        ctx.strokeStyle = g.color;
+        ctx.lineWidth = 2;
+        ctx.setLineDash([6, 3]);
+        tracePolygon(ctx, g.hull);
+        ctx.stroke();
+        ctx.setLineDash([]);
+        // label centred above the outline, kept inside the canvas when the outline runs off it
+        lx = Math.min(Math.max(g.cx, g.textW / 2 + 3), state.width - g.textW / 2 - 3);
+        ly = Math.min(Math.max(box.y0 - 3, 16), state.height - 3);
+        ctx.textBaseline = 'bottom';
+      }
+      ctx.textAlign = 'center';
+      ctx.lineWidth = 3;
+      ctx.strokeStyle = 'rgba(255, 255, 255, 0.9)';
+      ctx.strokeText(g.text, lx, ly);
+      ctx.fillStyle = g.collapsed ? '#1f2933' : g.color;
+      ctx.fillText(g.text, lx, ly);
+      drawn.push({
+        index: g.gi, label: g.label, collapsed: g.collapsed, color: g.color,
+        members: g.members.map((i) => state.nodes[i].node_id),
+        x0: box.x0, y0: box.y0, x1: box.x1, y1: box.y1, labelX: lx, labelY: ly,
+      });
+    }
+    state.drawnSupernodes = drawn;
+  }
+
+  // The links between collapsed supernodes and everything else that is visible, summed per (from, to) pair.
+  // Each member link is read once: out-links of members, and in-links whose source is not itself collapsed
+  // (a link between two collapsed supernodes is counted from its source's side). Links inside one supernode
+  // are dropped. The edge slider applies to the sums, as to single links.
+  function collapsedEdges() {
+    const hidden = state.snHidden, groupOf = state.snGroupOf, vis = state.nodeVisible;
+    const sums = new Map();
+    const add = (from, to, w) => {
+      const key = `${from.group}:${from.node}>${to.group}:${to.node}`;
+      const cur = sums.get(key);
+      if (cur) cur.w += w; else sums.set(key, {from, to, w});
+    };
+    const end = (i) => (hidden[i] ? {group: groupOf[i], node: -1} : {group: -1, node: i});
+    state.supernodes.forEach((_, gi) => {
+      if (!state.snCollapsed[gi]) return;
+      const me = {group: gi, node: -1};
+      for (const m of groupMembers(gi)) {
+        for (let c = state.outStart[m]; c < state.outStart[m + 1]; c++) {
+          const k = state.outIdx[c], t = state.tgt[k];
+          if (!vis[t] || (hidden[t] && groupOf[t] === gi)) continue;
+          add(me, end(t), state.w[k]);
+        }
+        for (let c = state.inStart[m]; c < state.inStart[m + 1]; c++) {
+          const k = state.inIdx[c], s = state.src[k];
+          if (!vis[s] || hidden[s]) continue;
+          add(end(s), me, state.w[k]);
+        }
+      }
+    });
+    const out = [...sums.values()].filter((a) => a.w !== 0 && Math.abs(a.w) >= state.edgeCut);
+    const name = (e) => (e.group >= 0
+      ? {node: null, supernode: state.supernodes[e.group][0]}
+      : {node: state.nodes[e.node].node_id, supernode: null});
+    state.drawnAggregates = out.map((a) => ({from: name(a.from), to: name(a.to), weight: a.w}));
+    return out;
+  }
+
+  function hitSupernode(px, py) {
+    for (const b of state.drawnSupernodes) {
+      if (b.collapsed && px >= b.x0 && px <= b.x1 && py >= b.y0 && py <= b.y1) return b.index;
+    }
+    return -1;
   }
 
   // ---------------------------------------------------------------------------------------------------
@@ -523,19 +773,32 @@
   // ---------------------------------------------------------------------------------------------------
   // Tooltip, details, pins, supernodes
 
+  function supernodeFacts(gi) {
+    const members = groupMembers(gi);
+    let inW = 0, outW = 0;
+    for (const a of state.drawnAggregates) {
+      if (a.to.supernode === state.supernodes[gi][0]) inW += a.weight;
+      if (a.from.supernode === state.supernodes[gi][0]) outW += a.weight;
+    }
+    return [['type', 'supernode (collapsed)'], ['members', members.length],
+      ['summed input / output', `${inW.toPrecision(3)} / ${outW.toPrecision(3)}`],
+      ['', 'expand it in the Subgraph panel']];
+  }
+
   function renderTooltip(ev) {
     const tip = $('tooltip');
-    if (state.hovered < 0) { tip.hidden = true; return; }
+    const group = state.hovered < 0 ? state.hoveredGroup : -1;
+    if (state.hovered < 0 && group < 0) { tip.hidden = true; return; }
     tip.textContent = '';
     const title = document.createElement('div');
-    title.textContent = nodeLabel(state.hovered);
+    title.textContent = group >= 0 ? `◆ ${state.supernodes[group][0]}` : nodeLabel(state.hovered);
     title.style.fontWeight = '600';
     tip.append(title);
-    for (const [k, v] of nodeFacts(state.hovered)) {
+    for (const [k, v] of group >= 0 ? supernodeFacts(group) : nodeFacts(state.hovered)) {
       const row = document.createElement('div');
       const key = document.createElement('span');
       key.className = 'kind';
-      key.textContent = `${k}: `;
+      key.textContent = k ? `${k}: ` : '';
       row.append(key, String(v));
       tip.append(row);
     }
@@ -615,13 +878,70 @@
     const at = state.pinned.indexOf(id);
     if (at >= 0) {
       state.pinned.splice(at, 1);
-      state.supernodes = state.supernodes.map((g) => g.filter((x, j) => j === 0 || x !== id)).filter((g) => g.length > 1);
+      dropFromSupernodes(new Set([id]));
     } else state.pinned.push(id);
+    state.sgPos = '';  // stored subgraph positions are per subgraph node: stale once the nodes change
+    indexSupernodes();
     markDirty();
     computeVisibility();
     renderDetails();
     renderSubgraph();
     scheduleRender();
+  }
+
+  // Remove node ids from every supernode, dropping supernodes left without members (collapse flags follow).
+  function dropFromSupernodes(ids) {
+    const groups = [], collapsed = [];
+    state.supernodes.forEach((g, gi) => {
+      const kept = g.filter((x, j) => j === 0 || !ids.has(x));
+      if (kept.length > 1) { groups.push(kept); collapsed.push(state.snCollapsed[gi]); }
+    });
+    state.supernodes = groups;
+    state.snCollapsed = collapsed;
+  }
+
+  // Redraw everything a supernode edit touches; `membership` says whether nodes joined or left a supernode.
+  function supernodesEdited(membership) {
+    if (membership) state.sgPos = '';
+    indexSupernodes();
+    markDirty();
+    computeVisibility();
+    renderSubgraph();
+    scheduleRender();
+  }
+
+  function renameSupernode(gi, label) {
+    const name = label.trim();
+    if (!name) { setStatus('a supernode needs a non-empty name', 'bad'); return false; }
+    if (name !== state.supernodes[gi][0]) {
+      state.supernodes[gi][0] = name;
+      supernodesEdited(false);
+    }
+    return true;
+  }
+
+  function startRename(li, gi) {
+    const name = li.querySelector('.name');
+    const input = document.createElement('input');
+    input.type = 'text';
+    input.className = 'sn-rename-input';
+    input.value = state.supernodes[gi][0];
+    input.setAttribute('aria-label', 'supernode name');
+    let done = false;
+    const finish = (commit) => {
+      if (done) return;
+      done = true;
+      if (commit) renameSupernode(gi, input.value);
+      renderPinnedList();  // back to the name (renameSupernode already redrew it if the name changed)
+    };
+    input.addEventListener('keydown', (ev) => {
+      if (ev.key === 'Enter') { ev.preventDefault(); finish(true); }
+      if (ev.key === 'Escape') finish(false);
+    });
+    input.addEventListener('blur', () => finish(true));
+    name.replaceWith(input);
+    input.focus();
+    input.select();
   }
 
   function supernodeOf(id) {
@@ -656,22 +976,44 @@
     $('pinned-count').textContent = state.pinned.length ? `(${state.pinned.length} pinned)` : '';
     const sl = $('supernode-list');
     sl.textContent = '';
+    const button = (cls, text, title, onClick) => {
+      const b = document.createElement('button');
+      b.type = 'button';
+      b.className = `small ${cls}`;
+      b.textContent = text;
+      b.title = title;
+      b.addEventListener('click', onClick);
+      return b;
+    };
     state.supernodes.forEach((g, gi) => {
       const li = document.createElement('li');
       li.className = 'supernode';
+      li.dataset.index = String(gi);
+      const swatch = document.createElement('span');
+      swatch.className = 'swatch';
+      swatch.style.background = snColor(gi);
       const name = document.createElement('span');
       name.className = 'name';
-      name.textContent = `◆ ${g[0]} (${g.length - 1} nodes)`;
-      const un = document.createElement('button');
-      un.type = 'button';
-      un.className = 'small';
-      un.textContent = 'ungroup';
-      un.addEventListener('click', () => {
-        state.supernodes.splice(gi, 1);
-        markDirty();
-        renderSubgraph();
-      });
-      li.append(name, un);
+      name.textContent = `${g[0]} (${g.length - 1} nodes)`;
+      name.title = `${g[0]}: double-click to rename`;
+      name.addEventListener('dblclick', () => startRename(li, gi));
+      const collapsed = state.snCollapsed[gi];
+      li.classList.toggle('collapsed', !!collapsed);
+      li.append(swatch, name,
+        button('sn-collapse', collapsed ? 'expand' : 'collapse',
+          collapsed ? 'draw the members again' : 'draw the members as one node on the graph', () => {
+            state.snCollapsed[gi] = !state.snCollapsed[gi];
+            indexSupernodes();
+            state.hoveredGroup = -1;
+            renderPinnedList();
+            scheduleRender();
+          }),
+        button('sn-rename', 'rename', 'rename this supernode', () => startRename(li, gi)),
+        button('sn-ungroup', 'ungroup', 'remove the supernode (its nodes stay pinned)', () => {
+          state.supernodes.splice(gi, 1);
+          state.snCollapsed.splice(gi, 1);
+          supernodesEdited(true);
+        }));
       sl.append(li);
     });
   }
@@ -753,8 +1095,8 @@
     if (!state.slug) return;
     const body = {
       qParams: {
-        pinnedIds: state.pinned, supernodes: state.supernodes, linkType: 'both',
-        clickedId: state.selected >= 0 ? state.nodes[state.selected].node_id : '', sg_pos: '',
+        pinnedIds: state.pinned, supernodes: state.supernodes, linkType: state.linkType,
+        clickedId: state.selected >= 0 ? state.nodes[state.selected].node_id : '', sg_pos: state.sgPos,
       },
       clerps: state.clerps,
     };
@@ -781,7 +1123,7 @@
     const r = Math.max(nodeRadius() + 3, 6);
     let best = -1, bestD = r * r;
     for (let i = 0; i < state.nodes.length; i++) {
-      if (!state.nodeVisible[i]) continue;
+      if (!state.nodeVisible[i] || state.snHidden[i]) continue;
       const dx = sx(state.x[i]) - px, dy = sy(state.y[i]) - py;
       const d = dx * dx + dy * dy;
       if (d <= bestD) { bestD = d; best = i; }
@@ -824,14 +1166,17 @@
         }
       }
       const i = hitTest(x, y);
-      if (i !== state.hovered) {
+      const group = i < 0 ? hitSupernode(x, y) : -1;
+      if (i !== state.hovered || group !== state.hoveredGroup) {
         state.hovered = i;
+        state.hoveredGroup = group;
         drawOverlay();
       }
       renderTooltip(ev);
     });
     overlay.addEventListener('mouseleave', () => {
       state.hovered = -1;
+      state.hoveredGroup = -1;
       $('tooltip').hidden = true;
       if (state.doc) drawOverlay();
     });
@@ -890,17 +1235,18 @@
       const ids = [...document.querySelectorAll('#pinned-list .group-check:checked')].map((b) => b.value);
       if (!ids.length) { setStatus('check pinned nodes to group first', 'bad'); return; }
       const label = $('supernode-label').value.trim() || 'supernode';
-      // a node belongs to one supernode at most
-      state.supernodes = state.supernodes.map((g) => g.filter((x, j) => j === 0 || !ids.includes(x)))
-        .filter((g) => g.length > 1);
+      dropFromSupernodes(new Set(ids));  // a node belongs to one supernode at most
       state.supernodes.push([label, ...ids]);
+      state.snCollapsed.push(false);
       $('supernode-label').value = '';
-      markDirty();
-      renderSubgraph();
+      supernodesEdited(true);
     });
     $('clear-pins').addEventListener('click', () => {
       state.pinned = [];
       state.supernodes = [];
+      state.snCollapsed = [];
+      state.sgPos = '';
+      indexSupernodes();
       markDirty();
       computeVisibility();
       renderSubgraph();
@@ -920,6 +1266,10 @@
       const i = state.ids.get(id);
       return i === undefined ? null : {x: sx(state.x[i]), y: sy(state.y[i])};
     },
+    // supernode outlines / collapsed boxes of the last frame, in canvas CSS pixels, and the summed links drawn
+    // for collapsed supernodes ({from, to: {node, supernode}, weight})
+    supernodeBoxes: () => state.drawnSupernodes.map((b) => ({...b, members: [...b.members]})),
+    collapsedLinks: () => state.drawnAggregates.map((a) => ({...a})),
     loadGraph,
   };
 
