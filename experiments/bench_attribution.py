@@ -196,10 +196,10 @@ def worker_ours(case_dir: Path, out_npz: Path, cache_dir: str | None) -> None:
     prof: dict = {}
     orig_feat, orig_logit, orig_infl = engine.rows_for_features, engine.rows_for_logits, engine._partial_influence
 
-    def timed_feat(st, ctx, start, pos, feat, valid, src, n_pos):
+    def timed_feat(st, ctx, start, pos, feat, valid, src, n_pos, n_layers):
         t = time.perf_counter()
-        out = jax.block_until_ready(orig_feat(st, ctx, start, pos, feat, valid, src, n_pos))
-        key = f"feat rows layers ≤{int(np.max(np.asarray(start)))} B={len(pos)} n={n_pos}"
+        out = jax.block_until_ready(orig_feat(st, ctx, start, pos, feat, valid, src, n_pos, n_layers))
+        key = f"feat rows layers ≤{int(np.max(np.asarray(start)))} B={len(pos)} n={n_pos} blocks={n_layers}"
         n, s, v = prof.get(key, (0, 0.0, 0))
         prof[key] = (n + 1, s + time.perf_counter() - t, v + int(np.sum(valid)))
         return out
@@ -218,7 +218,18 @@ def worker_ours(case_dir: Path, out_npz: Path, cache_dir: str | None) -> None:
         prof["host partial influence"] = (n + 1, s + time.perf_counter() - t, v)
         return out
 
+    orig_tok = engine.token_rows_for_layer0
+
+    def timed_tok(st, ctx, pos, feat, valid):
+        t = time.perf_counter()
+        out = jax.block_until_ready(orig_tok(st, ctx, pos, feat, valid))
+        key = f"feat rows layer 0 (tokens only) B={len(pos)}"
+        n, s, v = prof.get(key, (0, 0.0, 0))
+        prof[key] = (n + 1, s + time.perf_counter() - t, v + int(np.sum(valid)))
+        return out
+
     timed_feat._cache_size, timed_logit._cache_size = orig_feat._cache_size, orig_logit._cache_size
+    timed_tok._cache_size = orig_tok._cache_size
     kw = dict(max_feature_nodes=case["max_feature_nodes"], batch_size=case["batch_size"],
               update_interval=case["update_interval"])
     toks = np.asarray(case["tokens"], np.int32)
@@ -229,6 +240,7 @@ def worker_ours(case_dir: Path, out_npz: Path, cache_dir: str | None) -> None:
     for rep in range(3):
         if rep == 2:
             engine.rows_for_features, engine.rows_for_logits = timed_feat, timed_logit
+            engine.token_rows_for_layer0 = timed_tok
             engine._partial_influence = timed_infl
         prof.clear()
         compile_events.clear()
@@ -333,7 +345,7 @@ def cost_analysis_block(case_dir: Path, B: int):
     ca = ca[0] if isinstance(ca, list) else ca
     out["block_flops_per_row"] = float(ca.get("flops", float("nan"))) / B
     pos = np.zeros(B, np.int32)
-    lowered = linear.rows_for_features.lower(st, ctx, pos + 1, pos, pos, np.ones(B, bool), src(T), T)
+    lowered = linear.rows_for_features.lower(st, ctx, pos + 1, pos, pos, np.ones(B, bool), src(T), T, cfg.n_layers)
     ca2 = lowered.compile().cost_analysis()
     ca2 = ca2[0] if isinstance(ca2, list) else ca2
     out["rows_for_features_flops_per_row_xla"] = float(ca2.get("flops", float("nan"))) / B
@@ -458,9 +470,11 @@ def main(argv=None) -> int:
     sel = ours["no cache"]["selected_features"]
     batches = []
     for k, (n, _, _) in prof.items():
-        if k.startswith("feat rows"):
-            layer, B, n_pos = int(k.split("≤")[1].split()[0]), int(k.split("B=")[1].split()[0]), int(k.split("n=")[1])
+        if k.startswith("feat rows") and "tokens only" not in k:
+            layer, B, n_pos = int(k.split("≤")[1].split()[0]), int(k.split("B=")[1].split()[0]), int(k.split("n=")[1].split()[0])
             batches += [(layer, B, n_pos)] * n
+        elif "tokens only" in k:  # one single-position attention transpose + token edges per row
+            batches += [(0, int(k.split("B=")[1]), s["T"])] * n
     n_logits = len(ours["no cache"]["logit_token_ids"])
     import jax  # noqa: F401  (after the workers, so this process's threads do not compete with them)
 

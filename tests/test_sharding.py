@@ -290,7 +290,7 @@ def test_batch_estimate_brackets_xla_memory_analysis(L, D, T, F, B, kind):
     K = ctx.dec.shape[2] if ctx.dec is not None else max(d.shape[1] for d in ctx.dec_clt)
     z = np.zeros(B, np.int32)
     compiled = linear.rows_for_features.lower(
-        static, ctx, z + 1, z, z, np.ones(B, bool), src_index(Tb), Tb
+        static, ctx, z + 1, z, z, np.ones(B, bool), src_index(Tb), Tb, L
     ).compile()
     ma = compiled.memory_analysis()
     measured = ma.temp_size_in_bytes + ma.output_size_in_bytes

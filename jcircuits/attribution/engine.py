@@ -26,6 +26,7 @@ from jcircuits.attribution.linear import (
     pad_positions,
     rows_for_features,
     rows_for_logits,
+    token_rows_for_layer0,
 )
 from jcircuits.attribution.targets import Targets, resolve_targets
 from jcircuits.distributed import to_host
@@ -84,19 +85,21 @@ def _source_layout(active: np.ndarray, L: int, T: int, clt: bool):
     return rank, [size_bucket(int(counts[l].max())) for l in range(L)]
 
 
-def source_index(active: np.ndarray, rank: np.ndarray, K, L: int, n_pos: int) -> np.ndarray:
-    """Flat column of each active feature in the padded source edges of the ``n_pos``-position prefix
-    (``[L, n_pos, K]`` flattened; per source layer ``[n_pos, K_l]`` blocks for a CLT); sources at positions
-    ``≥ n_pos`` point at the trailing zero column, and so does the padding up to ``size_bucket(n_active)``."""
+def source_index(active: np.ndarray, rank: np.ndarray, K, L: int, n_pos: int, n_layers: int | None = None):
+    """Flat column of each active feature in the padded source edges of the prefix of ``n_layers`` blocks (default
+    all) and ``n_pos`` positions (``[n_layers, n_pos, K]`` flattened; per source layer ``[n_pos, K_l]`` blocks for
+    a CLT). Sources outside the prefix, and the padding up to ``size_bucket(n_active)``, point one past the end
+    (``_finish`` reads that as zero)."""
+    m = L if n_layers is None else n_layers
     lay, pos = active[:, 0].astype(np.int64), active[:, 1].astype(np.int64)
     if isinstance(K, int):
-        flat, width = (lay * n_pos + pos) * K + rank, L * n_pos * K
+        flat, width = (lay * n_pos + pos) * K + rank, m * n_pos * K
     else:
         Ks = np.asarray(K, np.int64)
         offsets = np.concatenate([[0], np.cumsum(n_pos * Ks)])
-        flat, width = offsets[lay] + pos * Ks[lay] + rank, int(offsets[-1])
-    index = np.full(size_bucket(len(active)), width, np.int32)  # padded entries read the zero column
-    index[: len(active)] = np.where(pos < n_pos, flat, width)
+        flat, width = offsets[lay] + pos * Ks[lay] + rank, int(offsets[m])
+    index = np.full(size_bucket(len(active)), width, np.int32)
+    index[: len(active)] = np.where((pos < n_pos) & (lay < m), flat, width)
     return index
 
 
@@ -149,12 +152,14 @@ def build_context(model: Model, transcoders: TranscoderSet, rep: Replacement, dt
     )
     ctx = pad_positions(ctx, length_bucket(T))  # one set of compiled shapes per length bucket
     static = Static(cfg=cfg, input_hook=tcfg.input_hook, output_hook=tcfg.output_hook)
-    cache: dict[int, jax.Array] = {}
+    cache: dict[tuple[int, int], jax.Array] = {}
 
-    def src_index(n_pos: int) -> jax.Array:
-        if n_pos not in cache:
-            cache[n_pos] = jnp.asarray(source_index(act, rank, K, L, n_pos))
-        return cache[n_pos]
+    def src_index(key) -> jax.Array:
+        """``key``: ``n_pos``, or ``(n_pos, n_layers)`` for a prefix of the blocks."""
+        n_pos, n_layers = (key, L) if isinstance(key, int) else key
+        if (n_pos, n_layers) not in cache:
+            cache[n_pos, n_layers] = jnp.asarray(source_index(act, rank, K, L, n_pos, n_layers))
+        return cache[n_pos, n_layers]
 
     return static, ctx, src_index
 
@@ -338,13 +343,21 @@ def attribute(
     act = rep.active_features
     small = -(-max(1, dev_batch // 4) // d) * d
     pos_buckets = _position_buckets(Tb, position_buckets)
+    layer_buckets = _position_buckets(L, 3)  # a batch transposes only the first n_layers blocks it needs
     visited = np.zeros(n_active, bool)
     st = K
     bar = tqdm(total=n_feat_rows, desc="feature rows", disable=not verbose, unit="row")
 
+    def store_tokens(at: slice, toks) -> None:
+        """Rows of layer-0 targets: token edges only (every other column stays zero)."""
+        toks = to_host(toks)[: at.stop - at.start, :T]
+        rows[at, n_active + n_err :] = toks
+        if selecting:
+            _normalize_abs_rows(rows[at, n_active + n_err :], rows_hat[at, n_active + n_err :])
+
     def finish(part: np.ndarray, out) -> None:
         nonlocal st
-        store(slice(st, st + len(part)), out)
+        (store_tokens if act[part[0], 0] == 0 else store)(slice(st, st + len(part)), out)
         row_nodes[st : st + len(part)] = part
         visited[part] = True
         st += len(part)
@@ -352,15 +365,22 @@ def attribute(
 
     def run_batch(idx: np.ndarray):
         pending = None  # the batch in flight: its rows are stored while the next one computes
-        for B, n_pos, part in plan_batches(idx, act, dev_batch, small, pos_buckets):
+        first = act[idx, 0] == 0  # layer-0 targets only see tokens: their own cheap batches
+        plan = plan_batches(idx[~first], act, dev_batch, small, pos_buckets)
+        plan += plan_batches(idx[first], act, dev_batch, small, [Tb])
+        for B, n_pos, part in plan:
             pad = B - len(part)
             start = np.pad(act[part, 0], (0, pad), mode="edge").astype(np.int32)  # padding adds no layers
             pos = np.pad(act[part, 1], (0, pad)).astype(np.int32)
             feat = np.pad(act[part, 2], (0, pad)).astype(np.int32)
             valid = np.arange(B) < len(part)
             start, pos, feat, valid = on_mesh(start), on_mesh(pos), on_mesh(feat), on_mesh(valid)
-            args = (static, ctx, start, pos, feat, valid, src_index(n_pos), n_pos)
-            out = _launch(rows_for_features, *args, counter=counter)
+            if act[part[0], 0] == 0:
+                out = _launch(token_rows_for_layer0, static, ctx, pos, feat, valid, counter=counter)
+            else:
+                n_layers = next(m for m in layer_buckets if m > act[part, 0].max())
+                args = (static, ctx, start, pos, feat, valid, src_index((n_pos, n_layers)), n_pos, n_layers)
+                out = _launch(rows_for_features, *args, counter=counter)
             if pending is not None:
                 finish(*pending)
             pending = (part, out)

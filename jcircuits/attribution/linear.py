@@ -47,7 +47,9 @@ __all__ = [
     "backward_rows",
     "logit_cotangents",
     "prefix",
+    "layers_prefix",
     "rows_for_features",
+    "token_rows_for_layer0",
     "rows_for_logits",
 ]
 
@@ -142,6 +144,30 @@ def prefix(ctx: LinearContext, n: int) -> LinearContext:
     )
 
 
+def layers_prefix(ctx: LinearContext, m: int) -> LinearContext:
+    """The frozen model's first ``m`` blocks: enough for targets read at layers ``< m`` (nothing above a
+    target's layer is upstream of it). A CLT keeps each source layer's writes into those blocks only."""
+    L = ctx.errors.shape[0]
+    if m == L:
+        return ctx
+    cut = lambda a: None if a is None else a[:m]  # noqa: E731
+    return dataclasses.replace(
+        ctx,
+        layers=jax.tree.map(cut, ctx.layers),
+        ln1_scale=cut(ctx.ln1_scale),
+        pattern=cut(ctx.pattern),
+        ln2_scale=cut(ctx.ln2_scale),
+        errors=cut(ctx.errors),
+        post_attn_scale=cut(ctx.post_attn_scale),
+        post_mlp_scale=cut(ctx.post_mlp_scale),
+        W_skip=cut(ctx.W_skip),
+        dec=cut(ctx.dec),
+        dec_clt=None
+        if ctx.dec_clt is None
+        else tuple(d[:, :, : m - l] for l, d in enumerate(ctx.dec_clt[:m])),
+    )
+
+
 def _layer_consts(ctx: LinearContext):
     """Per-layer constants to scan over (all lead with L)."""
     return dict(
@@ -214,7 +240,7 @@ def backward_rows(st: Static, ctx: LinearContext, g0_BTD, enc_BD, pos_B, start_B
     the blocks between a row's start and the batch's highest start add nothing to it (only work).
     Returns ``(src [L, B, T, K] or grad_slot [L, B, T, D] for CLT, err [L, B, T], tok [B, T])``.
     """
-    L = st.cfg.n_layers
+    L = ctx.errors.shape[0]  # may be a prefix of the model's blocks (``layers_prefix``)
     B, T, D = g0_BTD.shape
     consts = _layer_consts(ctx)
     clt = ctx.dec_clt is not None
@@ -277,22 +303,44 @@ def logit_cotangents(st: Static, ctx: LinearContext, vecs_KD, last):
     return jax.vmap(lambda c: vjp(c)[0])(cot)
 
 
-@partial(jax.jit, static_argnums=(0, 7))
-def rows_for_features(st: Static, ctx: LinearContext, start_B, pos_B, feat_B, valid_B, src_index, n_pos: int):
-    """Adjacency rows for a batch of feature targets read at layers ``start_B`` and positions ``pos_B < n_pos``.
+@partial(jax.jit, static_argnums=(0, 7, 8))
+def rows_for_features(
+    st: Static, ctx: LinearContext, start_B, pos_B, feat_B, valid_B, src_index, n_pos: int, n_layers: int
+):
+    """Adjacency rows for a batch of feature targets read at layers ``start_B < n_layers`` and positions
+    ``pos_B < n_pos``.
 
-    Only the first ``n_pos`` positions are transposed (static; see ``prefix``), and only the blocks below the
-    batch's highest start layer. ``src_index`` maps every active feature to its flat (layer, position, k) slot of
-    the padded source edges of that prefix, or to the trailing zero column for sources at positions ``≥ n_pos``
-    (``source_index``). Returns ``(features [B, n], errors [B, L·T], tokens [B, T])`` in float32.
+    Only the first ``n_pos`` positions (see ``prefix``) and the first ``n_layers`` blocks (``layers_prefix``) are
+    transposed (both static, a few buckets each), and within them only the blocks up to the batch's highest start
+    layer. ``src_index`` maps every active feature to its flat (layer, position, k) slot of the padded source
+    edges of that prefix, or one past the end (read as zero) for sources outside it (``source_index``).
+    Returns ``(features [B, n], errors [B, L·T], tokens [B, T])`` in float32.
     """
-    T, D = ctx.embeddings.shape[0], st.cfg.d_model
+    L, T, D = ctx.errors.shape[0], ctx.embeddings.shape[0], st.cfg.d_model
     dtype = ctx.embeddings.dtype
     enc = ctx.W_enc[start_B, :, feat_B] * valid_B[:, None].astype(dtype)  # [B, D]
     B = pos_B.shape[0]
-    sub = prefix(ctx, n_pos)
+    sub = layers_prefix(prefix(ctx, n_pos), n_layers)
     out = backward_rows(st, sub, jnp.zeros((B, n_pos, D), dtype), enc, pos_B, start_B)
-    return _finish(sub, *out, src_index, T)
+    return _finish(sub, *out, src_index, T, L)
+
+
+@partial(jax.jit, static_argnums=(0,))
+def token_rows_for_layer0(st: Static, ctx: LinearContext, pos_B, feat_B, valid_B):
+    """Rows of feature targets read at layer 0: only token nodes are upstream of them (their input is the
+    embeddings plus layer 0's attention of the embeddings), so their feature and error edges are exactly zero and
+    only ``tokens [B, T]`` (float32) is computed — no scan, no source contraction."""
+    T, D = ctx.embeddings.shape[0], st.cfg.d_model
+    dtype = ctx.embeddings.dtype
+    enc = ctx.W_enc[0][:, feat_B].T * valid_B[:, None].astype(dtype)  # [B, D]
+    c0 = jax.tree.map(lambda a: a[0], _layer_consts(ctx))
+    zero = jnp.zeros((T, D), dtype)
+
+    def one(e_D, p):
+        _, vjp = jax.vjp(lambda x: _attn_hook_in_at(st, c0, x, p), zero)
+        return jnp.einsum("td,td->t", vjp(e_D)[0], ctx.embeddings)
+
+    return jax.vmap(one)(enc, pos_B).astype(jnp.float32)
 
 
 @partial(jax.jit, static_argnums=(0,))
@@ -304,20 +352,21 @@ def rows_for_logits(st: Static, ctx: LinearContext, vecs_BD, src_index, last):
     g0 = logit_cotangents(st, ctx, vecs_BD.astype(ctx.embeddings.dtype), last)
     start = jnp.full(B, st.cfg.n_layers, jnp.int32)
     out = backward_rows(st, ctx, g0, jnp.zeros((B, D), g0.dtype), jnp.zeros(B, jnp.int32), start)
-    return _finish(ctx, *out, src_index, T)
+    return _finish(ctx, *out, src_index, T, ctx.errors.shape[0])
 
 
-def _finish(ctx: LinearContext, src, err, tok, src_index, T: int):
-    """Flatten the padded source edges, pick the active features' columns (a trailing zero column serves sources
-    outside the prefix), and pad error/token edges back to all ``T`` positions."""
+def _finish(ctx: LinearContext, src, err, tok, src_index, T: int, L: int):
+    """Flatten the padded source edges, pick the active features' columns (an index one past the end reads zero:
+    sources outside the prefix), and pad error/token edges back to all ``T`` positions."""
     B, n = tok.shape
     if ctx.dec_clt is not None:
         per_layer = contract_clt(ctx, src)
         flat = jnp.concatenate([p.reshape(B, -1) for p in per_layer], axis=1)
     else:
         flat = jnp.moveaxis(src, 1, 0).reshape(B, -1)  # [B, L·n·K]
-    flat = jnp.concatenate([flat, jnp.zeros((B, 1), flat.dtype)], axis=1)
-    feats = jnp.take(flat, src_index, axis=1)
-    errs = jnp.pad(jnp.moveaxis(err, 1, 0), ((0, 0), (0, 0), (0, T - n))).reshape(B, -1)
+    # index == width (sources past the prefix, padding) reads as zero: no concatenated zero column to copy
+    feats = jnp.take(flat, src_index, axis=1, mode="fill", fill_value=0)
+    m = err.shape[0]  # blocks transposed; error edges of the blocks above are zero
+    errs = jnp.pad(jnp.moveaxis(err, 1, 0), ((0, 0), (0, L - m), (0, T - n))).reshape(B, -1)
     toks = jnp.pad(tok, ((0, 0), (0, T - n)))
     return feats.astype(jnp.float32), errs.astype(jnp.float32), toks.astype(jnp.float32)
