@@ -120,3 +120,13 @@ def loaded(ref_cases):
         return cache[case]
 
     return get
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _free_compiled_code_between_modules():
+    """Drop jax's compiled executables after each test module: one process compiles hundreds of shapes over the
+    suite, and late compiles have crashed inside XLA:CPU (see tests/run_all.sh) once enough had piled up."""
+    yield
+    import jax
+
+    jax.clear_caches()
