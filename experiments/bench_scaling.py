@@ -38,13 +38,13 @@ def build_case():
     import jax.numpy as jnp
     import numpy as np
 
-    from jcircuits.models import ModelConfig, init_params
+    from jcircuits.models import init_params
+    from jcircuits.models.config import llama_config
     from jcircuits.replacement import Model, TranscoderSet
     from jcircuits.transcoders.core import DenseDecoders, TranscoderConfig, Transcoders
 
     c = CASE
-    cfg = ModelConfig(
-        arch="llama",
+    cfg = llama_config(
         vocab_size=c["V"],
         d_model=c["D"],
         n_layers=c["L"],
@@ -52,22 +52,6 @@ def build_case():
         n_kv_heads=c["KV"],
         head_dim=c["E"],
         d_mlp=c["F_mlp"],
-        max_position_embeddings=128,
-        rms_norm_eps=1e-5,
-        rope_theta=10000.0,
-        rope_scaling=None,
-        tie_embeddings=False,
-        activation="silu",
-        attn_scale=c["E"] ** -0.5,
-        attn_softcap=None,
-        final_softcap=None,
-        layer_windows=(None,) * c["L"],
-        embed_scale=False,
-        post_norms=False,
-        norm_offset=0.0,
-        bos_token_id=1,
-        pad_token_id=0,
-        eos_token_id=2,
     )
     params = init_params(cfg, jax.random.key(c["seed"]), scale=0.8)
     rng = np.random.default_rng(c["seed"])

@@ -18,7 +18,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jcircuits.models import ModelConfig, RopeScaling, init_params
+from jcircuits.models import RopeScaling, init_params
+from jcircuits.models.config import llama_config
 from jcircuits.replacement import Model, TranscoderSet
 from jcircuits.tokenizer import Tokenizer
 from jcircuits.transcoders.core import DenseDecoders, TranscoderConfig, Transcoders
@@ -91,8 +92,7 @@ def _tokenizer() -> Tokenizer:
 def demo_model(seed: int = 0) -> Model:
     """A seeded random tiny Llama (4 layers, d_model 64) with a small word tokenizer; built in memory."""
     tok = _tokenizer()
-    cfg = ModelConfig(
-        arch="llama",
+    cfg = llama_config(
         vocab_size=tok.vocab_size,
         d_model=64,
         n_layers=4,
@@ -101,21 +101,7 @@ def demo_model(seed: int = 0) -> Model:
         head_dim=16,
         d_mlp=128,
         max_position_embeddings=256,
-        rms_norm_eps=1e-5,
-        rope_theta=10000.0,
         rope_scaling=RopeScaling(8.0, 1.0, 4.0, 32),
-        tie_embeddings=False,
-        activation="silu",
-        attn_scale=0.25,
-        attn_softcap=None,
-        final_softcap=None,
-        layer_windows=(None,) * 4,
-        embed_scale=False,
-        post_norms=False,
-        norm_offset=0.0,
-        bos_token_id=1,
-        pad_token_id=0,
-        eos_token_id=2,
     )
     params = init_params(cfg, jax.random.key(seed), scale=0.6)
     return Model(params=params, cfg=cfg, tokenizer=tok, name=f"demo-random-llama-seed{seed}")

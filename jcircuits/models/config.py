@@ -171,6 +171,49 @@ _GEMMA2_KEYS = _COMMON_KEYS | {
 _LLAMA_KEYS = _COMMON_KEYS | {"hidden_act", "mlp_bias", "pretraining_tp"}
 
 
+def llama_config(
+    *,
+    vocab_size: int,
+    d_model: int,
+    n_layers: int,
+    n_heads: int,
+    n_kv_heads: int,
+    head_dim: int,
+    d_mlp: int,
+    max_position_embeddings: int = 128,
+    rope_theta: float = 10000.0,
+    rope_scaling: RopeScaling | None = None,
+) -> ModelConfig:
+    """A plain Llama-3-style config built in code (models trained or generated here): SiLU gated MLP, untied
+    embeddings, RMSNorm eps 1e-5, no soft-caps or sliding windows; special ids pad 0, bos 1, eos 2."""
+    return ModelConfig(
+        arch="llama",
+        vocab_size=vocab_size,
+        d_model=d_model,
+        n_layers=n_layers,
+        n_heads=n_heads,
+        n_kv_heads=n_kv_heads,
+        head_dim=head_dim,
+        d_mlp=d_mlp,
+        max_position_embeddings=max_position_embeddings,
+        rms_norm_eps=1e-5,
+        rope_theta=rope_theta,
+        rope_scaling=rope_scaling,
+        tie_embeddings=False,
+        activation="silu",
+        attn_scale=head_dim**-0.5,
+        attn_softcap=None,
+        final_softcap=None,
+        layer_windows=(None,) * n_layers,
+        embed_scale=False,
+        post_norms=False,
+        norm_offset=0.0,
+        bos_token_id=1,
+        pad_token_id=0,
+        eos_token_id=2,
+    )
+
+
 def load_hf_config(path: str | Path) -> dict[str, Any]:
     """Read a ``config.json`` (a file, or a directory containing one)."""
     p = Path(path)

@@ -22,6 +22,7 @@ import numpy as np
 import optax
 
 from jcircuits.models import ModelConfig, init_params
+from jcircuits.models.config import llama_config
 from jcircuits.models.transformer import Params, forward_fn
 
 __all__ = [
@@ -39,8 +40,7 @@ def tiny_llama_config(
     vocab_size: int, *, d_model: int = 128, n_layers: int = 4, n_heads: int = 4, d_mlp: int = 512
 ) -> ModelConfig:
     """A small Llama-3-style config (GQA with 2 KV heads, SiLU MLP, untied embeddings, plain RoPE)."""
-    return ModelConfig(
-        arch="llama",
+    return llama_config(
         vocab_size=vocab_size,
         d_model=d_model,
         n_layers=n_layers,
@@ -48,22 +48,6 @@ def tiny_llama_config(
         n_kv_heads=max(1, n_heads // 2),
         head_dim=d_model // n_heads,
         d_mlp=d_mlp,
-        max_position_embeddings=128,
-        rms_norm_eps=1e-5,
-        rope_theta=10000.0,
-        rope_scaling=None,
-        tie_embeddings=False,
-        activation="silu",
-        attn_scale=(d_model // n_heads) ** -0.5,
-        attn_softcap=None,
-        final_softcap=None,
-        layer_windows=(None,) * n_layers,
-        embed_scale=False,
-        post_norms=False,
-        norm_offset=0.0,
-        bos_token_id=1,
-        pad_token_id=0,
-        eos_token_id=2,
     )
 
 
