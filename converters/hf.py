@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from converters.safetensors_io import open_checkpoint, save_file, save_sharded
+from .safetensors_io import open_checkpoint, save_file, save_sharded
 
 __all__ = [
     "ConversionError",

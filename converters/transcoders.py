@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from converters.safetensors_io import SafeFile, bf16_bits_to_float32, save_file
+from .safetensors_io import SafeFile, bf16_bits_to_float32, save_file
 
 __all__ = [
     "TranscoderFormatError",

@@ -9,7 +9,7 @@ features reading ``mlp.hook_in`` and writing ``mlp.hook_out`` (no skip), calibra
 2048 feature rows (``max_feature_nodes=2048``), salient logits by default (≤10 logits, p≥0.95).
 ``--small``: 4 layers, d_model 128, 24 tokens, 1024 features, 256 feature rows (a smoke test, < 1 minute).
 
-The case is written in the formats both sides read: an HF checkpoint (``converters.hf.save_hf_checkpoint``) +
+The case is written in the formats both sides read: an HF checkpoint (``jcircuits_converters.hf.save_hf_checkpoint``) +
 ``tokenizer.json``, and circuit-tracer's ``layer_i.safetensors`` + ``config.yaml``. circuit-tracer runs in its
 own virtualenv (``bench_ref_runner.py``); we run in worker subprocesses so every "cold" number is a fresh process
 (compilation included; with ``--cache-dir`` also once more with a populated persistent compilation cache).
@@ -95,11 +95,11 @@ def write_tokenizer(model_dir: Path, V: int):
 def build_case(s, case_dir: Path) -> dict:
     """Write model + tokenizer + transcoders + case.json into ``case_dir`` (deterministic in ``s['seed']``)."""
     import jax.numpy as jnp
+    from jcircuits_converters.hf import save_hf_checkpoint
+    from jcircuits_converters.safetensors_io import save_file
 
-    from converters.hf import save_hf_checkpoint
-    from converters.safetensors_io import save_file
-    from jcircuits.loading import load_model
     from jcircuits.models import forward
+    from jcircuits.models.loading import load_params
 
     t0 = time.perf_counter()
     rng = np.random.default_rng(s["seed"])
@@ -110,7 +110,7 @@ def build_case(s, case_dir: Path) -> dict:
     write_tokenizer(mdir, s["V"])
     tokens = np.concatenate([[2], rng.integers(len(SPECIALS), s["V"], s["T"] - 1)]).astype(np.int32)
 
-    params, cfg = load_model(mdir)
+    params, cfg = load_params(mdir)
     _, inter = forward(params, cfg, jnp.asarray(tokens)[None], capture=True)
     xin = np.asarray(inter.hook("mlp.hook_in")[:, 0], np.float64)  # [L, T, D]
     yout = np.asarray(inter.hook("mlp.hook_out")[:, 0], np.float64)
@@ -148,9 +148,9 @@ def build_case(s, case_dir: Path) -> dict:
 def load_transcoders(tdir: Path, cfg):
     import jax.numpy as jnp
     import yaml
+    from jcircuits_converters.safetensors_io import load_file
 
-    from converters.safetensors_io import load_file
-    from jcircuits.replacement import TranscoderSet
+    from jcircuits.transcoders import TranscoderSet
     from jcircuits.transcoders.core import DenseDecoders, TranscoderConfig, Transcoders
 
     meta = yaml.safe_load((tdir / "config.yaml").read_text())
@@ -183,12 +183,12 @@ def worker_ours(case_dir: Path, out_npz: Path, cache_dir: str | None) -> None:
     jax.monitoring.register_event_duration_secs_listener(on_duration)
 
     import jcircuits.attribution.engine as engine
-    from jcircuits.loading import load_model
-    from jcircuits.replacement import Model
+    from jcircuits.models import Model
+    from jcircuits.models.loading import load_params
 
     case = json.loads((case_dir / "case.json").read_text())
     t0 = time.perf_counter()
-    params, cfg = load_model(case_dir / "model")
+    params, cfg = load_params(case_dir / "model")
     model = Model(params, cfg, tokenizer=None, name="bench")
     tcs = load_transcoders(case_dir / "transcoders", cfg)
     load_s = time.perf_counter() - t0
@@ -319,11 +319,12 @@ def cost_analysis_block(case_dir: Path, B: int):
 
     import jcircuits.attribution.engine as engine
     from jcircuits.attribution import linear
-    from jcircuits.loading import load_model
-    from jcircuits.replacement import Model, replace
+    from jcircuits.models import Model
+    from jcircuits.models.loading import load_params
+    from jcircuits.replacement import replace
 
     case = json.loads((case_dir / "case.json").read_text())
-    params, cfg = load_model(case_dir / "model")
+    params, cfg = load_params(case_dir / "model")
     model = Model(params, cfg)
     tcs = load_transcoders(case_dir / "transcoders", cfg)
     toks = np.asarray(case["tokens"], np.int32)

@@ -38,9 +38,9 @@ def build_case():
     import jax.numpy as jnp
     import numpy as np
 
-    from jcircuits.models import init_params
+    from jcircuits.models import Model, init_params
     from jcircuits.models.config import llama_config
-    from jcircuits.replacement import Model, TranscoderSet
+    from jcircuits.transcoders import TranscoderSet
     from jcircuits.transcoders.core import DenseDecoders, TranscoderConfig, Transcoders
 
     c = CASE
@@ -76,7 +76,7 @@ def worker(n: int, repeats: int, tmp: Path) -> None:
     import numpy as np
 
     from jcircuits.attribution import attribute
-    from jcircuits.sharding import make_mesh
+    from jcircuits.scale.sharding import make_mesh
 
     assert jax.device_count() == n, (jax.device_count(), n)
     model, ts, tokens = build_case()

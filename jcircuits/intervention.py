@@ -45,17 +45,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jcircuits.attribution.engine import encode_prompt
-from jcircuits.models import Intermediates, forward, forward_fn
+from jcircuits.models import Intermediates, Model, encode_prompt, forward, forward_fn
 from jcircuits.models.decode import (
-    _check_sampling,
+    check_sampling,
     decode_loop_fn,
     kv_cache_from_intermediates,
     sample_token,
 )
 from jcircuits.models.decode import generate as generate_plain
-from jcircuits.models.transformer import _check_tokens
-from jcircuits.replacement import Model, TranscoderSet, check_compatible
+from jcircuits.models.transformer import check_tokens
+from jcircuits.transcoders import TranscoderSet, check_compatible
 from jcircuits.transcoders.core import TranscoderConfig, Transcoders, activate, encode_layer
 
 __all__ = [
@@ -359,7 +358,7 @@ def _prepare(
     check_compatible(cfg, tcfg)
     tokens = encode_prompt(model, prompt)
     T = len(tokens)
-    _check_tokens(cfg, tokens[None])
+    check_tokens(cfg, tokens[None])
     C = _constrained(constrained_layers, cfg.n_layers)
     plan = resolve_interventions(interventions, cfg.n_layers, tcfg.n_features, T, T + n_new)
     edit = _device_edit(plan, _decoder_rows(transcoders, plan))
@@ -530,7 +529,7 @@ def generate(
         freeze_attention,
         zero_positions,
     )
-    temperature = _check_sampling(model.cfg, len(tokens), max_new_tokens, temperature, rng)
+    temperature = check_sampling(model.cfg, len(tokens), max_new_tokens, temperature, rng)
     key = jax.random.key(0) if rng is None else rng
     if plan.n == 0 and not return_activations:
         new, logits = generate_plain(

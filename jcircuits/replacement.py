@@ -18,37 +18,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jcircuits.models import Intermediates, ModelConfig, Params, forward, forward_fn
+from jcircuits.models import Intermediates, forward, forward_fn
+from jcircuits.models.model import Model
 from jcircuits.models.transformer import embed
 from jcircuits.transcoders.core import (
     DecoderStore,
     DenseDecoders,
     TranscoderConfig,
-    TranscoderError,
     Transcoders,
     encode_layer,
 )
+from jcircuits.transcoders.transcoder_set import TranscoderSet, check_compatible
 
-__all__ = ["Model", "TranscoderSet", "Replacement", "replace", "replacement_forward", "check_compatible"]
-
-
-@dataclasses.dataclass
-class Model:
-    """A model ready to trace: params, static config and (optionally) its tokenizer and a name."""
-
-    params: Params
-    cfg: ModelConfig
-    tokenizer: object | None = None
-    name: str = "model"
-
-
-@dataclasses.dataclass
-class TranscoderSet:
-    """A transcoder set: static config, device-side encoder arrays and host-side decoder rows."""
-
-    cfg: TranscoderConfig
-    params: Transcoders
-    decoders: DecoderStore
+__all__ = ["Replacement", "replace", "replacement_forward", "decode_sparse"]
 
 
 @dataclasses.dataclass
@@ -76,15 +58,6 @@ class Replacement:
     @property
     def n_active(self) -> int:
         return int(self.active_features.shape[0])
-
-
-def check_compatible(cfg: ModelConfig, tcfg: TranscoderConfig) -> None:
-    if tcfg.d_model != cfg.d_model:
-        raise TranscoderError(f"transcoder d_model {tcfg.d_model} != model d_model {cfg.d_model}")
-    if tcfg.n_layers != cfg.n_layers:
-        raise TranscoderError(
-            f"transcoder set covers {tcfg.n_layers} layers but the model has {cfg.n_layers}: every layer needs one"
-        )
 
 
 @partial(jax.jit, static_argnums=(0,))

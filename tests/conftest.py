@@ -101,9 +101,9 @@ def loaded(ref_cases):
     """``loaded(case)`` → ``(model, transcoders, ref.npz arrays, meta.json)`` of one reference case, cached."""
     import numpy as np
 
-    from jcircuits.loading import load_model
-    from jcircuits.replacement import Model
-    from jcircuits.tokenizer import Tokenizer
+    from jcircuits.models import Model
+    from jcircuits.models.loading import load_params
+    from jcircuits.models.tokenizer import Tokenizer
     from jcircuits.transcoders.io import load_transcoders
 
     cache = {}
@@ -113,7 +113,7 @@ def loaded(ref_cases):
             d = ref_cases / case
             if not d.is_dir():
                 pytest.fail(f"reference case {case} missing in {ref_cases}")
-            params, cfg = load_model(d / "model")
+            params, cfg = load_params(d / "model")
             model = Model(params, cfg, Tokenizer.from_file(d / "model"), name=case)
             ts = load_transcoders(d / "transcoders" / "config.yaml", lazy_decoder=False)
             cache[case] = (model, ts, dict(np.load(d / "ref.npz")), json.loads((d / "meta.json").read_text()))

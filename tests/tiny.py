@@ -6,8 +6,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jcircuits.models import ModelConfig, RopeScaling, init_params
-from jcircuits.replacement import Model, TranscoderSet
+from jcircuits.models import Model, ModelConfig, RopeScaling, init_params
+from jcircuits.transcoders import TranscoderSet
 from jcircuits.transcoders.core import DenseDecoders, TranscoderConfig, Transcoders
 
 

@@ -3,8 +3,8 @@
     python tpu/dryrun.py tpu/configs/gemma-2-9b.yaml [--mesh 2x8] [--batch-size 128] [--n-tokens 256]
 
 Needs no TPU and no weights: shapes come from ``jax.eval_shape`` over the model's ``config.json``, shardings from
-``jcircuits.sharding.RULES`` on a mesh of the configured size (no devices are created), memory from
-``jcircuits.memory``. Exits 2, naming the setting to change, when the estimate exceeds the configured memory.
+``jcircuits.scale.sharding.RULES`` on a mesh of the configured size (no devices are created), memory from
+``jcircuits.scale.memory``. Exits 2, naming the setting to change, when the estimate exceeds the configured memory.
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from jcircuits.memory import estimate_attribution, human, parse_bytes  # noqa: E402
 from jcircuits.models.config import config_from_hf  # noqa: E402
-from jcircuits.plan import dry_run_report  # noqa: E402
-from jcircuits.sharding import parse_mesh  # noqa: E402
+from jcircuits.scale.memory import estimate_attribution, human, parse_bytes  # noqa: E402
+from jcircuits.scale.plan import dry_run_report  # noqa: E402
+from jcircuits.scale.sharding import parse_mesh  # noqa: E402
 from jcircuits.transcoders.core import TranscoderConfig  # noqa: E402
 
 

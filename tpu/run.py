@@ -4,7 +4,7 @@
 
 Every host: joins ``jax.distributed`` (Cloud TPU metadata gives the coordinator), checks the memory estimate
 against the chips' ``memory_stats``, loads the model and the transcoders' encoders *sharded over its own chips*
-(each host reads only the slices its chips hold; ``jcircuits.sharded_loading``), runs the replacement step locally
+(each host reads only the slices its chips hold; ``jcircuits.scale.sharded_loading``), runs the replacement step locally
 and the adjacency rows on the global ``data x model`` mesh of the config, and process 0 writes
 ``graph.safetensors`` and the viewer JSON to ``--out``. The same program runs on CPU with
 ``--single-process`` (used by the tests' code paths; on a laptop use ``jcircuits attribute --mesh``).
@@ -46,12 +46,12 @@ def main(argv: list[str] | None = None) -> int:
     import jax.numpy as jnp
 
     from jcircuits.attribution import attribute
-    from jcircuits.loading import resolve_model_dir
-    from jcircuits.memory import device_capacity, estimate_attribution, host_capacity, human
-    from jcircuits.replacement import Model
-    from jcircuits.sharded_loading import load_model_sharded, load_transcoders_sharded
-    from jcircuits.sharding import make_mesh, parse_mesh
-    from jcircuits.tokenizer import Tokenizer
+    from jcircuits.models import Model
+    from jcircuits.models.loading import resolve_model_dir
+    from jcircuits.models.tokenizer import Tokenizer
+    from jcircuits.scale.memory import device_capacity, estimate_attribution, host_capacity, human
+    from jcircuits.scale.sharded_loading import load_model_sharded, load_transcoders_sharded
+    from jcircuits.scale.sharding import make_mesh, parse_mesh
 
     data, model_axis = parse_mesh(conf["mesh"])
     mesh = make_mesh(data, model_axis)  # global: every chip of the slice
@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         graph.save(out / "graph.safetensors")
-        from jcircuits.export import export_graph_json
+        from jcircuits.view.export import export_graph_json
 
         export_graph_json(graph, "graph", out, tokenizer=tok)
         tm = graph.settings["timings"]

@@ -36,12 +36,12 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent.parent))
 
 from jcircuits.attribution import attribute  # noqa: E402
-from jcircuits.demo import DEFAULT_DIR, default_model, default_transcoders  # noqa: E402
-from jcircuits.export import graph_to_json  # noqa: E402
+from jcircuits.default import DEFAULT_DIR, default_model, default_transcoders  # noqa: E402
 from jcircuits.graph import compute_node_influence  # noqa: E402
 from jcircuits.intervention import feature_intervention  # noqa: E402
-from jcircuits.render import render_svg  # noqa: E402
 from jcircuits.training.corpus import STATES  # noqa: E402
+from jcircuits.view.export import graph_to_json  # noqa: E402
+from jcircuits.view.render import render_svg  # noqa: E402
 
 TEMPLATE = "the capital of the state containing {} is"
 ON, OFF = 0.6, 0.2

@@ -22,54 +22,23 @@ from tqdm.auto import tqdm
 from jcircuits.attribution.linear import (
     LinearContext,
     Static,
-    length_bucket,
     pad_positions,
     rows_for_features,
     rows_for_logits,
     token_rows_for_layer0,
 )
 from jcircuits.attribution.targets import Targets, resolve_targets
-from jcircuits.distributed import to_host
+from jcircuits.common import buckets
+from jcircuits.common.buckets import length_bucket, size_bucket
 from jcircuits.graph import Graph
+from jcircuits.models import Model, encode_prompt, single_token_id
 from jcircuits.models.transformer import unembed_matrix
-from jcircuits.replacement import Model, Replacement, TranscoderSet, replace
-from jcircuits.sharding import place_context
+from jcircuits.replacement import Replacement, replace
+from jcircuits.scale.distributed import to_host
+from jcircuits.scale.sharding import place_context
+from jcircuits.transcoders import TranscoderSet
 
-__all__ = ["attribute", "build_context", "encode_prompt"]
-
-
-def encode_prompt(model: Model, prompt) -> np.ndarray:
-    """Token ids ``[T]`` for a prompt given as text (tokenized with the BOS rule) or as ids (used as given)."""
-    if isinstance(prompt, str):
-        if model.tokenizer is None:
-            raise ValueError(
-                "a text prompt needs a tokenizer: load the model with its tokenizer or pass token ids"
-            )
-        if not prompt.strip():
-            raise ValueError("empty prompt")
-        return np.asarray(model.tokenizer.encode(prompt), dtype=np.int32)
-    tokens = np.asarray(prompt)
-    if tokens.ndim != 1 or tokens.size == 0:
-        raise ValueError(f"token ids must be a non-empty 1-D sequence, got shape {tokens.shape}")
-    if not np.issubdtype(tokens.dtype, np.integer):
-        raise TypeError(f"token ids must be integers, got {tokens.dtype}")
-    return tokens.astype(np.int32)
-
-
-def _single_token_id(tok, s: str) -> int:
-    try:
-        return int(tok.token_to_id(s))
-    except KeyError:
-        raise ValueError(f"target {s!r} is not a single token of this tokenizer") from None
-
-
-def size_bucket(n: int) -> int:
-    """``n`` rounded up to a half-octave (8, 12, 16, 24, 32, 48, 64, 96, …): at most 50% padding, and few
-    enough distinct sizes that prompts with different numbers of active features share compiled shapes."""
-    if n <= 8:
-        return 8
-    p = 1 << ((n - 1).bit_length() - 1)  # largest power of two below n
-    return p + p // 2 if n <= p + p // 2 else 2 * p
+__all__ = ["attribute", "build_context"]
 
 
 def _source_layout(active: np.ndarray, L: int, T: int, clt: bool):
@@ -162,11 +131,6 @@ def build_context(model: Model, transcoders: TranscoderSet, rep: Replacement, dt
         return cache[n_pos, n_layers]
 
     return static, ctx, src_index
-
-
-def _position_buckets(T: int, n_buckets: int) -> list[int]:
-    """Prefix lengths a feature batch is truncated to: ``n_buckets`` even steps up to ``T``."""
-    return sorted({max(1, -(-T * k // n_buckets)) for k in range(1, n_buckets + 1)})
 
 
 def plan_batches(
@@ -264,7 +228,7 @@ def attribute(
     Feature batches are truncated to the smallest of ``position_buckets`` prefix lengths covering their targets
     (exact: attention is causal); more buckets mean less work per row and one more compiled shape each.
 
-    ``mesh`` (a ``(data, model)`` mesh from ``jcircuits.sharding.make_mesh``) shards the row computation: weights
+    ``mesh`` (a ``(data, model)`` mesh from ``jcircuits.scale.sharding.make_mesh``) shards the row computation: weights
     and decoder vectors over ``model``, each batch of target rows over ``data`` (batch sizes are rounded up to a
     multiple of the data axis); rows come back to the host in order, so the graph equals the single-device one to
     float32 round-off. With several processes, pass process-local params: the replacement step runs on each
@@ -296,7 +260,7 @@ def attribute(
         max_n_logits=max_n_logits,
         desired_logit_prob=desired_logit_prob,
         decode=(lambda i: tok.decode([i])) if tok is not None else None,
-        encode_token=(lambda s: _single_token_id(tok, s)) if tok is not None else None,
+        encode_token=(lambda s: single_token_id(tok, s)) if tok is not None else None,
     )
     static, ctx, src_index = build_context(model, transcoders, rep, dtype)
     on_mesh, d = (lambda x: x), 1
@@ -342,8 +306,8 @@ def attribute(
     t2 = time.perf_counter()
     act = rep.active_features
     small = -(-max(1, dev_batch // 4) // d) * d
-    pos_buckets = _position_buckets(Tb, position_buckets)
-    layer_buckets = _position_buckets(L, 3)  # a batch transposes only the first n_layers blocks it needs
+    pos_buckets = buckets.position_buckets(Tb, position_buckets)
+    layer_buckets = buckets.position_buckets(L, 3)  # a batch transposes only the first n_layers blocks it needs
     visited = np.zeros(n_active, bool)
     st = K
     bar = tqdm(total=n_feat_rows, desc="feature rows", disable=not verbose, unit="row")

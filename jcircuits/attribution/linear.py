@@ -36,10 +36,10 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 
+from jcircuits.common.pytree import pytree_dataclass
 from jcircuits.models import layers as nn
 from jcircuits.models.config import ModelConfig
 from jcircuits.models.transformer import LayerParams
-from jcircuits.pytree import pytree_dataclass
 
 __all__ = [
     "LinearContext",
@@ -85,13 +85,6 @@ class Static:
     cfg: ModelConfig
     input_hook: str
     output_hook: str
-
-
-def length_bucket(T: int) -> int:
-    """The padded prompt length the engine compiles for: a multiple of 16 (64 past 128 tokens, 256 past 1024),
-    so prompts of nearby lengths share every compiled shape."""
-    g = 16 if T <= 128 else 64 if T <= 1024 else 256
-    return -(-T // g) * g
 
 
 def pad_positions(ctx: LinearContext, n: int) -> LinearContext:

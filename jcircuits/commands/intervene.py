@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 import time
 
-from jcircuits.commands.attribute import add_model_arguments, load_model_and_transcoders, parse_tokens
+from jcircuits.commands._common import add_model_arguments, load_model_and_transcoders, parse_tokens
 
 __all__ = ["register"]
 
@@ -39,13 +39,13 @@ def cmd_intervene(args) -> int:
     import jax
     import numpy as np
 
-    from jcircuits.attribution.engine import encode_prompt
     from jcircuits.intervention import (
         feature_intervention,
         generate,
         parse_intervention,
         specs_to_interventions,
     )
+    from jcircuits.models import encode_prompt
 
     if (args.prompt is None) == (args.tokens is None):
         raise SystemExit("give exactly one of --prompt TEXT or --tokens 2,15,7,…")
@@ -57,7 +57,7 @@ def cmd_intervene(args) -> int:
         raise SystemExit(f"--generate must be >= 1, got {args.generate}")
     specs = [parse_intervention(s) for s in args.set]
     t0 = time.perf_counter()
-    model, transcoders = load_model_and_transcoders(args)
+    model, transcoders = load_model_and_transcoders(args.model, args.transcoders, dtype=args.dtype)
     prompt = args.prompt if args.prompt is not None else parse_tokens(args.tokens)
     if isinstance(prompt, str) and model.tokenizer is None:
         raise SystemExit("this model directory has no tokenizer.json: pass --tokens instead of --prompt")

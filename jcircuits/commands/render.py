@@ -6,11 +6,11 @@ __all__ = ["register"]
 
 
 def cmd_render(args) -> int:
-    from jcircuits.render import render
+    from jcircuits.view.render import render
 
     tokenizer = None
     if args.tokenizer:
-        from jcircuits.tokenizer import Tokenizer
+        from jcircuits.models.tokenizer import Tokenizer
 
         tokenizer = Tokenizer.from_file(args.tokenizer)
     out = render(

@@ -8,7 +8,7 @@ __all__ = ["register"]
 def cmd_serve(args) -> int:
     import sys
 
-    from jcircuits.viewer.server import serve
+    from jcircuits.view.server import serve
 
     try:
         serve(args.graph_dir, args.port, slug=args.graph)
@@ -19,7 +19,7 @@ def cmd_serve(args) -> int:
 
 
 def register(sub) -> None:
-    from jcircuits.viewer.server import DEFAULT_PORT
+    from jcircuits.view.server import DEFAULT_PORT
 
     a = sub.add_parser("serve", help="serve the graph viewer for a directory of graph JSON files")
     a.add_argument(

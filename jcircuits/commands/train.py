@@ -59,8 +59,8 @@ def _read_tokens(args, tokenizer, pad_id: int):
 def cmd_train_transcoders(args) -> int:
     import numpy as np
 
-    from jcircuits.loading import load_model, resolve_model_dir
-    from jcircuits.tokenizer import Tokenizer
+    from jcircuits.models.loading import load_params, resolve_model_dir
+    from jcircuits.models.tokenizer import Tokenizer
     from jcircuits.training.harvest import harvest, load_shards
     from jcircuits.training.transcoder import (
         TrainConfig,
@@ -73,7 +73,7 @@ def cmd_train_transcoders(args) -> int:
     if (args.text is None) == (args.tokens_npy is None):
         raise SystemExit("give exactly one of --text FILE or --tokens-npy FILE")
     model_dir = resolve_model_dir(args.model)
-    params, cfg = load_model(model_dir)
+    params, cfg = load_params(model_dir)
     tok = Tokenizer.from_file(model_dir) if (Path(model_dir) / "tokenizer.json").is_file() else None
     pad = cfg.pad_token_id if cfg.pad_token_id is not None else (tok.pad_id if tok else None)
     if pad is None:

@@ -1,4 +1,46 @@
-"""The embedded default model's files (package data): ``config.json``, ``model.safetensors``, ``tokenizer.json``,
-``transcoders/`` (circuit-tracer ``config.yaml`` + ``layer_{i}.safetensors``) and ``training.json`` (how it was
-made and its measured numbers). Re-create with ``jcircuits train-default jcircuits/default --seed 0``; load with
-``jcircuits.demo.default_model`` / ``default_transcoders``."""
+"""The embedded default model that ``jcircuits attribute`` traces when no ``--model`` is given.
+
+A tiny 4-layer Llama-architecture model trained in this repository (``jcircuits train-default``) on a synthetic
+corpus of two-hop geography facts and small-number addition, with JumpReLU per-layer transcoders trained on its
+own activations. Its files are package data beside this module: ``config.json``, ``model.safetensors``,
+``tokenizer.json``, ``transcoders/`` (circuit-tracer ``config.yaml`` + ``layer_{i}.safetensors``) and
+``training.json`` (how it was made and its measured numbers). It is read with the ordinary loaders
+(``load_model``, ``load_transcoders``), so it exercises the same path as any Hugging Face checkpoint.
+Re-create it with ``jcircuits train-default jcircuits/default --seed 0``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from jcircuits.models import Model, load_model
+from jcircuits.transcoders import TranscoderSet, load_transcoders
+
+__all__ = ["default_model", "default_transcoders", "DEFAULT_DIR", "DEFAULT_NAME", "DEFAULT_NOTICE"]
+
+DEFAULT_DIR = Path(__file__).resolve().parent
+DEFAULT_NAME = "jcircuits-default-tiny-llama"
+
+DEFAULT_NOTICE = (
+    "NOTE: no --model given; tracing the embedded default: a tiny 4-layer Llama-architecture model trained in "
+    "this repo on a synthetic corpus of two-hop facts ('the capital of the state containing dallas is' -> austin) "
+    "and small-number addition ('3 plus 4 is' -> 7; lowercase words only), with JumpReLU transcoders trained on "
+    "its activations. Pass --model and --transcoders to trace another model."
+)
+
+
+def default_model() -> Model:
+    """The embedded trained model (HF Llama ``config.json`` + ``model.safetensors`` + word-level
+    ``tokenizer.json`` in this package)."""
+    if not (DEFAULT_DIR / "model.safetensors").is_file():
+        raise FileNotFoundError(
+            f"the embedded default model is missing from {DEFAULT_DIR}; re-create it with "
+            f"`jcircuits train-default {DEFAULT_DIR}` or reinstall jcircuits"
+        )
+    return load_model(DEFAULT_DIR, name=DEFAULT_NAME)
+
+
+def default_transcoders(model: Model | None = None) -> TranscoderSet:
+    """The embedded model's per-layer JumpReLU transcoders (circuit-tracer format, ``transcoders/``)."""
+    n_layers = None if model is None else model.cfg.n_layers
+    return load_transcoders(DEFAULT_DIR / "transcoders", lazy_decoder=False, n_layers=n_layers)

@@ -27,6 +27,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from jcircuits.common.pytree import pytree_dataclass
 from jcircuits.models import layers as nn
 from jcircuits.models.config import ModelConfig
 from jcircuits.models.transformer import (
@@ -34,14 +35,13 @@ from jcircuits.models.transformer import (
     LayerParams,
     MLPFn,
     Params,
-    _check_tokens,
     block_mlp_points,
+    check_tokens,
     embed,
     forward_fn,
     layer_windows_array,
     unembed,
 )
-from jcircuits.pytree import pytree_dataclass
 
 __all__ = [
     "KVCache",
@@ -239,14 +239,14 @@ def generate(
     ``temperature == 0`` is greedy and deterministic; otherwise tokens are drawn with ``key`` (required), the same
     key giving the same tokens. Returns ``(new tokens [B, N] int32, logits [B, N, V])`` where ``logits[:, i]`` is
     the distribution ``tokens[:, i]`` was drawn from. Prefill and the decode loop compile once per (T, N)."""
-    _check_tokens(cfg, tokens_BT)
-    temperature = _check_sampling(cfg, tokens_BT.shape[1], max_new_tokens, temperature, key)
+    check_tokens(cfg, tokens_BT)
+    temperature = check_sampling(cfg, tokens_BT.shape[1], max_new_tokens, temperature, key)
     greedy = temperature == 0.0
     key = jax.random.key(0) if key is None else key
     return _generate_jit(params, cfg, jnp.asarray(tokens_BT), max_new_tokens, key, greedy, temperature)
 
 
-def _check_sampling(cfg: ModelConfig, T: int, max_new_tokens, temperature, key) -> float:
+def check_sampling(cfg: ModelConfig, T: int, max_new_tokens, temperature, key) -> float:
     """Validate generation arguments; returns the temperature as a float."""
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")

@@ -29,9 +29,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jcircuits.common.pytree import pytree_dataclass
 from jcircuits.models import layers as nn
 from jcircuits.models.config import ModelConfig
-from jcircuits.pytree import pytree_dataclass
 
 __all__ = [
     "Params",
@@ -178,7 +178,7 @@ def param_shapes(cfg: ModelConfig, dtype=jnp.float32) -> Params:
 
 
 def param_axes(cfg: ModelConfig) -> Params:
-    """Logical axis names of every weight (same tree as ``Params``); ``jcircuits.sharding`` maps them to a mesh."""
+    """Logical axis names of every weight (same tree as ``Params``); ``jcircuits.scale.sharding`` maps them to a mesh."""
     post = cfg.post_norms
     return Params(
         embed=("vocab", "embed"),
@@ -293,7 +293,7 @@ def block_mlp_points(lp: LayerParams, cfg: ModelConfig, resid_mid, frozen=None):
 # ----------------------------------------------------------------------------------------------- forward
 
 
-def _check_tokens(cfg: ModelConfig, tokens) -> None:
+def check_tokens(cfg: ModelConfig, tokens) -> None:
     shape = np.shape(tokens)
     if len(shape) != 2:
         raise ValueError(f"tokens must be [batch, seq], got shape {shape}")
@@ -332,7 +332,7 @@ def forward(
 
     Validates tokens eagerly (shape, context length, vocabulary) and dispatches to a jitted implementation.
     """
-    _check_tokens(cfg, tokens)
+    check_tokens(cfg, tokens)
     if mlp_at not in ("mlp_out", "mlp_out_raw"):
         raise ValueError(f"mlp_at must be 'mlp_out' or 'mlp_out_raw', got {mlp_at!r}")
     out = _forward_jit(params, cfg, jnp.asarray(tokens), frozen, capture, mlp_fn, mlp_state, mlp_at)

@@ -15,7 +15,7 @@ the evaluation prompts. Everything is a pure function of the seed, so the corpus
 on it, is reproducible.
 
 The tokenizer is a Hugging Face ``WordLevel`` ``tokenizer.json`` over the corpus vocabulary with ``<pad> <bos>
-<eos> <unk>`` at ids 0-3, built with the ``tokenizers`` library and read back by ``jcircuits.tokenizer``.
+<eos> <unk>`` at ids 0-3, built with the ``tokenizers`` library and read back by ``jcircuits.models.tokenizer``.
 """
 
 from __future__ import annotations

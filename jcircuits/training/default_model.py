@@ -61,8 +61,8 @@ def train_default(
     wrote (LM training is deterministic, so this only saves time) and retrains the transcoders."""
     import jax
 
-    from jcircuits.loading import load_model
-    from jcircuits.tokenizer import Tokenizer
+    from jcircuits.models.loading import load_params
+    from jcircuits.models.tokenizer import Tokenizer
     from jcircuits.training import lm
     from jcircuits.training.harvest import harvest
     from jcircuits.training.transcoder import (
@@ -105,7 +105,7 @@ def train_default(
         lm.save_lm(params, cfg, out)
 
     # Everything downstream reads the files back, so it sees exactly what ships.
-    params, cfg = load_model(out)
+    params, cfg = load_params(out)
     tok = Tokenizer.from_file(out)
     record["accuracy"] = {
         name: lm.accuracy(params, cfg, tok, pairs) for name, pairs in corpus.eval_prompts(world).items()

@@ -46,8 +46,8 @@ import optax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jcircuits.pytree import pytree_dataclass
-from jcircuits.replacement import TranscoderSet
+from jcircuits.common.pytree import pytree_dataclass
+from jcircuits.transcoders import TranscoderSet
 from jcircuits.transcoders.core import DenseDecoders, TranscoderConfig, Transcoders
 
 __all__ = [

@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jcircuits.pytree import pytree_dataclass
+from jcircuits.common.pytree import pytree_dataclass
 
 __all__ = [
     "TranscoderConfig",

@@ -13,7 +13,7 @@
 * a list of per-layer files (circuit-tracer PLT, GemmaScope ``.npz`` or GemmaScope-2 safetensors; sniffed).
 
 Hub files go through ``huggingface_hub`` with ``local_files_only`` when ``HF_HUB_OFFLINE`` is set (cache from
-``HF_HUB_CACHE``/``HF_HOME`` read at call time). The format work itself is ``converters.transcoders``.
+``HF_HUB_CACHE``/``HF_HOME`` read at call time). The format work itself is ``jcircuits_converters.transcoders``.
 """
 
 from __future__ import annotations
@@ -23,13 +23,11 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlparse
 
 import jax.numpy as jnp
 import numpy as np
 import yaml
-
-from converters.transcoders import (
+from jcircuits_converters.transcoders import (
     LazyDecoders,
     TranscoderFormatError,
     dense_decoders,
@@ -40,96 +38,25 @@ from converters.transcoders import (
     write_gemmascope_npz,
     write_plt_files,
 )
-from jcircuits.replacement import TranscoderSet
+
+from jcircuits.common import hub
 from jcircuits.transcoders.core import DenseDecoders, TranscoderConfig, TranscoderError, Transcoders
+from jcircuits.transcoders.transcoder_set import TranscoderSet
 
 __all__ = ["load_transcoders", "save_transcoders", "transcoder_set_from_numpy", "transcoder_set_to_numpy"]
 
 CONFIG_NAME = "config.yaml"
 _KINDS = {"transcoder_set": "plt", "cross_layer_transcoder": "clt"}
-_REPO_REF = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(/[^@]*)?(@[\w./-]+)?$")
 _LAYER_RE = re.compile(r"^layer_(\d+)\.safetensors$")
 _DEFAULT_HOOKS = {"plt": ("mlp.hook_in", "mlp.hook_out"), "clt": ("hook_resid_mid", "hook_mlp_out")}
 
 
-# ------------------------------------------------------------------------------------------------------ hub
-
-
-def _truthy(v: str | None) -> bool:
-    return (v or "").strip().upper() in ("1", "ON", "YES", "TRUE")
-
-
-def _offline() -> bool:
-    return _truthy(os.environ.get("HF_HUB_OFFLINE")) or _truthy(os.environ.get("TRANSFORMERS_OFFLINE"))
-
-
-def _cache_dir() -> str | None:
-    if os.environ.get("HF_HUB_CACHE"):
-        return os.environ["HF_HUB_CACHE"]
-    if os.environ.get("HF_HOME"):
-        return os.path.join(os.environ["HF_HOME"], "hub")
-    return None
-
-
-def _hub_error(repo_id: str, what: str, revision: str | None, e: Exception) -> FileNotFoundError:
-    why = "HF_HUB_OFFLINE is set" if _offline() else "the Hub could not be reached"
-    return FileNotFoundError(
-        f"{what} of {repo_id!r} (revision {revision or 'main'}) is not in {_cache_dir() or 'the default HF cache'}"
-        f" and {why}: {type(e).__name__}: {e}"
-    )
-
-
-def _hf_file(repo_id: str, filename: str, revision: str | None) -> Path:
-    import huggingface_hub
-
-    try:
-        return Path(
-            huggingface_hub.hf_hub_download(
-                repo_id=repo_id,
-                filename=filename,
-                revision=revision,
-                cache_dir=_cache_dir(),
-                local_files_only=_offline(),
-            )
-        )
-    except Exception as e:  # EntryNotFound, LocalEntryNotFound, connection errors, …
-        raise _hub_error(repo_id, filename, revision, e) from e
-
-
-def _hf_snapshot(repo_id: str, patterns: list[str], revision: str | None, subfolder: str | None) -> Path:
-    import huggingface_hub
-
-    try:
-        local = huggingface_hub.snapshot_download(
-            repo_id,
-            revision=revision,
-            allow_patterns=patterns,
-            cache_dir=_cache_dir(),
-            local_files_only=_offline(),
-        )
-    except Exception as e:
-        raise _hub_error(repo_id, f"files {patterns}", revision, e) from e
-    return Path(local) / subfolder if subfolder else Path(local)
-
-
-def parse_hf_uri(uri: str) -> tuple[str, str | None, str | None]:
-    """``hf://org/repo/path?revision=r`` → ``(repo_id, path or None, revision or None)``."""
-    u = urlparse(uri)
-    if u.scheme != "hf":
-        raise ValueError(f"not an hf:// URI: {uri!r}")
-    parts = [p for p in (u.netloc + u.path).split("/") if p]
-    if len(parts) < 2:
-        raise ValueError(f"hf:// URI needs an org/repo: {uri!r}")
-    rev = (parse_qs(u.query).get("revision") or [None])[0] or None
-    return "/".join(parts[:2]), ("/".join(parts[2:]) or None), rev
-
-
 def _resolve_entry(entry: str, base: Path) -> Path:
     if entry.startswith("hf://"):
-        repo_id, path, rev = parse_hf_uri(entry)
+        repo_id, path, rev = hub.parse_hf_uri(entry)
         if path is None:
             raise TranscoderError(f"transcoder entry {entry!r} names a repository, not a file")
-        return _hf_file(repo_id, path, rev)
+        return hub.hub_file(repo_id, path, rev)
     p = Path(entry).expanduser()
     return p if p.is_absolute() else base / p
 
@@ -147,7 +74,7 @@ def transcoder_set_from_numpy(
     top_k: int | None = None,
     dtype: Any = jnp.float32,
 ) -> TranscoderSet:
-    """Our plain numpy layout (``converters.transcoders``) → ``TranscoderSet`` (encoders on device)."""
+    """Our plain numpy layout (``jcircuits_converters.transcoders``) → ``TranscoderSet`` (encoders on device)."""
     kind = tc["kind"]
     L, D, F = tc["W_enc"].shape
     d_in, d_out = _DEFAULT_HOOKS[kind]
@@ -198,7 +125,7 @@ def _check_layers(tc: dict[str, Any], n_layers: int | None, where: Any) -> None:
 
 
 def _from_config(
-    conf: dict, base: Path | None, hub: tuple[str, str | None, str | None] | None, lazy: bool, n_layers, where
+    conf: dict, base: Path | None, hub_ref: tuple[str, str | None, str | None] | None, lazy: bool, n_layers, where
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     if not isinstance(conf, dict) or "model_kind" not in conf:
         raise TranscoderFormatError(f"{where}: not a transcoder config (no 'model_kind')")
@@ -223,10 +150,10 @@ def _from_config(
                 f"{where}: model_kind {mk!r} but the listed files hold a {tc['kind'].upper()}"
             )
     else:
-        if hub is not None:
-            repo_id, sub, rev = hub
+        if hub_ref is not None:
+            repo_id, sub, rev = hub_ref
             pattern = "W_*.safetensors" if kind == "clt" else "layer_*.safetensors"
-            d = _hf_snapshot(repo_id, [f"{sub}/{pattern}" if sub else pattern], rev, sub)
+            d = hub.hub_snapshot(repo_id, [pattern], rev, sub)
         else:
             d = base
         if kind == "clt":
@@ -235,8 +162,8 @@ def _from_config(
             tc = read_files(_layer_dir_paths(d, n_layers), lazy_decoder=lazy)
     _check_layers(tc, n_layers, where)
     scan = conf.get("scan")
-    if scan is None and hub is not None:
-        repo_id, sub, rev = hub
+    if scan is None and hub_ref is not None:
+        repo_id, sub, rev = hub_ref
         info = repo_id if sub is None else f"{repo_id}//{sub}"
         scan = f"{info}@{rev}" if rev else info
     meta = {
@@ -280,17 +207,13 @@ def load_transcoders(
     else:
         s = os.fspath(path_or_uri)
         p = Path(s).expanduser()
-        if s.startswith("hf://") or (not p.exists() and _REPO_REF.match(s)):
-            if s.startswith("hf://"):
-                repo_id, sub, rev = parse_hf_uri(s)
-            else:
-                ref, _, rev = s.partition("@")
-                parts = ref.split("/")
-                repo_id, sub, rev = "/".join(parts[:2]), ("/".join(parts[2:]) or None), (rev or None)
+        ref = hub.parse_ref(s) if s.startswith("hf://") or not p.exists() else None
+        if ref is not None:
+            repo_id, sub, rev = ref.repo_id, ref.path, ref.revision
             if sub is not None and sub.endswith((".yaml", ".yml")):
-                cfg_path, sub = _hf_file(repo_id, sub, rev), (str(Path(sub).parent) if "/" in sub else None)
+                cfg_path, sub = hub.hub_file(repo_id, sub, rev), (str(Path(sub).parent) if "/" in sub else None)
             else:
-                cfg_path = _hf_file(repo_id, f"{sub}/{CONFIG_NAME}" if sub else CONFIG_NAME, rev)
+                cfg_path = hub.hub_file(repo_id, f"{sub}/{CONFIG_NAME}" if sub else CONFIG_NAME, rev)
             tc, meta = _from_config(
                 _read_yaml(cfg_path), cfg_path.parent, (repo_id, sub, rev), lazy, n_layers, s
             )

@@ -48,7 +48,8 @@ for d in ${PIP_FIND_LINKS:-} /opt/wheels; do
   if [ -n "$w" ]; then TORCH_SPEC="$w"; break; fi
 done
 echo "setup_ref_env: installing $TORCH_SPEC circuit-tracer==$CT_VERSION"
-pipi "$TORCH_SPEC" "circuit-tracer==$CT_VERSION" pyyaml safetensors tokenizers
+# -c: the exact versions this env passed on (tests/reference/constraints-ref.txt; how to refresh it is at its top)
+pipi -c "$ROOT/tests/reference/constraints-ref.txt" "$TORCH_SPEC" "circuit-tracer==$CT_VERSION" pyyaml safetensors tokenizers
 
 check || { echo "setup_ref_env: $VENV does not import circuit_tracer $CT_VERSION" >&2; exit 1; }
 echo "setup_ref_env: done in $(( $(date +%s) - start )) s"

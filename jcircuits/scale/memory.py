@@ -1,0 +1,335 @@
+"""Memory estimates for one attribution run, before anything is loaded: peak bytes per device and on the host.
+
+``estimate_attribution(cfg, tcfg, n_tokens=…, batch_size=…, mesh=(data, model), …)`` adds up, per device, the
+arrays that are alive at the peak of a run, each divided by how ``jcircuits.scale.sharding.RULES`` splits it on the mesh:
+
+* resident: model params and the transcoders' encoder arrays (``param_axes``/``transcoder_axes``);
+* the replacement step: the captured intermediates (kept for the whole run), attention patterns, and the
+  encoder pre-activations/activations ``[L, T, F]`` in float32;
+* the frozen linear model of the prompt (``LinearContext``): decoder vectors of active features padded by
+  (layer, position) ``[L, T, K, D]`` (a CLT keeps one ``[T, K, L-l, D]`` block per source layer), errors, patterns,
+  and a cast copy of the weights when ``dtype`` differs from the params' dtype;
+* one batch of rows (the engine's largest buffers, split over ``data``): the per-layer source edges stacked by the
+  backward scan ``[L, B, T, K]`` (CLT: slot gradients and contracted edges), the gathered rows ``[B, n_active]``
+  in float32, and the batch of residual-stream gradients and attention intermediates of one block.
+  ``batch_bytes`` is this term alone; ``tests/test_sharding.py`` checks it against XLA's own ``compiled.memory_analysis()``.
+
+On the host: the ``[rows, columns]`` working matrix of float32 rows (``max_feature_nodes`` + logits rows by all
+active features + errors + tokens), the final square adjacency, the dense activations copied to the host by the
+replacement step, the padded decoder buffer, and (without sharded loading) one host copy of the model while it is
+converted.
+
+The number of active features is not known before the replacement step runs; it is ``l0 × L × (T − 1)`` with ``l0``
+the mean active features per layer and position (default 64; pass the ``n_active`` of an earlier run's graph for an
+exact figure) and the padded width ``K`` is ``2 × l0`` unless given.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import jax
+import numpy as np
+
+from jcircuits.common.buckets import size_bucket  # the engine pads the gathered columns to these sizes
+from jcircuits.models.config import ModelConfig
+from jcircuits.models.transformer import param_axes, param_shapes
+from jcircuits.scale.sharding import RULES, mesh_shape, shard_bytes, spec_for, transcoder_axes
+from jcircuits.transcoders.core import TranscoderConfig
+
+__all__ = [
+    "MemoryEstimate",
+    "estimate_attribution",
+    "batch_bytes",
+    "device_capacity",
+    "host_capacity",
+    "human",
+]
+
+DEFAULT_L0 = 64
+
+
+def human(n: float) -> str:
+    """Bytes as ``12.3 GiB``."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1024
+    return f"{n:.2f} TiB"
+
+
+@dataclasses.dataclass
+class MemoryEstimate:
+    """Peak bytes per device and on the host, with the terms that make them up (``device``/``host`` dicts)."""
+
+    device: dict[str, int]
+    host: dict[str, int]
+    settings: dict[str, Any]
+
+    @property
+    def device_peak(self) -> int:
+        d = self.device
+        resident = d["params"] + d["transcoders"] + d["intermediates"]
+        return resident + max(d["replacement"], d["context"] + d["batch"])
+
+    @property
+    def host_peak(self) -> int:
+        h = self.host
+        return max(h["loading"], h["replacement"] + h["rows"] + h["adjacency"])
+
+    def report(self) -> str:
+        """A short human-readable breakdown."""
+        s = self.settings
+        lines = [
+            f"mesh {s['mesh'][0]}x{s['mesh'][1]} (data x model), T={s['n_tokens']}, batch {s['batch_size']}, "
+            f"{s['dtype']}, ~{s['n_active']:,} active features (K={s['k_pad']}), "
+            f"{s['n_feature_rows']:,} feature rows",
+            f"  per device: peak {human(self.device_peak)} = "
+            + ", ".join(f"{k} {human(v)}" for k, v in self.device.items()),
+            f"  host:       peak {human(self.host_peak)} = "
+            + ", ".join(f"{k} {human(v)}" for k, v in self.host.items()),
+        ]
+        return "\n".join(lines)
+
+    def problems(self, device_capacity: int | None, host_capacity: int | None) -> list[str]:
+        """Why the run cannot fit, each with the setting to change; empty when it fits."""
+        s = self.settings
+        out = []
+        if device_capacity is not None and self.device_peak > device_capacity:
+            d = self.device
+            fixed = self.device_peak - d["batch"] if d["context"] + d["batch"] >= d["replacement"] else None
+            msg = f"needs ~{human(self.device_peak)} per device but {human(device_capacity)} is available: "
+            fixes = []
+            if fixed is not None and fixed < device_capacity and d["batch"] > 0:
+                per_row = d["batch"] / s["batch_size"]
+                b = int((device_capacity - fixed) // per_row) // s["mesh"][0] * s["mesh"][0]
+                if b >= max(1, s["mesh"][0]):
+                    fixes.append(f"lower --batch-size to {b}")
+            if s["dtype"] == "float32":
+                fixes.append("use --dtype bfloat16 (halves weights and buffers)")
+            fixes.append(
+                "use a larger mesh (--mesh DATAxMODEL with a bigger model axis: weights and decoders split)"
+            )
+            out.append(msg + "; or ".join(fixes))
+        if host_capacity is not None and self.host_peak > host_capacity:
+            h = self.host
+            msg = f"needs ~{human(self.host_peak)} of host memory but {human(host_capacity)} is available: "
+            other = h["replacement"]
+            per_row = 4 * s["n_columns"]
+            room = host_capacity - other - h["adjacency"]
+            if h["loading"] > host_capacity:
+                msg += "load the model with sharded loading (one shard at a time) or use --dtype bfloat16"
+            elif room > 0:
+                n = max(0, int(room // per_row) - s["n_logits"])
+                msg += f"lower --max-feature-nodes to {n}"
+            else:
+                msg += "use a shorter prompt or lower --max-feature-nodes"
+            out.append(msg)
+        return out
+
+
+def _tree_bytes(shapes: Any, axes: Any, mesh, dtype) -> int:
+    from jcircuits.scale.sharding import is_axes
+
+    flat_axes = jax.tree.leaves(axes, is_leaf=is_axes)
+    flat = jax.tree.leaves(shapes)
+    return sum(
+        shard_bytes(s.shape, dtype, spec_for(a, s.shape, mesh, RULES), mesh)
+        for a, s in zip(flat_axes, flat, strict=True)
+    )
+
+
+def _split(n: int, parts: int) -> int:
+    return -(-n // parts)
+
+
+def batch_bytes(
+    cfg: ModelConfig,
+    *,
+    n_tokens: int,
+    batch: int,
+    k_pad: int,
+    n_active: int,
+    itemsize: int,
+    clt: bool = False,
+) -> int:
+    """The engine's largest buffers for one batch of ``batch`` target rows on one device (no sharding): stacked
+    per-layer source edges ``[L, B, T, K]`` (a CLT: slot gradients ``[L, B, T, D]`` and the contracted edges), the
+    gathered float32 rows ``[B, n_active]``, error/token edges, and the gradients and attention intermediates of
+    one block's vmapped vjp ``[B, T, 4·D + 3·H·E]``."""
+    L, T, D, H, E = cfg.n_layers, n_tokens, cfg.d_model, cfg.n_heads, cfg.head_dim
+    B, s = batch, itemsize
+    if clt:  # slot gradients [L, B, T, D], per-layer edges [B, T, K_l], and XLA's transposed decoder copy
+        src = L * B * T * D * s + L * B * T * k_pad * s + T * k_pad * D * s * L * (L + 1) // 2
+    else:
+        src = L * B * T * k_pad * s
+
+    rows = B * size_bucket(n_active) * 4 + B * (L * T + T) * 4
+    block = B * T * (4 * D + 3 * H * E) * s
+    return src + rows + block
+
+
+def estimate_attribution(
+    cfg: ModelConfig,
+    tcfg: TranscoderConfig,
+    *,
+    n_tokens: int,
+    batch_size: int = 256,
+    max_feature_nodes: int | None = None,
+    max_n_logits: int = 10,
+    dtype: Any = "float32",
+    params_dtype: Any = None,
+    mesh: Any = (1, 1),
+    l0: float | None = None,
+    n_active: int | None = None,
+    k_pad: int | None = None,
+    sharded_loading: bool = False,
+) -> MemoryEstimate:
+    """Estimate peak memory of ``attribute`` for a model ``cfg``, transcoders ``tcfg`` and a prompt of ``n_tokens``
+    tokens on a ``(data, model)`` mesh (a ``Mesh`` or a pair). See the module docstring for the terms."""
+    dtype = np.dtype(jax.numpy.dtype(dtype))
+    params_dtype = dtype if params_dtype is None else np.dtype(jax.numpy.dtype(params_dtype))
+    sizes = mesh_shape(mesh)
+    d, m = sizes["data"], sizes["model"]
+    L, T, D, H, F, V = cfg.n_layers, n_tokens, cfg.d_model, cfg.n_heads, tcfg.n_features, cfg.vocab_size
+    l0 = min(DEFAULT_L0 if l0 is None else l0, F)
+    if n_active is None:
+        n_active = int(round(l0 * L * max(T - 1, 1)))
+    if k_pad is None:
+        k_pad = max(1, int(math.ceil(2 * l0)))
+    n_rows = n_active if max_feature_nodes is None else min(max_feature_nodes, n_active)
+    s, sp = dtype.itemsize, params_dtype.itemsize
+    B = _split(batch_size, d) * d  # the engine rounds the batch up to a multiple of the data axis
+
+    params = _tree_bytes(param_shapes(cfg), param_axes(cfg), (d, m), params_dtype)
+    enc_shapes = dict(
+        W_enc=jax.ShapeDtypeStruct((L, D, F), params_dtype),
+        b_enc=jax.ShapeDtypeStruct((L, F), params_dtype),
+        b_dec=jax.ShapeDtypeStruct((L, D), params_dtype),
+    )
+    ax = transcoder_axes(tcfg)
+    enc_axes = dict(W_enc=ax.W_enc, b_enc=ax.b_enc, b_dec=ax.b_dec)
+    if ax.threshold is not None:
+        enc_shapes["threshold"], enc_axes["threshold"] = (
+            jax.ShapeDtypeStruct((L, F), params_dtype),
+            ax.threshold,
+        )
+    if ax.W_skip is not None:
+        enc_shapes["W_skip"], enc_axes["W_skip"] = jax.ShapeDtypeStruct((L, D, D), params_dtype), ax.W_skip
+    transcoders = _tree_bytes(enc_shapes, enc_axes, (d, m), params_dtype)
+
+    heads = _split(H, m) if H % m == 0 else H
+    pattern = L * heads * T * T * sp
+    intermediates = (L + 1 + 5 * L) * T * D * sp + pattern + 4 * T * _split(V, m if V % m == 0 else 1)
+    feats_dev = _split(F, m) if F % m == 0 else F
+    replacement = 2 * L * T * feats_dev * 4 + 3 * T * cfg.d_mlp * sp
+
+    k_dev = _split(k_pad, m) if k_pad % m == 0 else k_pad
+    if tcfg.kind == "clt":
+        dec = T * k_dev * D * s * L * (L + 1) // 2
+    else:
+        dec = L * T * k_dev * D * s
+    cast = 0 if dtype == params_dtype else params * s // sp + transcoders * s // sp
+    context = dec + L * heads * T * T * s + 2 * L * T * D * s + cast
+    batch = batch_bytes(
+        cfg,
+        n_tokens=T,
+        batch=_split(B, d),
+        k_pad=k_dev,
+        n_active=n_active,
+        itemsize=s,
+        clt=tcfg.kind == "clt",
+    )
+
+    n_cols = n_active + L * T + T
+    n_logits = max_n_logits
+    N = n_rows + L * T + T + n_logits
+    leaves = jax.tree.leaves(param_shapes(cfg))
+    if sharded_loading:  # one shard of one layer's tensor at a time
+        loading = max(
+            math.prod(x.shape[1:]) if x.ndim == 3 or x.ndim == 4 else math.prod(x.shape) for x in leaves
+        )
+        loading = loading * 4 // max(1, m)
+    else:  # load_model converts the whole checkpoint on the host, then copies it to the devices
+        loading = sum(math.prod(x.shape) * sp for x in leaves) + L * D * F * sp
+    host = dict(
+        loading=loading,
+        replacement=L * T * F * 4 + L * T * k_pad * D * 4 + n_active * 12,
+        rows=(n_logits + n_rows) * n_cols * 4,
+        adjacency=N * N * 4,
+    )
+    device = dict(
+        params=params,
+        transcoders=transcoders,
+        intermediates=intermediates,
+        replacement=replacement,
+        context=context,
+        batch=batch,
+    )
+    settings = dict(
+        mesh=(d, m),
+        n_tokens=T,
+        batch_size=B,
+        dtype=str(dtype),
+        n_active=n_active,
+        k_pad=k_pad,
+        n_feature_rows=n_rows,
+        n_columns=n_cols,
+        n_logits=n_logits,
+    )
+    return MemoryEstimate(device=device, host=host, settings=settings)
+
+
+def device_capacity(override: int | None = None, n_devices: int | None = None) -> tuple[int | None, str]:
+    """Bytes one device can hold and where the number came from: ``override``, the device's own
+    ``memory_stats()['bytes_limit']`` (GPU/TPU), or, for CPU devices, the available host RAM shared by the
+    ``n_devices`` devices a run uses (default: all local devices)."""
+    if override is not None:
+        return override, "--device-memory"
+    dev = jax.local_devices()[0]
+    stats = None
+    try:
+        stats = dev.memory_stats()
+    except Exception:  # some backends raise instead of returning None
+        stats = None
+    if stats and stats.get("bytes_limit"):
+        return int(stats["bytes_limit"]), f"{dev.platform} memory_stats"
+    ram = host_capacity()
+    if ram is None:
+        return None, "unknown"
+    n = jax.local_device_count() if n_devices is None else n_devices
+    return ram // max(1, n), f"host RAM / {n} device{'s' if n > 1 else ''}"
+
+
+def host_capacity() -> int | None:
+    """Available host RAM in bytes (``psutil``, else ``/proc/meminfo``), or ``None`` when unknown."""
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+    except ImportError:
+        pass
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def parse_bytes(text: str) -> int:
+    """``"16GiB"``, ``"80GB"``, ``"512M"`` or a plain number of bytes → bytes."""
+    t = text.strip().replace(" ", "")
+    units = {"": 1, "B": 1, "K": 2**10, "KB": 10**3, "KIB": 2**10, "M": 2**20, "MB": 10**6, "MIB": 2**20}
+    units |= {"G": 2**30, "GB": 10**9, "GIB": 2**30, "T": 2**40, "TB": 10**12, "TIB": 2**40}
+    i = len(t)
+    while i and not t[i - 1].isdigit() and t[i - 1] != ".":
+        i -= 1
+    num, unit = t[:i], t[i:].upper()
+    if not num or unit not in units:
+        raise ValueError(f"memory size must look like 16GiB, 80GB or 512MiB, got {text!r}")
+    return int(float(num) * units[unit])

@@ -1,0 +1,287 @@
+"""The local viewer's HTTP server: the viewer's static files, the graphs of one directory, and annotation saves.
+
+Binds 127.0.0.1 only (the viewer is for the person at this machine; saves write files). Routes:
+
+- ``GET /`` and ``GET /static/<file>``: the viewer (``jcircuits/view/static``).
+- ``GET /graphs/<name>.json``: a file of the graph directory, e.g. ``graph-metadata.json`` (an empty index
+  ``{"graphs": []}`` when there is none) or ``<slug>.json``; gzip-encoded above 1 MB when the client accepts it
+  (as circuit-tracer's server does). Only ``.json`` files directly under the directory; anything that resolves
+  outside it (``..``, ``%2e%2e``, ``%2f``, backslashes, symlinks out) is refused with 403, a hidden name with 404.
+- ``POST /graphs/<slug>.json``: save annotations, body ``{"qParams": {...}, "clerps": {node_id: label}}``
+  (both optional). The server merges them into the file on disk, checks the result is still a graph
+  (`jcircuits.view.export.validate_graph_json`) and replaces the file atomically under a lock; anything malformed
+  gets a 400 with a JSON ``{"error": …}`` and the file is left untouched. Nodes and links are never taken from
+  the client, so a save cannot lose or reorder them.
+
+Every error is a JSON ``{"error": message}`` with a 4xx/5xx status; one bad request never stops the server.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import gzip
+import json
+import logging
+import os
+import threading
+import urllib.parse
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+from jcircuits.view.export import INDEX_NAME, validate_graph_json, validate_qparams, write_json_atomic
+
+__all__ = ["make_server", "serve", "STATIC_DIR", "DEFAULT_PORT", "HOST"]
+
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+DEFAULT_PORT = 8041
+HOST = "127.0.0.1"
+GZIP_ABOVE = 1024**2  # bytes, as circuit-tracer's local server
+MAX_SAVE_BYTES = 64 * 1024**2
+_CONTENT_TYPES = {
+    ".html": "text/html; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+    ".json": "application/json",
+    ".txt": "text/plain",
+}
+log = logging.getLogger("jcircuits.view")
+
+
+class _HTTPError(Exception):
+    def __init__(self, status: HTTPStatus, message: str):
+        super().__init__(message)
+        self.status, self.message = status, message
+
+
+class _GraphServer(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, address, graph_dir: Path):
+        self.graph_dir = graph_dir
+        self.save_lock = threading.Lock()
+        super().__init__(address, _Handler)
+
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.server_address[1]}/"
+
+
+def _resolve_in(base: Path, raw: str) -> Path:
+    """The file ``raw`` (an already percent-decoded relative URL path) names inside ``base``, or _HTTPError.
+
+    Decoding happens once, before this check, so ``%2e%2e`` / ``%2f`` arrive here as ``..`` / ``/`` and are
+    refused; a doubly encoded ``%252e`` arrives as the literal name ``%2e``, which names no file."""
+    if "\\" in raw or "\x00" in raw:
+        raise _HTTPError(HTTPStatus.FORBIDDEN, "forbidden path")
+    parts = raw.split("/")
+    if any(p in ("", ".", "..") for p in parts):
+        raise _HTTPError(HTTPStatus.FORBIDDEN, "forbidden path")
+    if len(parts) != 1:
+        raise _HTTPError(HTTPStatus.FORBIDDEN, "only files directly in the graph directory are served")
+    if parts[0].startswith("."):
+        raise _HTTPError(HTTPStatus.NOT_FOUND, "not found")
+    path = (base / parts[0]).resolve()
+    if not path.is_relative_to(base):  # e.g. a symlink pointing out of the directory
+        raise _HTTPError(HTTPStatus.FORBIDDEN, "forbidden path")
+    return path
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _GraphServer
+    server_version = "jcircuits-viewer"
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, fmt, *args):  # route the default stderr access log through logging
+        log.info("%s %s", self.address_string(), fmt % args)
+
+    # ---- plumbing
+    def _send(self, status: HTTPStatus, body: bytes, content_type: str, *, gzip_ok: bool = False) -> None:
+        encoded = False
+        if gzip_ok and len(body) > GZIP_ABOVE and "gzip" in self.headers.get("Accept-Encoding", ""):
+            body, encoded = gzip.compress(body, compresslevel=3), True
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        if encoded:
+            self.send_header("Content-Encoding", "gzip")
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def _error(self, status: HTTPStatus, message: str) -> None:
+        self._send(status, json.dumps({"error": message}).encode(), "application/json")
+
+    def _route(self) -> tuple[str, str]:
+        split = urllib.parse.urlsplit(self.path)
+        path = split.path
+        for prefix in ("/static/", "/graphs/"):
+            if path.startswith(prefix):
+                return prefix.strip("/"), urllib.parse.unquote(path[len(prefix) :], errors="strict")
+        return "", urllib.parse.unquote(path)
+
+    def _guard(self, fn) -> None:
+        try:
+            fn()
+        except _HTTPError as e:
+            self._error(e.status, e.message)
+        except UnicodeDecodeError:
+            self._error(HTTPStatus.BAD_REQUEST, "malformed URL encoding")
+        except Exception as e:  # keep serving; report what happened
+            log.exception("request failed")
+            self._error(HTTPStatus.INTERNAL_SERVER_ERROR, f"{type(e).__name__}: {e}")
+
+    # ---- GET
+    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+        self._guard(self._get)
+
+    def do_HEAD(self) -> None:  # noqa: N802
+        self._guard(self._get)
+
+    def _get(self) -> None:
+        kind, rest = self._route()
+        if kind == "" and rest in ("/", "/index.html"):
+            kind, rest = "static", "index.html"
+        if kind == "static":
+            path = _resolve_in(STATIC_DIR, rest)
+            if not path.is_file():
+                raise _HTTPError(HTTPStatus.NOT_FOUND, f"no static file {rest!r}")
+            ctype = _CONTENT_TYPES.get(path.suffix, "application/octet-stream")
+            self._send(HTTPStatus.OK, path.read_bytes(), ctype)
+            return
+        if kind == "graphs":
+            path = _resolve_in(self.server.graph_dir, rest)
+            if path.suffix != ".json":
+                raise _HTTPError(HTTPStatus.FORBIDDEN, "only .json graph files are served")
+            if not path.is_file():
+                if path.name == INDEX_NAME:
+                    self._send(HTTPStatus.OK, b'{"graphs": []}', "application/json")
+                    return
+                raise _HTTPError(HTTPStatus.NOT_FOUND, f"no graph file {rest!r} in the graph directory")
+            self._send(HTTPStatus.OK, path.read_bytes(), "application/json", gzip_ok=True)
+            return
+        raise _HTTPError(HTTPStatus.NOT_FOUND, f"no route {self.path!r}")
+
+    # ---- POST (save annotations)
+    def do_POST(self) -> None:  # noqa: N802
+        self._guard(self._post)
+
+    def _post(self) -> None:
+        kind, rest = self._route()
+        if kind != "graphs":
+            raise _HTTPError(HTTPStatus.NOT_FOUND, "saves go to /graphs/<slug>.json")
+        path = _resolve_in(self.server.graph_dir, rest)
+        if path.suffix != ".json" or path.name == INDEX_NAME:
+            raise _HTTPError(HTTPStatus.FORBIDDEN, "only <slug>.json graph files can be saved")
+        try:
+            length = int(self.headers.get("Content-Length", ""))
+        except ValueError:
+            raise _HTTPError(HTTPStatus.LENGTH_REQUIRED, "Content-Length required") from None
+        if length < 0:
+            raise _HTTPError(HTTPStatus.BAD_REQUEST, "negative Content-Length")
+        if length > MAX_SAVE_BYTES:
+            raise _HTTPError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"body over {MAX_SAVE_BYTES} bytes")
+        body = self.rfile.read(length)
+        try:
+            patch = json.loads(body.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError) as e:
+            raise _HTTPError(HTTPStatus.BAD_REQUEST, f"body is not JSON: {e}") from None
+        _check_patch(patch)
+        with self.server.save_lock, _dir_lock(self.server.graph_dir):
+            if not path.is_file():
+                raise _HTTPError(HTTPStatus.NOT_FOUND, f"no graph file {rest!r} to save into")
+            try:
+                doc = json.loads(path.read_text(encoding="utf-8"))
+                validate_graph_json(doc)
+            except (UnicodeDecodeError, ValueError) as e:
+                raise _HTTPError(
+                    HTTPStatus.CONFLICT, f"{rest} on disk is not a valid graph ({e}); not saving into it"
+                ) from None
+            try:
+                merged = _merge(doc, patch)
+                validate_graph_json(merged)
+            except ValueError as e:
+                raise _HTTPError(HTTPStatus.BAD_REQUEST, str(e)) from None
+            n = write_json_atomic(path, merged)
+        self._send(HTTPStatus.OK, json.dumps({"saved": rest, "bytes": n}).encode(), "application/json")
+
+
+class _dir_lock:  # noqa: N801 (used like a function)
+    """An exclusive flock on the graph directory: saves from two servers on one directory serialise too."""
+
+    def __init__(self, directory: Path):
+        self.directory = directory
+
+    def __enter__(self):
+        self.fd = os.open(self.directory, os.O_RDONLY)
+        fcntl.flock(self.fd, fcntl.LOCK_EX)
+
+    def __exit__(self, *exc):
+        fcntl.flock(self.fd, fcntl.LOCK_UN)
+        os.close(self.fd)
+
+
+def _check_patch(patch: Any) -> None:
+    if not isinstance(patch, dict):
+        raise _HTTPError(HTTPStatus.BAD_REQUEST, 'a save must be a JSON object {"qParams": …, "clerps": …}')
+    unknown = sorted(set(patch) - {"qParams", "clerps"})
+    if unknown:
+        raise _HTTPError(HTTPStatus.BAD_REQUEST, f"unknown save field(s) {unknown}; allowed: qParams, clerps")
+    try:
+        if "qParams" in patch:
+            validate_qparams(patch["qParams"])
+    except ValueError as e:
+        raise _HTTPError(HTTPStatus.BAD_REQUEST, str(e)) from None
+    clerps = patch.get("clerps", {})
+    if not isinstance(clerps, dict) or not all(isinstance(v, str) for v in clerps.values()):
+        raise _HTTPError(HTTPStatus.BAD_REQUEST, "clerps must be an object {node_id: label string}")
+
+
+def _merge(doc: dict, patch: dict) -> dict:
+    """``doc`` with the patch's qParams and node labels; node ids must exist (ValueError names one that does
+    not)."""
+    ids = {n["node_id"]: i for i, n in enumerate(doc["nodes"])}
+    clerps = patch.get("clerps", {})
+    missing = [k for k in clerps if k not in ids]
+    if missing:
+        raise ValueError(f"clerps name node ids not in this graph: {missing[:5]}")
+    if "qParams" in patch:
+        q = patch["qParams"]
+        unknown = [x for x in q["pinnedIds"] + [x for g in q["supernodes"] for x in g[1:]] if x not in ids]
+        if unknown:
+            raise ValueError(f"qParams names node ids not in this graph: {unknown[:5]}")
+    nodes = list(doc["nodes"])
+    for node_id, label in clerps.items():
+        nodes[ids[node_id]] = {**nodes[ids[node_id]], "clerp": label}
+    merged = {**doc, "nodes": nodes}
+    if "qParams" in patch:
+        merged["qParams"] = patch["qParams"]
+    return merged
+
+
+def make_server(graph_dir: str | os.PathLike, port: int = DEFAULT_PORT) -> _GraphServer:
+    """A ready (not yet serving) server on 127.0.0.1:``port`` (0 = any free port) for ``graph_dir``; call
+    ``serve_forever()`` (in a thread for notebooks/tests) and ``shutdown()``/``server_close()`` to stop."""
+    base = Path(graph_dir).expanduser()
+    if not base.is_dir():
+        raise FileNotFoundError(f"graph directory {base} does not exist (export a graph into it first)")
+    try:
+        return _GraphServer((HOST, int(port)), base.resolve())
+    except OSError as e:
+        raise OSError(f"cannot listen on {HOST}:{port}: {e.strerror or e}; try another --port") from e
+
+
+def serve(graph_dir: str | os.PathLike, port: int = DEFAULT_PORT, *, slug: str | None = None) -> None:
+    """Serve ``graph_dir`` until Ctrl-C, printing the viewer's URL (``?graph=<slug>`` opens that graph)."""
+    httpd = make_server(graph_dir, port)
+    url = httpd.url + (f"?graph={urllib.parse.quote(slug)}" if slug else "")
+    print(f"jcircuits viewer: {url}  (graphs from {httpd.graph_dir}; Ctrl-C stops)", flush=True)
+    try:
+        httpd.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        httpd.server_close()
