@@ -1,7 +1,7 @@
 """Graph JSON in the circuit-tracer / Neuronpedia schema, and the ``graph-metadata.json`` index beside it.
 
 The document is ``{"metadata", "qParams", "nodes", "links"}`` with the fields circuit-tracer's frontend models
-define (``circuit_tracer/frontend/graph_models.py``; see ``../shared/ALGORITHM.md``). Node ids, in node order:
+define (``circuit_tracer/frontend/graph_models.py``; see ``docs/algorithm.md``). Node ids, in node order:
 
 - feature ``"{layer}_{feature}_{pos}"`` (``feature`` field = Cantor pairing of (layer, feature), ``jsNodeId``
   ``"{layer}_{feature}-0"``, type ``"cross layer transcoder"``, ``activation`` = its activation);
