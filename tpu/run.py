@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     conf = yaml.safe_load(Path(args.config).read_text())
     run = conf["run"]
 
-    from jcircuits import distributed
+    from jcircuits.scale import distributed
 
     if not args.single_process:
         distributed.initialize()  # Cloud TPU: coordinator, process count and id come from the TPU metadata
