@@ -39,6 +39,11 @@ DEFAULT_PORT = 8041
 HOST = "127.0.0.1"
 GZIP_ABOVE = 1024**2  # bytes, as circuit-tracer's local server
 MAX_SAVE_BYTES = 64 * 1024**2
+MAX_LABEL_CHARS = 1_000  # a node label (clerp) or supernode name
+MAX_SUPERNODES = 1_000
+MAX_QPARAMS_BYTES = 1024**2  # qParams as stored: labels and supernodes cannot grow a graph file without bound
+MAX_CONNECTIONS = 32  # requests served at once; more get a 503 at once instead of waiting
+REQUEST_TIMEOUT_S = 10.0  # a client that sends nothing for this long is disconnected
 _CONTENT_TYPES = {
     ".html": "text/html; charset=utf-8",
     ".js": "text/javascript; charset=utf-8",
@@ -58,11 +63,36 @@ class _HTTPError(Exception):
 class _GraphServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    request_queue_size = 128  # listen backlog: bursts of simultaneous saves are queued, not reset
 
     def __init__(self, address, graph_dir: Path):
         self.graph_dir = graph_dir
         self.save_lock = threading.Lock()
+        self.slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
         super().__init__(address, _Handler)
+
+    def process_request(self, request, client_address):
+        """One thread per connection, at most ``MAX_CONNECTIONS`` at once: past that the connection gets a 503
+        straight away, so slow clients cannot starve the others."""
+        if not self.slots.acquire(blocking=False):
+            try:
+                body = json.dumps({"error": "server busy: too many connections; retry"}).encode()
+                request.sendall(
+                    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nConnection: close\r\n"
+                    + f"Content-Length: {len(body)}\r\n\r\n".encode()
+                    + body
+                )
+            except OSError:
+                pass
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request, client_address):
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.slots.release()
 
     @property
     def url(self) -> str:
@@ -93,6 +123,7 @@ class _Handler(BaseHTTPRequestHandler):
     server: _GraphServer
     server_version = "jcircuits-viewer"
     protocol_version = "HTTP/1.1"
+    timeout = REQUEST_TIMEOUT_S  # socket timeout: an idle or short-bodied connection does not hold a thread
 
     def log_message(self, fmt, *args):  # route the default stderr access log through logging
         log.info("%s %s", self.address_string(), fmt % args)
@@ -130,6 +161,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._error(e.status, e.message)
         except UnicodeDecodeError:
             self._error(HTTPStatus.BAD_REQUEST, "malformed URL encoding")
+        except (TimeoutError, ConnectionError):  # the client went quiet or away mid-request: drop it
+            self.close_connection = True
         except Exception as e:  # keep serving; report what happened
             log.exception("request failed")
             self._error(HTTPStatus.INTERNAL_SERVER_ERROR, f"{type(e).__name__}: {e}")
@@ -185,10 +218,9 @@ class _Handler(BaseHTTPRequestHandler):
         if length > MAX_SAVE_BYTES:
             raise _HTTPError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"body over {MAX_SAVE_BYTES} bytes")
         body = self.rfile.read(length)
-        try:
-            patch = json.loads(body.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError) as e:
-            raise _HTTPError(HTTPStatus.BAD_REQUEST, f"body is not JSON: {e}") from None
+        if len(body) != length:
+            raise _HTTPError(HTTPStatus.BAD_REQUEST, f"body ended after {len(body)} of {length} bytes")
+        patch = _parse_json(body)
         _check_patch(patch)
         with self.server.save_lock, _dir_lock(self.server.graph_dir):
             if not path.is_file():
@@ -224,6 +256,36 @@ class _dir_lock:  # noqa: N801 (used like a function)
         os.close(self.fd)
 
 
+def _reject_constant(name: str):
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _parse_json(body: bytes) -> Any:
+    """The save's JSON, or a 400: not UTF-8, not JSON, NaN/Infinity (not JSON numbers), or nested too deep."""
+    try:
+        return json.loads(body.decode("utf-8"), parse_constant=_reject_constant)
+    except (UnicodeDecodeError, ValueError) as e:
+        raise _HTTPError(HTTPStatus.BAD_REQUEST, f"body is not JSON: {e}") from None
+    except RecursionError:
+        raise _HTTPError(HTTPStatus.BAD_REQUEST, "body is nested too deeply") from None
+
+
+def _check_sizes(patch: dict) -> None:
+    """Labels and supernodes are bounded, so repeated saves cannot grow a graph file without bound."""
+    long = [k for k, v in patch.get("clerps", {}).items() if len(v) > MAX_LABEL_CHARS]
+    if long:
+        raise _HTTPError(HTTPStatus.BAD_REQUEST, f"labels over {MAX_LABEL_CHARS} characters: {long[:3]}")
+    q = patch.get("qParams")
+    if q is None:
+        return
+    if len(q["supernodes"]) > MAX_SUPERNODES:
+        raise _HTTPError(HTTPStatus.BAD_REQUEST, f"more than {MAX_SUPERNODES} supernodes")
+    if any(len(g[0]) > MAX_LABEL_CHARS for g in q["supernodes"]):
+        raise _HTTPError(HTTPStatus.BAD_REQUEST, f"a supernode name is over {MAX_LABEL_CHARS} characters")
+    if len(json.dumps(q)) > MAX_QPARAMS_BYTES:
+        raise _HTTPError(HTTPStatus.BAD_REQUEST, f"qParams over {MAX_QPARAMS_BYTES} bytes")
+
+
 def _check_patch(patch: Any) -> None:
     if not isinstance(patch, dict):
         raise _HTTPError(HTTPStatus.BAD_REQUEST, 'a save must be a JSON object {"qParams": …, "clerps": …}')
@@ -238,6 +300,7 @@ def _check_patch(patch: Any) -> None:
     clerps = patch.get("clerps", {})
     if not isinstance(clerps, dict) or not all(isinstance(v, str) for v in clerps.values()):
         raise _HTTPError(HTTPStatus.BAD_REQUEST, "clerps must be an object {node_id: label string}")
+    _check_sizes(patch)
 
 
 def _merge(doc: dict, patch: dict) -> dict:
