@@ -14,6 +14,9 @@ from pathlib import Path
 
 __all__ = ["main", "build_parser"]
 
+# what bad input raises (ConfigError, TranscoderError, PlanError and UsageError are ValueErrors)
+_EXPECTED = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, FileExistsError, PermissionError)
+
 
 def build_parser() -> argparse.ArgumentParser:
     import jcircuits.commands as commands
@@ -45,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     _enable_compilation_cache()
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError) as e:
+    except _EXPECTED as e:  # bad input: one line naming the problem; anything else keeps its traceback
         print(f"jcircuits {args.command}: error: {e}", file=sys.stderr)
         return 2
 

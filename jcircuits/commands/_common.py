@@ -8,8 +8,83 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
-__all__ = ["add_model_arguments", "add_scale_arguments", "parse_tokens", "load_model_and_transcoders", "mesh_of"]
+__all__ = [
+    "UsageError",
+    "add_model_arguments",
+    "add_scale_arguments",
+    "parse_tokens",
+    "load_model_and_transcoders",
+    "mesh_of",
+    "positive_int",
+    "port_number",
+    "probability",
+    "output_file",
+    "output_dir",
+]
+
+_INT32_MAX = 2**31 - 1
+
+
+class UsageError(ValueError):
+    """A command line that cannot run as given; ``jcircuits`` prints the message and exits with 2."""
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer ≥ 1."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if not 1 <= n <= _INT32_MAX:
+        raise argparse.ArgumentTypeError(f"expected a whole number from 1 to {_INT32_MAX}, got {n}")
+    return n
+
+
+def port_number(text: str) -> int:
+    """argparse type: a TCP port 0–65535 (0: any free port)."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
+    if not 0 <= n <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is 0 to 65535 (0: any free port), got {n}")
+    return n
+
+
+def probability(text: str) -> float:
+    """argparse type: a number in (0, 1]."""
+    try:
+        p = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a probability, got {text!r}") from None
+    if not 0.0 < p <= 1.0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"expected a probability in (0, 1], got {text}")
+    return p
+
+
+def output_file(path: str, flag: str = "-o") -> Path:
+    """Check, before any work, that ``path`` can be written as a file: not a directory, parent creatable."""
+    p = Path(path)
+    if p.is_dir():
+        raise UsageError(f"{flag} {path} is a directory; give a file name, e.g. {p / 'graph.safetensors'}")
+    parent = next((q for q in [p.parent, *p.parent.parents] if q.exists()), Path("."))
+    if not parent.is_dir():
+        raise UsageError(f"{flag} {path}: {parent} is a file, so {p.parent} cannot be created")
+    return p
+
+
+def output_dir(path: str, flag: str) -> Path:
+    """Check, before any work, that ``path`` is (or can be made) a directory."""
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise UsageError(f"{flag} {path} is a file; give a directory (it is created if missing)")
+    parent = next((q for q in p.parents if q.exists()), Path("."))
+    if not parent.is_dir():
+        raise UsageError(f"{flag} {path}: {parent} is a file, so the directory cannot be created")
+    return p
+
 
 
 def parse_tokens(s: str):
@@ -19,19 +94,27 @@ def parse_tokens(s: str):
     try:
         ids = [int(x) for x in s.replace(" ", "").split(",") if x]
     except ValueError:
-        raise SystemExit(f"--tokens must be comma-separated integers, got {s!r}") from None
+        raise UsageError(f"--tokens must be comma-separated integers, got {s!r}") from None
     if not ids:
-        raise SystemExit("--tokens is empty")
+        raise UsageError("--tokens is empty")
+    bad = [i for i in ids if not 0 <= i <= _INT32_MAX]
+    if bad:
+        raise UsageError(f"--tokens: {bad[0]} is not a token id (ids are 0 to the vocabulary size - 1)")
     return np.asarray(ids, np.int32)
 
 
 def add_model_arguments(a: argparse.ArgumentParser) -> None:
     """The ``--model/--transcoders/--prompt/--tokens/--dtype`` arguments every model-running command shares."""
-    a.add_argument("--model", help="HF model directory, org/repo or hf://org/repo?revision=… (default: demo)")
+    a.add_argument(
+        "--model",
+        help="HF model directory, org/repo or hf://org/repo?revision=… (default: the embedded default model)",
+    )
     a.add_argument("--transcoders", help="circuit-tracer config.yaml, transcoder directory or hub repo")
     a.add_argument("--prompt", help="prompt text (a special start token is prepended if missing)")
     a.add_argument("--tokens", help="comma-separated token ids, used as given")
-    a.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+    a.add_argument(
+        "--dtype", choices=("float32", "bfloat16"), default="float32", help="weights and compute (default: %(default)s)"
+    )
 
 
 def add_scale_arguments(a: argparse.ArgumentParser) -> None:
@@ -77,12 +160,12 @@ def load_model_and_transcoders(
         from jcircuits.default import DEFAULT_NOTICE, default_model, default_transcoders
 
         if transcoders is not None:
-            raise SystemExit("--transcoders needs --model (the demo model comes with its own transcoders)")
+            raise UsageError("--transcoders needs --model (the demo model comes with its own transcoders)")
         print(DEFAULT_NOTICE, file=sys.stderr)
         m = default_model()
         return m, default_transcoders(m)
     if transcoders is None:
-        raise SystemExit("--model needs --transcoders (a circuit-tracer config.yaml, directory or hub repo)")
+        raise UsageError("--model needs --transcoders (a circuit-tracer config.yaml, directory or hub repo)")
     import jax.numpy as jnp
 
     from jcircuits.models import load_model

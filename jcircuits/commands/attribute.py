@@ -8,14 +8,18 @@ With no ``--model`` it traces the built-in default (``jcircuits.default``) and s
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 from jcircuits.commands._common import (
+    UsageError,
     add_model_arguments,
     add_scale_arguments,
     load_model_and_transcoders,
     mesh_of,
+    output_dir,
+    output_file,
     parse_tokens,
+    positive_int,
+    probability,
 )
 
 __all__ = ["register"]
@@ -50,9 +54,15 @@ def cmd_attribute(args) -> int:
     from jcircuits.attribution import attribute
 
     if (args.prompt is None) == (args.tokens is None):
-        raise SystemExit("give exactly one of --prompt TEXT or --tokens 2,15,7,…")
+        raise UsageError("give exactly one of --prompt TEXT or --tokens 2,15,7,…")
     if (args.slug or args.serve) and not args.graph_dir:
-        raise SystemExit("--slug and --serve need --graph-dir DIR (where the graph JSON is written)")
+        raise UsageError("--slug and --serve need --graph-dir DIR (where the graph JSON is written)")
+    out = output_file(args.output)  # outputs are checked before the work, not after it
+    if args.graph_dir:
+        from jcircuits.view.export import check_slug
+
+        output_dir(args.graph_dir, "--graph-dir")
+        check_slug(args.slug or out.stem)
     from jcircuits.scale.plan import preflight
 
     code = preflight(run_settings(args))  # memory estimate first: --dry-run stops here, and so does a run that cannot fit
@@ -63,7 +73,7 @@ def cmd_attribute(args) -> int:
     load_s = time.perf_counter() - t0
     prompt = args.prompt if args.prompt is not None else parse_tokens(args.tokens)
     if isinstance(prompt, str) and model.tokenizer is None:
-        raise SystemExit("this model directory has no tokenizer.json: pass --tokens instead of --prompt")
+        raise UsageError("this model directory has no tokenizer.json: pass --tokens instead of --prompt")
     graph = attribute(
         model,
         transcoders,
@@ -76,7 +86,6 @@ def cmd_attribute(args) -> int:
         verbose=not args.quiet,
         mesh=mesh_of(args.mesh),  # --mesh DATAxMODEL: rows over data, weights over model
     )
-    out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
     if model.tokenizer is not None:  # token strings for pictures and the viewer, kept in the graph file
         graph.settings["token_strings"] = [model.tokenizer.decode([int(t)]) for t in graph.input_tokens]
@@ -109,12 +118,26 @@ def cmd_attribute(args) -> int:
 def register(sub) -> None:
     a = sub.add_parser("attribute", help="compute the attribution graph of one prompt")
     add_model_arguments(a)
-    a.add_argument("--max-n-logits", type=int, default=10)
-    a.add_argument("--desired-logit-prob", type=float, default=0.95)
-    a.add_argument("--batch-size", type=int, default=256)
-    a.add_argument("--max-feature-nodes", type=int, default=None)
     a.add_argument(
-        "-o", "--output", default="graph.safetensors", help="where to write the graph (safetensors)"
+        "--max-n-logits", type=positive_int, default=10, help="most logit targets (default: %(default)s)"
+    )
+    a.add_argument(
+        "--desired-logit-prob",
+        type=probability,
+        default=0.95,
+        help="logit targets: the top tokens until their probabilities add up to this (default: %(default)s)",
+    )
+    a.add_argument(
+        "--batch-size", type=positive_int, default=256, help="adjacency rows per device batch (default: %(default)s)"
+    )
+    a.add_argument(
+        "--max-feature-nodes",
+        type=positive_int,
+        default=None,
+        help="most feature rows, chosen by influence (default: every active feature)",
+    )
+    a.add_argument(
+        "-o", "--output", default="graph.safetensors", help="where to write the graph (default: %(default)s)"
     )
     a.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     a.add_argument("--slug", help="name of the graph JSON in --graph-dir (default: the output file's stem)")

@@ -11,7 +11,12 @@ from __future__ import annotations
 import sys
 import time
 
-from jcircuits.commands._common import add_model_arguments, load_model_and_transcoders, parse_tokens
+from jcircuits.commands._common import (
+    UsageError,
+    add_model_arguments,
+    load_model_and_transcoders,
+    parse_tokens,
+)
 
 __all__ = ["register"]
 
@@ -48,19 +53,19 @@ def cmd_intervene(args) -> int:
     from jcircuits.models import encode_prompt
 
     if (args.prompt is None) == (args.tokens is None):
-        raise SystemExit("give exactly one of --prompt TEXT or --tokens 2,15,7,…")
+        raise UsageError("give exactly one of --prompt TEXT or --tokens 2,15,7,…")
     if not args.set:
-        raise SystemExit("give at least one --set L:POS:FEAT=VALUE (e.g. --set 1:-1:42=0 to ablate)")
+        raise UsageError("give at least one --set L:POS:FEAT=VALUE (e.g. --set 1:-1:42=0 to ablate)")
     if args.top_k < 1:
-        raise SystemExit(f"--top-k must be >= 1, got {args.top_k}")
+        raise UsageError(f"--top-k must be >= 1, got {args.top_k}")
     if args.generate is not None and args.generate < 1:
-        raise SystemExit(f"--generate must be >= 1, got {args.generate}")
+        raise UsageError(f"--generate must be >= 1, got {args.generate}")
     specs = [parse_intervention(s) for s in args.set]
     t0 = time.perf_counter()
     model, transcoders = load_model_and_transcoders(args.model, args.transcoders, dtype=args.dtype)
     prompt = args.prompt if args.prompt is not None else parse_tokens(args.tokens)
     if isinstance(prompt, str) and model.tokenizer is None:
-        raise SystemExit("this model directory has no tokenizer.json: pass --tokens instead of --prompt")
+        raise UsageError("this model directory has no tokenizer.json: pass --tokens instead of --prompt")
     tokens = encode_prompt(model, prompt)
     T = len(tokens)
     constrained = range(model.cfg.n_layers) if args.constrained else None

@@ -6,7 +6,10 @@ __all__ = ["register"]
 
 
 def cmd_render(args) -> int:
+    from jcircuits.commands._common import output_file
     from jcircuits.view.render import render
+
+    output_file(args.output)
 
     tokenizer = None
     if args.tokenizer:
@@ -26,6 +29,18 @@ def cmd_render(args) -> int:
     return 0
 
 
+def _pixels(text: str) -> int:
+    import argparse
+
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of pixels, got {text!r}") from None
+    if not 100 <= n <= 10_000:
+        raise argparse.ArgumentTypeError(f"pictures are 100 to 10000 pixels on a side, got {n}")
+    return n
+
+
 def register(sub) -> None:
     a = sub.add_parser("render", help="draw a pruned graph to an SVG or PNG file")
     a.add_argument("graph", help="a graph (.safetensors from `jcircuits attribute`) or a graph JSON (.json)")
@@ -33,6 +48,6 @@ def register(sub) -> None:
     a.add_argument("--node-threshold", type=float, default=0.8, help="pruning (.safetensors input only)")
     a.add_argument("--edge-threshold", type=float, default=0.98, help="pruning (.safetensors input only)")
     a.add_argument("--tokenizer", help="tokenizer.json or model directory, for token strings")
-    a.add_argument("--width", type=int, default=1200)
-    a.add_argument("--height", type=int, default=700)
+    a.add_argument("--width", type=_pixels, default=1200, help="picture width in pixels (default: %(default)s)")
+    a.add_argument("--height", type=_pixels, default=700, help="picture height in pixels (default: %(default)s)")
     a.set_defaults(func=cmd_render)

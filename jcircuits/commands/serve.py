@@ -19,6 +19,7 @@ def cmd_serve(args) -> int:
 
 
 def register(sub) -> None:
+    from jcircuits.commands._common import port_number
     from jcircuits.view.server import DEFAULT_PORT
 
     a = sub.add_parser("serve", help="serve the graph viewer for a directory of graph JSON files")
@@ -26,7 +27,7 @@ def register(sub) -> None:
         "--graph-dir", required=True, help="directory of <slug>.json graphs and graph-metadata.json"
     )
     a.add_argument(
-        "--port", type=int, default=DEFAULT_PORT, help=f"port on 127.0.0.1 (default {DEFAULT_PORT})"
+        "--port", type=port_number, default=DEFAULT_PORT, help=f"port on 127.0.0.1 (default {DEFAULT_PORT})"
     )
     a.add_argument("--graph", help="slug of the graph to open first")
     a.set_defaults(func=cmd_serve)

@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import tempfile
 import threading
@@ -158,11 +159,17 @@ def graph_to_json(
     kept nodes, self-pairs included, becomes a "link" — up to N² of them. ``keep_zero_weight_links=True``
     reproduces that.
     """
-    _check_slug(slug)
+    check_slug(slug)
     if max_nodes is not None and max_nodes < graph.n_pos + graph.n_logits:
         raise ValueError(
             f"max_nodes={max_nodes} is below the {graph.n_pos + graph.n_logits} token and logit nodes that are "
             "always kept; raise it (or pass None for no cap)"
+        )
+    bad = int(np.count_nonzero(~np.isfinite(np.asarray(graph.adjacency_matrix))))
+    if bad:
+        raise ValueError(
+            f"the graph has {bad} non-finite edge weights (NaN/Inf): it was computed from non-finite weights or "
+            "activations; check the model and transcoder files"
         )
     pr = prune_graph(graph, node_threshold, edge_threshold)
     node_mask = np.asarray(pr.node_mask)
@@ -273,7 +280,7 @@ def _connected(graph: Graph, node_mask: np.ndarray, edge_mask: np.ndarray) -> np
     return keep
 
 
-def _check_slug(slug: str) -> None:
+def check_slug(slug: str) -> None:
     if (
         not isinstance(slug, str)
         or not slug
@@ -407,6 +414,28 @@ _META_FIELDS: dict[str, tuple[type, ...]] = {
 }
 
 
+MAX_LAYERS = 1_000  # no model has more; a bound keeps a crafted "layer" from sizing a picture
+
+
+def _check_node_place(i: int, n: dict[str, Any], n_pos: int) -> None:
+    """A node's position and layer lie inside the graph: ``0 ≤ ctx_idx < len(prompt_tokens)``, ``layer`` ``"E"``
+    for embeddings and a whole number ``0 ≤ layer ≤ MAX_LAYERS`` otherwise; numbers are finite."""
+    if not 0 <= n["ctx_idx"] < max(n_pos, 1):
+        raise ValueError(
+            f"nodes[{i}].ctx_idx {n['ctx_idx']} is outside the prompt's {n_pos} positions (metadata.prompt_tokens)"
+        )
+    layer = n["layer"]
+    if n["feature_type"] == "embedding":
+        if layer != "E":
+            raise ValueError(f"nodes[{i}] is an embedding, so its layer must be 'E', got {layer!r}")
+    elif not (layer.isdigit() and int(layer) <= MAX_LAYERS):
+        raise ValueError(f"nodes[{i}].layer must be a whole number 0..{MAX_LAYERS} as a string, got {layer[:20]!r}")
+    for key in ("token_prob", "influence", "activation"):
+        v = n.get(key)
+        if isinstance(v, float) and not math.isfinite(v):
+            raise ValueError(f"nodes[{i}].{key} must be finite, got {v}")
+
+
 def _is(value: Any, types: tuple[type, ...]) -> bool:
     # bool is an int subclass in Python; the schema keeps them apart
     if isinstance(value, bool) and bool not in types:
@@ -467,11 +496,12 @@ def validate_graph_json(doc: Any) -> None:
         if n["node_id"] in ids:
             raise ValueError(f"duplicate node_id {n['node_id']!r}")
         ids.add(n["node_id"])
+        _check_node_place(i, n, len(meta["prompt_tokens"]))
     for i, e in enumerate(links):
         if not isinstance(e, dict):
             raise ValueError(f"links[{i}] must be an object")
         src, dst = e.get("source"), e.get("target")
         if not (isinstance(src, str) and isinstance(dst, str) and src in ids and dst in ids):
             raise ValueError(f"links[{i}] must join two existing node ids (source, target)")
-        if not _is(e.get("weight"), (int, float)):
-            raise ValueError(f"links[{i}].weight must be a number")
+        if not _is(e.get("weight"), (int, float)) or not math.isfinite(e["weight"]):
+            raise ValueError(f"links[{i}].weight must be a finite number")

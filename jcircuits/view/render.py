@@ -322,6 +322,8 @@ def load_document(
     path = Path(os.fspath(source))
     if not path.exists():
         raise FileNotFoundError(f"no such graph file: {path}")
+    if not path.is_file():
+        raise ValueError(f"{path} is a directory, not a graph file (.safetensors or .json)")
     if path.suffix == ".json":
         try:
             doc = json.loads(path.read_text(encoding="utf-8"))
