@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
-from test_server import synthetic_graph, write_graph
+from synthetic import synthetic_graph, write_graph
 
 from jcircuits.cli import main as cli_main
 from jcircuits.view.server import make_server
