@@ -6,8 +6,10 @@ PLTs) into ``OUT``; ``jcircuits/default`` is ``train-default jcircuits/default -
 ``train-transcoders --model DIR --text FILE -o OUT`` trains a PLT or CLT set on any model we can run: each line
 of ``FILE`` is tokenized with the model's tokenizer (or ``--tokens-npy`` gives ``[sequences, positions]`` ids),
 activations are harvested (in memory, or as shards under ``--harvest-dir``), and the set is trained with
-checkpoints and metrics under ``OUT/train`` (``--resume`` by default) and written to ``OUT`` in circuit-tracer's
-format (``config.yaml`` + layer files).
+checkpoints and metrics under ``OUT/train`` (resumed by default; ``--no-resume`` starts over) and written to
+``OUT`` in circuit-tracer's format (``config.yaml`` + layer files). Bad numbers, paths, token ids outside the
+model's vocabulary, non-finite activations and a resume with other settings than the checkpoint's are refused
+with a one-line error (exit code 2) before any work they would spoil.
 """
 
 from __future__ import annotations
