@@ -33,6 +33,9 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import math
+import shutil
+import sys
 import time
 from collections.abc import Callable
 from functools import partial
@@ -54,6 +57,7 @@ __all__ = [
     "TrainConfig",
     "TrainParams",
     "TrainResult",
+    "ResumeMismatch",
     "jumprelu",
     "step_fn",
     "init_train_params",
@@ -119,6 +123,32 @@ class TrainConfig:
                 f"decoder_norm must be penalty|unit, got {self.decoder_norm!r}",
             ),
             (self.steps > 0 and self.batch_size > 0, "steps and batch_size must be positive"),
+            (self.n_features > 0, f"n_features must be positive, got {self.n_features}"),
+            (
+                self.top_k is None or 0 < self.top_k <= self.n_features,
+                f"top_k must be between 1 and n_features ({self.n_features}), got {self.top_k}",
+            ),
+            (math.isfinite(self.lr) and self.lr > 0, f"lr must be a positive finite number, got {self.lr}"),
+            (
+                math.isfinite(self.sparsity_coeff) and self.sparsity_coeff >= 0,
+                f"sparsity_coeff must be a finite number >= 0, got {self.sparsity_coeff}",
+            ),
+            (self.log_every > 0, f"log_every must be positive, got {self.log_every}"),
+            (self.checkpoint_every > 0, f"checkpoint_every must be positive, got {self.checkpoint_every}"),
+            (self.warmup >= 0, f"warmup must be >= 0, got {self.warmup}"),
+            (self.dead_after > 0, f"dead_after must be positive, got {self.dead_after}"),
+            (
+                0 <= self.sparsity_warmup <= 1,
+                f"sparsity_warmup must be in [0, 1], got {self.sparsity_warmup}",
+            ),
+            *(
+                (math.isfinite(v) and v > 0, f"{name} must be a positive finite number, got {v}")
+                for name, v in (
+                    ("tanh_scale", self.tanh_scale),
+                    ("bandwidth", self.bandwidth),
+                    ("init_threshold", self.init_threshold),
+                )
+            ),
         ]
         for ok, msg in checks:
             if not ok:
@@ -135,6 +165,98 @@ class TrainParams:
     W_dec: jax.Array
     b_dec: jax.Array  # [L, D]
     log_threshold: jax.Array | None = None  # [L, F] (JumpReLU)
+
+
+class ResumeMismatch(ValueError):
+    """A resume whose settings differ from the run in the checkpoint directory. ``differences`` holds
+    ``(setting, in the checkpoint, now)`` for each one that differs."""
+
+    def __init__(self, directory: Path, differences: list[tuple[str, Any, Any]]):
+        self.directory = directory
+        self.differences = differences
+        diffs = "; ".join(f"{k}: {old!r} in the checkpoint, {new!r} now" for k, old, new in differences)
+        super().__init__(
+            f"{directory} holds a run with other settings ({diffs}); resume with the same settings, "
+            "or pass resume=False to start over"
+        )
+
+
+# Settings that change nothing the run computes: a resume may change them.
+_RESUMABLE = ("log_every", "checkpoint_every")
+_SETTINGS_FILE = "run_settings.json"
+
+
+def _run_settings(cfg: TrainConfig, n_tokens: int, n_layers: int, d_model: int) -> dict[str, Any]:
+    """What defines a run (its config and the shape of its data), as stored next to its checkpoints."""
+    d = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _RESUMABLE}
+    d.update(tokens=n_tokens, layers=n_layers, d_model=d_model)
+    return d
+
+
+def _check_resume_settings(ckpt_dir: Path, now: dict[str, Any]) -> None:
+    path = ckpt_dir / _SETTINGS_FILE
+    if not path.is_file():
+        return  # checkpoints written before settings were stored: nothing to compare
+    try:
+        saved = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON ({e}); start over (resume=False) or repair it") from None
+    diffs = [(k, saved.get(k), v) for k, v in now.items() if saved.get(k) != v]
+    if diffs:
+        raise ResumeMismatch(ckpt_dir, diffs)
+
+
+def _check_finite_data(name: str, arr: np.ndarray) -> None:
+    """Refuse non-finite harvested activations, naming the first (token row, layer, dimension)."""
+    bad = ~np.isfinite(arr)
+    if bad.any():
+        n, layer, d = (int(i) for i in np.argwhere(bad)[0])
+        raise ValueError(
+            f"the harvested {name} hold {int(bad.sum())} non-finite values, the first ({arr[n, layer, d]}) at "
+            f"token row {n}, layer {layer}, dimension {d}; the model produces them on this data, so no "
+            "transcoder can be trained on it"
+        )
+
+
+def _stderr(msg: str) -> None:
+    print(msg, file=sys.stderr)
+
+
+def _truncate_metrics(out: Path, step: int) -> None:
+    """Drop logged rows after ``step`` (written after the checkpoint a resume continues from), so a resumed
+    run logs each step once; a half-written last line (a kill mid-write) goes too."""
+    path = out / "metrics.csv"
+    if path.is_file():
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            fields, rows = reader.fieldnames, []
+            for r in reader:
+                try:
+                    if None not in r and None not in r.values() and int(r["step"]) <= step:
+                        rows.append(r)
+                except (KeyError, ValueError):
+                    pass
+        if fields and rows:
+            tmp = path.with_suffix(".csv.tmp")
+            with open(tmp, "w", newline="") as f:
+                w = csv.DictWriter(f, fieldnames=fields)
+                w.writeheader()
+                w.writerows(rows)
+            tmp.replace(path)
+        else:
+            path.unlink()
+    path = out / "metrics.jsonl"
+    if path.is_file():
+        keep = []
+        for ln in path.read_text().splitlines():
+            try:
+                if int(json.loads(ln)["step"]) <= step:
+                    keep.append(ln + "\n")
+            except (ValueError, KeyError, TypeError):
+                pass
+        tmp = path.with_suffix(".jsonl.tmp")
+        tmp.write_text("".join(keep))
+        tmp.replace(path)
 
 
 @dataclasses.dataclass
@@ -305,7 +427,7 @@ def _make_step(cfg: TrainConfig, mesh: Mesh):
     opt, _ = _optimizer(cfg)
     rep, data = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
 
-    def step(state, x, y, y_var, step_i):
+    def step(state, x, y, y_var, step_i, first_bad):
         (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(
             state["params"], cfg, x, y, y_var, _coeff(cfg, step_i)
         )
@@ -315,12 +437,17 @@ def _make_step(cfg: TrainConfig, mesh: Mesh):
             params = _normalise_unit(cfg, params)
         last = jnp.where(aux["fired_LF"], step_i, state["last_fired"])
         metrics = {"loss": loss, "fvu_L": aux["fvu_L"], "l0_L": aux["l0_L"]}
-        return {"params": params, "opt": opt_state, "last_fired": last}, metrics
+        finite = jnp.isfinite(loss)
+        for leaf in jax.tree_util.tree_leaves(params):
+            finite &= jnp.all(jnp.isfinite(leaf))
+        # The first step whose loss or updated parameters are not finite (-1 while all are).
+        first_bad = jnp.where((first_bad < 0) & ~finite, step_i, first_bad)
+        return {"params": params, "opt": opt_state, "last_fired": last}, metrics, first_bad
 
     return jax.jit(
         step,
-        in_shardings=(rep, data, data, rep, rep),
-        out_shardings=(rep, rep),
+        in_shardings=(rep, data, data, rep, rep, rep),
+        out_shardings=(rep, rep, rep),
         donate_argnums=(0,),
     )
 
@@ -342,6 +469,7 @@ def train_transcoders(
     mesh: Mesh | None = None,
     stop_after: int | None = None,
     log: Callable[[str], None] | None = print,
+    warn: Callable[[str], None] | None = _stderr,
 ) -> TrainResult:
     """Train a transcoder set on harvested pairs; see the module docstring.
 
@@ -349,6 +477,13 @@ def train_transcoders(
     (``resume`` continues from the newest). ``mesh`` defaults to all devices; the batch size must divide by
     its size. ``stop_after`` ends the run early after that many steps (as an interruption would), leaving its
     checkpoint for a later resume.
+
+    The run's settings are stored next to the checkpoints; resuming with different ones raises
+    ``ResumeMismatch``. On resume the metrics files are cut back to the restored step, and a newest checkpoint
+    that does not restore is moved aside (reported through ``warn``, stderr by default) for the next older one.
+    ``resume=False`` deletes earlier checkpoints. Non-finite activations are refused before training, and a
+    loss or parameters that become non-finite stop training with a ``ValueError`` naming the step (no
+    checkpoint of the broken state is written).
     """
     x_NLD, y_NLD = np.asarray(x_NLD, np.float32), np.asarray(y_NLD, np.float32)
     if x_NLD.ndim != 3 or x_NLD.shape != y_NLD.shape:
@@ -356,6 +491,10 @@ def train_transcoders(
             f"x and y must both be [tokens, layers, d_model]; got {x_NLD.shape} and {y_NLD.shape}"
         )
     N, L, D = x_NLD.shape
+    if N == 0:
+        raise ValueError("no training tokens: x and y are empty")
+    _check_finite_data("inputs x", x_NLD)
+    _check_finite_data("outputs y", y_NLD)
     mesh = make_mesh() if mesh is None else mesh
     if cfg.batch_size % mesh.size:
         raise ValueError(
@@ -364,6 +503,13 @@ def train_transcoders(
     # Per-layer unit-RMS normalisation (scale-free hyperparameters); folded back in to_transcoder_set.
     x_scale = np.sqrt((x_NLD**2).mean(axis=(0, 2))).astype(np.float32)
     y_scale = np.sqrt((y_NLD**2).mean(axis=(0, 2))).astype(np.float32)
+    for name, sc in (("inputs x", x_scale), ("outputs y", y_scale)):
+        if not (np.isfinite(sc).all() and (sc > 0).all()):
+            layer = int(np.argmax(~(np.isfinite(sc) & (sc > 0))))
+            raise ValueError(
+                f"the harvested {name} of layer {layer} are all zero or overflow float32 (RMS {sc[layer]}): "
+                "nothing to normalise and train on"
+            )
     xn, yn = x_NLD / x_scale[:, None], y_NLD / y_scale[:, None]
     y_var = jnp.asarray(((yn - yn.mean(0)) ** 2).sum(-1).mean(0))
 
@@ -384,22 +530,50 @@ def train_transcoders(
         from jcircuits.training.checkpoint import Checkpointer
 
         out.mkdir(parents=True, exist_ok=True)
-        ckpt = Checkpointer(out / "checkpoints")
-        if resume and (got := ckpt.restore_latest(state)) is not None:
-            start, state = got
-            if log:
-                log(f"resumed from step {start} ({ckpt.directory})")
+        ckpt_dir = out / "checkpoints"
+        if not resume and ckpt_dir.exists():
+            shutil.rmtree(ckpt_dir)
+        settings = _run_settings(cfg, N, L, D)
+        ckpt = Checkpointer(ckpt_dir)
+        try:
+            if resume and ckpt.latest_step() is not None:
+                _check_resume_settings(ckpt_dir, settings)
+                if (got := ckpt.restore_latest(state, on_broken=warn)) is not None:
+                    start, state = got
+                    if log:
+                        log(f"resumed from step {start} ({ckpt.directory})")
+                elif warn:
+                    warn(f"no checkpoint in {ckpt_dir} restores: starting over")
+        except BaseException:
+            ckpt.close()
+            raise
+        (ckpt_dir / _SETTINGS_FILE).write_text(json.dumps(settings, indent=1) + "\n")
         if start == 0:
             for name in ("metrics.csv", "metrics.jsonl"):
                 (out / name).unlink(missing_ok=True)
+        else:
+            _truncate_metrics(out, start)
     end = cfg.steps if stop_after is None else min(cfg.steps, stop_after)
     t0 = time.perf_counter()
+    first_bad = jax.device_put(jnp.int32(-1), rep)
+
+    def check_finite(saved: int) -> None:
+        bad = int(first_bad)
+        if bad >= 0:
+            kept = f"the newest checkpoint is step {saved}" if saved else "no checkpoint was written"
+            raise ValueError(
+                f"training diverged: the loss or parameters became non-finite at step {bad + 1} (lr {cfg.lr}); "
+                f"nothing was written ({kept}); start over with a lower learning rate"
+            )
+
     try:
+        saved = start
         for s in range(start, end):
             idx = _batch_indices(cfg.seed, s, N, cfg.batch_size)
             xb, yb = jax.device_put(xn[idx], data), jax.device_put(yn[idx], data)
-            state, m = step_jit(state, xb, yb, y_var, jnp.int32(s))
+            state, m, first_bad = step_jit(state, xb, yb, y_var, jnp.int32(s), first_bad)
             if (s + 1) % cfg.log_every == 0 or s + 1 == cfg.steps:
+                check_finite(saved)
                 row = _metrics_row(cfg, s, m, state["last_fired"], sched, time.perf_counter() - t0, y_scale)
                 history.append(row)
                 if out is not None:
@@ -410,7 +584,10 @@ def train_transcoders(
                         f"l0 {row['l0']:.1f}  dead {row['dead_frac']:.3f}  lr {row['lr']:.2e}  {row['s']:.0f}s"
                     )
             if ckpt is not None and ((s + 1) % cfg.checkpoint_every == 0 or s + 1 == end):
+                check_finite(saved)
                 ckpt.save(s + 1, state)
+                saved = s + 1
+        check_finite(saved)
     finally:
         if ckpt is not None:
             ckpt.close()
