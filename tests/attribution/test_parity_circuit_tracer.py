@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from thresholds import assert_activations_close
 
 from jcircuits.attribution import attribute

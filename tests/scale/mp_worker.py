@@ -22,7 +22,7 @@ PROMPT = [1, 17, 42, 5, 63, 8, 29, 77, 3, 51]
 def main() -> int:
     pid, nproc, port, out = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), Path(sys.argv[4])
     do_attr = len(sys.argv) > 5 and sys.argv[5] == "attribute"
-    from jcircuits import distributed
+    from jcircuits.scale import distributed
 
     distributed.initialize(f"127.0.0.1:{port}", nproc, pid, timeout_s=60)
     import jax
@@ -30,8 +30,8 @@ def main() -> int:
     import tiny
     from jax.sharding import NamedSharding, PartitionSpec
 
-    from jcircuits import sharding as shd
     from jcircuits.models import forward_fn
+    from jcircuits.scale import sharding as shd
 
     assert jax.process_count() == nproc and jax.local_device_count() == 2, (
         jax.process_count(),

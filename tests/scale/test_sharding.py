@@ -14,10 +14,10 @@ from jax.sharding import AxisType, PartitionSpec
 from jcircuits_converters.hf import save_hf_checkpoint
 from jcircuits_converters.transcoders import write_clt_dir, write_gemmascope_npz, write_plt_files
 
-from jcircuits import sharding as shd
 from jcircuits.attribution import attribute
 from jcircuits.models import config_from_hf, forward, init_params, param_axes
 from jcircuits.models.loading import load_params, params_to_numpy
+from jcircuits.scale import sharding as shd
 from jcircuits.scale.memory import batch_bytes, estimate_attribution
 from jcircuits.scale.plan import read_transcoder_config
 from jcircuits.scale.sharded_loading import (
@@ -391,9 +391,10 @@ def test_cli_mesh_loads_shards_from_files_and_gives_the_unsharded_graph(
 ):
     """``attribute --mesh 2x4`` reads each model tensor shard by shard (``load_model`` is never called, no read
     is a whole model-sharded tensor) and writes the graph a run without ``--mesh`` writes."""
-    from jcircuits import loading, sharded_loading
     from jcircuits.cli import main
     from jcircuits.graph import Graph
+    from jcircuits.models import loading
+    from jcircuits.scale import sharded_loading
 
     d = local_model_dir
     run = ["attribute", "--model", str(d / "model"), "--transcoders", str(d / "tc")]

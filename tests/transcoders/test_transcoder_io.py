@@ -11,6 +11,7 @@ import pytest
 import yaml
 from jcircuits_converters import transcoders as ct
 from jcircuits_converters.safetensors_io import SafeFile, load_file, save_file
+from tiny import tiny_config, tiny_model, tiny_transcoders
 
 from jcircuits.replacement import replace
 from jcircuits.transcoders.io import (
@@ -19,7 +20,6 @@ from jcircuits.transcoders.io import (
     transcoder_set_from_numpy,
     transcoder_set_to_numpy,
 )
-from tiny import tiny_config, tiny_model, tiny_transcoders
 
 TOKENS = np.array([1, 5, 17, 33, 2, 60, 8, 41, 77, 12])
 KEYS = ("W_enc", "b_enc", "b_dec", "threshold", "W_skip")
