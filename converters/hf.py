@@ -284,8 +284,8 @@ def hf_to_params(ckpt: Any, hf_config: Mapping[str, Any], *, dtype: Any = np.flo
         _set(out, rule.path, np.empty(((dims.n_layers,) if rule.per_layer else ()) + shape, dtype))
     for key in expected:
         rule, layer = _match(rules, key)
-        # A view into the memory map (no copy); the assignment below is the only full copy made.
-        value = rule.to_ours(ckpt.get(key, copy=False), dims)
+        # one tensor read at a time, converted as a view and copied into the stacked array
+        value = rule.to_ours(ckpt.get(key), dims)
         target = _get(out, rule.path)
         if layer is None:
             target[...] = value
