@@ -84,6 +84,8 @@ class SafeFile(Mapping):
     def get(self, name: str, *, rows: slice | None = None, bf16: str = "float32") -> np.ndarray:
         """The tensor ``name`` (optionally only ``rows`` of its first axis) as a numpy array."""
         part = self.get_slice(name)  # a KeyError naming the file for an unknown name
+        if rows is not None:  # clipped to the tensor like a numpy slice (the package's slices do not clip)
+            rows = slice(*rows.indices(part.get_shape()[0]))
         a = part[rows] if rows is not None else self._f.get_tensor(name)
         return a.astype(np.float32) if bf16 == "float32" and a.dtype.name == "bfloat16" else a
 

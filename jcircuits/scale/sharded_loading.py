@@ -103,23 +103,6 @@ def _single(shape, sharding, read, dtype) -> jax.Array:
     )
 
 
-def _check_checkpoint(ck: Any, dims: hf_conv.Dims, where: str) -> None:
-    expected = hf_conv.expected_shapes(dims)
-    present = set(ck)
-    missing = sorted(set(expected) - present)
-    if missing:
-        raise hf_conv.ConversionError(f"{where}: missing tensors for {dims.arch}: {missing}")
-    bad = [
-        f"{k}: expected {tuple(s)}, got {tuple(ck.shape(k))}"
-        for k, s in expected.items()
-        if tuple(ck.shape(k)) != tuple(s)
-    ]
-    if bad:
-        raise hf_conv.ConversionError(
-            f"{where}: tensors with the wrong shape for this config: " + "; ".join(bad)
-        )
-
-
 def load_model_sharded(
     path_or_repo: str | os.PathLike,
     mesh: Mesh,
@@ -136,7 +119,7 @@ def load_model_sharded(
     dims = hf_conv.Dims.from_hf(hf_conv.read_hf_config(model_dir))
     axes = param_axes(cfg)
     ck = open_checkpoint(model_dir)  # memory maps; kept open by the callbacks' closures until loading ends
-    _check_checkpoint(ck, dims, str(model_dir))
+    hf_conv.check_checkpoint(ck, dims)  # the checks (and messages) of host loading, before anything is read
     out: dict[str, Any] = {}
     layer_out: dict[str, Any] = {}
     try:
