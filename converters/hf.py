@@ -36,6 +36,7 @@ from .safetensors_io import open_checkpoint, save_file, save_sharded
 __all__ = [
     "ConversionError",
     "Dims",
+    "check_checkpoint",
     "Rule",
     "RULES",
     "expected_shapes",
@@ -239,18 +240,14 @@ def _get(tree: Mapping, path: tuple[str, ...]) -> Any:
     return tree
 
 
-def hf_to_params(ckpt: Any, hf_config: Mapping[str, Any], *, dtype: Any = np.float32) -> dict[str, Any]:
-    """Convert an open checkpoint (``Mapping`` with ``get``/``shape``, e.g. from ``open_checkpoint``) into our
-    nested dict, validating keys and shapes first (before any tensor is read).
-
-    Raises ``ConversionError`` naming missing keys, unexpected keys, and mis-shaped tensors (with both
-    shapes). A tied checkpoint may still carry ``lm_head.weight``; it must then equal the embeddings and is
-    dropped.
-    """
-    dims = Dims.from_hf(hf_config)
-    rules = RULES[dims.arch]
+def check_checkpoint(ckpt: Any, dims: Dims, where: Any = None) -> bool:
+    """Refuse a checkpoint that does not match ``dims``: missing tensors, unexpected tensors, mis-shaped
+    tensors (both shapes named), and in a tied checkpoint an ``lm_head.weight`` that differs from the
+    embeddings. Reads only headers, except that last comparison (row blocks of both tensors, through
+    ``get_slice``). Returns whether a tied checkpoint carries an (equal, to be dropped) ``lm_head.weight``.
+    Both loaders call it: ``hf_to_params`` on the host and ``jcircuits.scale.sharded_loading``."""
+    where = where or getattr(ckpt, "where", None) or getattr(ckpt, "path", "checkpoint")
     expected = expected_shapes(dims)
-    where = getattr(ckpt, "where", None) or getattr(ckpt, "path", "checkpoint")
     present = set(ckpt)
     extra_lm_head = dims.tied and "lm_head.weight" in present
     missing = sorted(set(expected) - present)
@@ -275,28 +272,45 @@ def hf_to_params(ckpt: Any, hf_config: Mapping[str, Any], *, dtype: Any = np.flo
         bad.append(f"lm_head.weight: expected {want}, got {got}")
     if bad:
         raise ConversionError(f"{where}: tensors with the wrong shape for this config: " + "; ".join(bad))
+    if extra_lm_head:
+        head, embed = ckpt.get_slice("lm_head.weight"), ckpt.get_slice("model.embed_tokens.weight")
+        step = max(1, (1 << 24) // max(1, dims.d_model))  # about 64 MB of float32 per block
+        for a in range(0, dims.vocab_size, step):
+            b = min(a + step, dims.vocab_size)  # (the package's slices do not clip)
+            if not np.array_equal(head[a:b], embed[a:b]):
+                raise ConversionError(
+                    f"{where}: tie_word_embeddings is true but lm_head.weight differs from "
+                    "model.embed_tokens.weight"
+                )
+    return extra_lm_head
 
+
+def hf_to_params(ckpt: Any, hf_config: Mapping[str, Any], *, dtype: Any = np.float32) -> dict[str, Any]:
+    """Convert an open checkpoint (``SafeFile``/``ShardedCheckpoint`` from ``open_checkpoint``) into our
+    nested dict, validating it first (``check_checkpoint``: before any tensor but a tied ``lm_head`` is read).
+
+    Raises ``ConversionError`` naming missing keys, unexpected keys, and mis-shaped tensors (with both
+    shapes). A tied checkpoint may still carry ``lm_head.weight``; it must then equal the embeddings and is
+    dropped.
+    """
+    dims = Dims.from_hf(hf_config)
+    rules = RULES[dims.arch]
+    check_checkpoint(ckpt, dims)
     out: dict[str, Any] = {}
     for rule in rules:
         if rule.path == ("unembed",) and dims.tied:
             continue
         shape = _our_shape(rule, dims)
         _set(out, rule.path, np.empty(((dims.n_layers,) if rule.per_layer else ()) + shape, dtype))
-    for key in expected:
+    for key in expected_shapes(dims):
         rule, layer = _match(rules, key)
-        # A view into the memory map (no copy); the assignment below is the only full copy made.
-        value = rule.to_ours(ckpt.get(key, copy=False), dims)
+        # one tensor read at a time, converted as a view and copied into the stacked array
+        value = rule.to_ours(ckpt.get(key), dims)
         target = _get(out, rule.path)
         if layer is None:
             target[...] = value
         else:
             target[layer] = value
-    if extra_lm_head and not np.array_equal(
-        ckpt.get("lm_head.weight"), ckpt.get("model.embed_tokens.weight")
-    ):
-        raise ConversionError(
-            f"{where}: tie_word_embeddings is true but lm_head.weight differs from model.embed_tokens.weight"
-        )
     return out
 
 

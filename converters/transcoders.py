@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from .safetensors_io import SafeFile, bf16_bits_to_float32, save_file
+from .safetensors_io import SafeFile, save_file
 
 __all__ = [
     "TranscoderFormatError",
@@ -70,11 +70,12 @@ class TranscoderFormatError(ValueError):
 
 
 class RowSource:
-    """One tensor in one file (a safetensors entry or an uncompressed ``.npz`` member), memory-mapped at its byte
-    offset (``st_dtype``: safetensors dtype name). ``read(rows)`` copies only those rows (float32); ``array()`` is
-    the whole tensor as a read-only memory map, which callers slice without reading the rest of the file."""
+    """One tensor in one file (a safetensors entry, or an uncompressed ``.npz`` member memory-mapped at its byte
+    ``offset``; ``st_dtype``: safetensors dtype name). ``read(rows)`` copies only those rows (float32);
+    ``array()`` is an ``.npz`` member whole as a read-only memory map, which callers slice without reading the
+    rest of the file."""
 
-    def __init__(self, path: Path, name: str, shape, st_dtype: str, offset: int, col_start: int = 0):
+    def __init__(self, path: Path, name: str, shape, st_dtype: str, offset: int | None, col_start: int = 0):
         dt = {"F32": "<f4", "F16": "<f2", "BF16": "<u2", "F64": "<f8"}.get(st_dtype)
         if dt is None:
             raise TranscoderFormatError(f"{path}: decoder {name!r} has non-float dtype {st_dtype}")
@@ -82,14 +83,14 @@ class RowSource:
         self.col_start, self.dtype, self.offset = col_start, np.dtype(dt), offset
         self.row_bytes = int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize
         self._map: np.memmap | None = None
+        self._file: SafeFile | None = None
 
     @classmethod
     def safetensors(cls, path: Path, name: str, col_start: int = 0) -> RowSource:
         with SafeFile(path) as f:
             if name not in f:
                 raise TranscoderFormatError(f"{path}: missing decoder tensor {name!r}")
-            begin = f._data_start + int(f._entry(name)["data_offsets"][0])
-            return cls(path, name, f.shape(name), f.dtype_name(name), begin, col_start)
+            return cls(path, name, f.shape(name), f.dtype_name(name), None, col_start)
 
     @classmethod
     def npz(cls, path: Path, name: str) -> RowSource | None:
@@ -118,14 +119,23 @@ class RowSource:
         return cls(path, name, shape, names[dtype], offset)
 
     def array(self) -> np.memmap:
-        """The tensor in its stored layout, memory-mapped read-only (BF16 as raw ``uint16`` bits)."""
+        """An ``.npz`` member in its stored layout, memory-mapped read-only."""
         if self._map is None:
             self._map = np.memmap(self.path, dtype=self.dtype, mode="r", offset=self.offset, shape=self.shape)
         return self._map
 
     def read(self, feats: np.ndarray) -> np.ndarray:
-        raw = np.asarray(self.array()[feats])  # fancy indexing on a memmap touches only those rows
-        out = bf16_bits_to_float32(raw) if self.st_dtype == "BF16" else raw.astype(np.float32)
+        """Rows ``feats`` (sorted, distinct) as float32; from safetensors one sliced read per run of rows."""
+        if self.offset is not None:
+            raw = np.asarray(self.array()[feats])  # fancy indexing on a memmap touches only those rows
+        else:
+            if self._file is None:
+                self._file = SafeFile(self.path)
+            part = self._file.get_slice(self.name)
+            runs = np.split(feats, np.flatnonzero(np.diff(feats) != 1) + 1) if len(feats) else []
+            blocks = [part[int(r[0]) : int(r[-1]) + 1] for r in runs]
+            raw = np.concatenate(blocks) if blocks else np.zeros((0, *self.shape[1:]), np.float32)
+        out = raw.astype(np.float32)
         if self.col_start:
             out = out[:, self.col_start :]
         return np.ascontiguousarray(out)

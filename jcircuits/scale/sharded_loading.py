@@ -2,11 +2,11 @@
 
 ``load_model_sharded(path, mesh)`` and ``load_transcoders_sharded(path, mesh)`` build each array with
 ``jax.make_array_from_callback``: JAX asks every process for the shards of its addressable devices only, and the
-callback answers with a sliced read from the memory-mapped safetensors files (``jcircuits_converters.safetensors_io``). The
-HF→ours transforms of ``jcircuits_converters.hf`` are transposes and reshapes, which numpy applies to the memory map as views,
-so indexing the transformed view copies exactly the shard's elements: no host ever holds a whole tensor, let alone
-the whole checkpoint (host memory peaks at one shard of one tensor per layer). bf16 checkpoints are sliced as raw
-bits and converted after slicing.
+callback answers with a sliced read of the safetensors files (``safe_open(...).get_slice``, through
+``jcircuits_converters.safetensors_io``). The HF→ours transforms of ``jcircuits_converters.hf`` are transposes
+and reshapes; ``read_slice`` maps a shard of ours back to the box of the file it comes from and reads only that:
+no host ever holds a whole tensor, let alone the whole checkpoint (host memory peaks at one shard of one tensor
+per layer). bf16 is converted to float32 exactly after slicing.
 
 Each loader takes ``reads`` (a list): every read appends ``(tensor name, shape read)`` — the tests use it to check
 that shards, not whole tensors, were read. Transcoder decoders stay on disk (``LazyDecoders``): attribution reads
@@ -28,7 +28,7 @@ import numpy as np
 import yaml
 from jax.sharding import Mesh, NamedSharding
 from jcircuits_converters import hf as hf_conv
-from jcircuits_converters.safetensors_io import SafeFile, bf16_bits_to_float32, open_checkpoint
+from jcircuits_converters.safetensors_io import SafeFile, open_checkpoint
 from jcircuits_converters.transcoders import (
     GS_KEYS,
     LazyDecoders,
@@ -59,19 +59,26 @@ _DEFAULT_HOOKS = {"plt": ("mlp.hook_in", "mlp.hook_out"), "clt": ("hook_resid_mi
 
 
 def read_slice(ckpt: Any, name: str, index: tuple, *, transform=None, dtype: Any = np.float32) -> np.ndarray:
-    """``transform(tensor)[index]`` of one checkpoint tensor, reading only the selected elements.
+    """``transform(tensor)[index]`` of one checkpoint tensor, reading only the file's slice that holds it.
 
-    ``ckpt`` is an open ``SafeFile``/``ShardedCheckpoint``; ``transform`` a view-producing map (transpose,
-    reshape) from the file's layout to ours. Returns a new array in ``dtype`` (bf16 converted exactly).
+    ``ckpt`` is an open ``SafeFile``/``ShardedCheckpoint`` (or ``_NpzTensors``); ``transform`` a view-producing
+    map (transpose, reshape) from the file's layout to ours. It is applied to each file axis's coordinates
+    (broadcast, so nothing tensor-sized is allocated) to find the box of the file the shard comes from; that
+    box is read and the shard's elements picked from it. Returns a new array in ``dtype`` (bf16 exactly).
     """
-    is_bf16 = ckpt.dtype_name(name) == "BF16"
-    view = ckpt.get(name, copy=False, bf16="bits" if is_bf16 else "float32")
-    if transform is not None:
-        view = transform(view)
-    part = np.array(view[index])  # the only copy: the shard's own elements
-    if is_bf16:
-        part = bf16_bits_to_float32(part)
-    return part.astype(dtype, copy=False)
+    part = ckpt.get_slice(name)
+    if transform is None:
+        return np.asarray(part[index]).astype(dtype)
+    shape = tuple(ckpt.shape(name))
+    coords = []
+    for k, n in enumerate(shape):
+        axis = np.arange(n).reshape([n if j == k else 1 for j in range(len(shape))])
+        coords.append(transform(np.broadcast_to(axis, shape))[index])
+    if coords[0].size == 0:
+        return np.zeros(coords[0].shape, dtype)
+    box = tuple(slice(int(c.min()), int(c.max()) + 1) for c in coords)
+    block = np.asarray(part[box])
+    return block[tuple(c - b.start for c, b in zip(coords, box, strict=True))].astype(dtype)
 
 
 def _np_dtype(dtype: Any) -> np.dtype:
@@ -96,23 +103,6 @@ def _single(shape, sharding, read, dtype) -> jax.Array:
     )
 
 
-def _check_checkpoint(ck: Any, dims: hf_conv.Dims, where: str) -> None:
-    expected = hf_conv.expected_shapes(dims)
-    present = set(ck)
-    missing = sorted(set(expected) - present)
-    if missing:
-        raise hf_conv.ConversionError(f"{where}: missing tensors for {dims.arch}: {missing}")
-    bad = [
-        f"{k}: expected {tuple(s)}, got {tuple(ck.shape(k))}"
-        for k, s in expected.items()
-        if tuple(ck.shape(k)) != tuple(s)
-    ]
-    if bad:
-        raise hf_conv.ConversionError(
-            f"{where}: tensors with the wrong shape for this config: " + "; ".join(bad)
-        )
-
-
 def load_model_sharded(
     path_or_repo: str | os.PathLike,
     mesh: Mesh,
@@ -129,7 +119,7 @@ def load_model_sharded(
     dims = hf_conv.Dims.from_hf(hf_conv.read_hf_config(model_dir))
     axes = param_axes(cfg)
     ck = open_checkpoint(model_dir)  # memory maps; kept open by the callbacks' closures until loading ends
-    _check_checkpoint(ck, dims, str(model_dir))
+    hf_conv.check_checkpoint(ck, dims)  # the checks (and messages) of host loading, before anything is read
     out: dict[str, Any] = {}
     layer_out: dict[str, Any] = {}
     try:
@@ -207,7 +197,7 @@ class _NpzTensors:
     def dtype_name(self, name: str) -> str:
         return self._src[name].st_dtype
 
-    def get(self, name: str, copy: bool = False, bf16: str = "float32") -> np.ndarray:
+    def get_slice(self, name: str) -> np.ndarray:
         return self._src[name].array()
 
     def row_source(self, name: str) -> RowSource:

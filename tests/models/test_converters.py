@@ -1,4 +1,4 @@
-"""``converters``: the numpy safetensors reader/writer and the HF Gemma-2 / Llama-3 key maps."""
+"""``converters``: the safetensors glue (sharded checkpoints, dtypes) and the HF Gemma-2 / Llama-3 key maps."""
 
 from __future__ import annotations
 
@@ -102,10 +102,10 @@ def test_float32_to_bf16_rounds_to_nearest_even_like_torch():
     # exact halfway cases
     ties = (np.arange(1, 200, dtype=np.uint32) << 16 | np.uint32(0x8000)).view(np.float32)
     x = np.concatenate([x, ties, np.float32([0.0, -0.0, np.inf, -np.inf, 3.4e38])])
-    ours = st.float32_to_bf16_bits(x)
+    ours = x.astype(ml_dtypes.bfloat16).view(np.uint16)  # what the writer's dtype="BF16" does
     ref = torch.from_numpy(x).to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16)
     np.testing.assert_array_equal(ours, ref)
-    assert np.isnan(st.bf16_bits_to_float32(st.float32_to_bf16_bits(np.float32([np.nan])))).all()
+    assert np.isnan(np.float32([np.nan]).astype(ml_dtypes.bfloat16).astype(np.float32)).all()
 
 
 def test_bf16_writer_round_trips_through_torch(tmp_path):
@@ -120,16 +120,14 @@ def test_bf16_writer_round_trips_through_torch(tmp_path):
 
 def test_row_slice_reads_only_the_selected_rows(tmp_path):
     x = np.arange(60, dtype=np.float32).reshape(10, 2, 3)
-    bits = st.float32_to_bf16_bits(x)
+    bits = x.astype(ml_dtypes.bfloat16).view(np.uint16)
     path = tmp_path / "r.safetensors"
     st.save_file({"x": x, "b": x.astype(ml_dtypes.bfloat16)}, path)
     with st.SafeFile(path) as f:
         np.testing.assert_array_equal(f.get("x", rows=slice(3, 7)), x[3:7])
         np.testing.assert_array_equal(f.get("x", rows=slice(8, None)), x[8:])
-        np.testing.assert_array_equal(f.get("b", rows=slice(2, 4), bf16="bits"), bits[2:4])
-        view = f.get("x", rows=slice(1, 2), copy=False)
-        assert not view.flags.owndata and not view.flags.writeable
-        del view
+        np.testing.assert_array_equal(f.get("b", rows=slice(2, 4), bf16="native").view(np.uint16), bits[2:4])
+        np.testing.assert_array_equal(f.get_slice("x")[3:7, 1:], x[3:7, 1:])
 
 
 def test_missing_file_truncated_header_truncated_data_and_missing_key_errors(tmp_path):
@@ -147,7 +145,7 @@ def test_missing_file_truncated_header_truncated_data_and_missing_key_errors(tmp
     st.save_file({"w": np.ones((8, 8), np.float32)}, good)
     cut = tmp_path / "cut.safetensors"
     cut.write_bytes(good.read_bytes()[:-10])
-    with pytest.raises(st.SafetensorsError, match="truncated: tensor 'w'"):
+    with pytest.raises(st.SafetensorsError, match=r"cut\.safetensors: file is truncated"):
         st.SafeFile(cut)
     with st.SafeFile(good) as f, pytest.raises(KeyError, match=r"'bias' not found in .*good\.safetensors"):
         f.get("bias")

@@ -158,6 +158,28 @@ def test_sharded_model_loading_reads_only_shards_and_equals_plain_loading(tmp_pa
     assert embed_reads and all(shape == (128 // 4, 32) for shape in embed_reads)
 
 
+@pytest.mark.parametrize("bad", ["unexpected tensor", "tied lm_head differs"])
+def test_host_and_sharded_loading_refuse_the_same_bad_checkpoint_with_the_same_message(tmp_path, bad):
+    from jcircuits_converters.hf import ConversionError
+    from jcircuits_converters.safetensors_io import load_file, save_file
+
+    hf = _hf_config("gemma2")  # tied
+    params = init_params(config_from_hf(hf), jax.random.key(5))
+    save_hf_checkpoint(params_to_numpy(params), hf, tmp_path)
+    state = load_file(tmp_path / "model.safetensors")
+    if bad == "unexpected tensor":
+        state["model.layers.0.self_attn.q_proj.bias"] = np.zeros(32, np.float32)
+    else:
+        state["lm_head.weight"] = state["model.embed_tokens.weight"] + 1
+    save_file(state, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ConversionError) as host:
+        load_params(tmp_path)
+    with pytest.raises(ConversionError) as sharded:
+        load_model_sharded(tmp_path, shd.make_mesh(1, 1, devices=jax.devices()[:1]))
+    assert str(host.value) == str(sharded.value)
+    assert ("unexpected tensors" if bad == "unexpected tensor" else "lm_head.weight differs") in str(host.value)
+
+
 @needs8
 @pytest.mark.parametrize("kind", ["plt", "clt"])
 def test_sharded_transcoder_loading_equals_plain_loading(tmp_path, kind):
