@@ -35,6 +35,7 @@ from .safetensors_io import open_checkpoint, save_file, save_sharded
 
 __all__ = [
     "ConversionError",
+    "check_finite",
     "Dims",
     "check_checkpoint",
     "Rule",
@@ -285,6 +286,19 @@ def check_checkpoint(ckpt: Any, dims: Dims, where: Any = None) -> bool:
     return extra_lm_head
 
 
+def check_finite(name: str, value: np.ndarray) -> np.ndarray:
+    """``value`` unchanged, or ``ConversionError`` naming tensor ``name`` and where its first NaN/Inf is: a
+    model with non-finite weights computes NaN logits, and every graph of it would be silently meaningless."""
+    bad = ~np.isfinite(value)
+    if bad.any():
+        where = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise ConversionError(
+            f"tensor {name!r} holds {int(bad.sum())} non-finite values (first at index {where}: "
+            f"{value[where]}); the checkpoint is corrupt or was saved after a diverged run"
+        )
+    return value
+
+
 def hf_to_params(ckpt: Any, hf_config: Mapping[str, Any], *, dtype: Any = np.float32) -> dict[str, Any]:
     """Convert an open checkpoint (``SafeFile``/``ShardedCheckpoint`` from ``open_checkpoint``) into our
     nested dict, validating it first (``check_checkpoint``: before any tensor but a tied ``lm_head`` is read).
@@ -305,7 +319,7 @@ def hf_to_params(ckpt: Any, hf_config: Mapping[str, Any], *, dtype: Any = np.flo
     for key in expected_shapes(dims):
         rule, layer = _match(rules, key)
         # one tensor read at a time, converted as a view and copied into the stacked array
-        value = rule.to_ours(ckpt.get(key), dims)
+        value = check_finite(key, rule.to_ours(ckpt.get(key), dims))
         target = _get(out, rule.path)
         if layer is None:
             target[...] = value

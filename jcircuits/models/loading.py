@@ -53,6 +53,8 @@ _CONFIG_NAME = "model_config.json"
 _PARAMS_DIR = "params"
 
 
+_PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".pkl", ".pickle")
+_FILE_SUFFIXES = _PICKLE_SUFFIXES + (".safetensors", ".json", ".npz", ".npy", ".yaml", ".yml")
 _CONFIG_FILES = ["config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"]
 
 
@@ -66,14 +68,24 @@ def resolve_model_dir(
     p = Path(s).expanduser()
     if not s.startswith("hf://"):
         if p.exists():
-            if not p.is_dir():
-                raise NotADirectoryError(f"{p} is a file; pass the model directory that holds config.json")
-            return p
-        if not _REPO_ID.match(s):
-            raise FileNotFoundError(f"{s!r} is neither an existing directory nor an 'org/repo' Hub id")
+            if p.is_dir():
+                return p
+            if p.suffix in _PICKLE_SUFFIXES:
+                raise ValueError(
+                    f"{p} is a PyTorch pickle file, and jcircuits never unpickles files; pass a Hugging Face "
+                    "model directory (config.json + *.safetensors), e.g. one written by save_pretrained()"
+                )
+            raise NotADirectoryError(f"{p} is a file; pass the model directory that holds config.json")
+        if not _REPO_ID.match(s) or s.startswith((".", "/", "~")) or p.suffix in _FILE_SUFFIXES:
+            raise FileNotFoundError(
+                f"no such model directory: {s!r} is neither an existing directory nor an 'org/repo' Hub id"
+            )
     ref = hub.parse_ref(s)
     patterns = _CONFIG_FILES if config_only else HUB_PATTERNS
-    return hub.hub_snapshot(ref.repo_id, patterns, revision or ref.revision, ref.path)
+    try:
+        return hub.hub_snapshot(ref.repo_id, patterns, revision or ref.revision, ref.path)
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"{s!r} is not a local directory, so it was read as a Hub id: {e}") from None
 
 
 def params_from_numpy(tree: dict[str, Any], cfg: ModelConfig, dtype: Any = jnp.float32) -> Params:

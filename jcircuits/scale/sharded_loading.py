@@ -68,7 +68,7 @@ def read_slice(ckpt: Any, name: str, index: tuple, *, transform=None, dtype: Any
     """
     part = ckpt.get_slice(name)
     if transform is None:
-        return np.asarray(part[index]).astype(dtype)
+        return hf_conv.check_finite(name, np.asarray(part[index]).astype(dtype))
     shape = tuple(ckpt.shape(name))
     coords = []
     for k, n in enumerate(shape):
@@ -78,7 +78,7 @@ def read_slice(ckpt: Any, name: str, index: tuple, *, transform=None, dtype: Any
         return np.zeros(coords[0].shape, dtype)
     box = tuple(slice(int(c.min()), int(c.max()) + 1) for c in coords)
     block = np.asarray(part[box])
-    return block[tuple(c - b.start for c, b in zip(coords, box, strict=True))].astype(dtype)
+    return hf_conv.check_finite(name, block[tuple(c - b.start for c, b in zip(coords, box, strict=True))].astype(dtype))
 
 
 def _np_dtype(dtype: Any) -> np.dtype:
