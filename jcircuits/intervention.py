@@ -53,6 +53,7 @@ from jcircuits.models.decode import (
     sample_token,
 )
 from jcircuits.models.decode import generate as generate_plain
+from jcircuits.models.hooks import input_field, output_field
 from jcircuits.models.transformer import check_tokens
 from jcircuits.transcoders import TranscoderSet, check_compatible
 from jcircuits.transcoders.core import TranscoderConfig, Transcoders, activate, encode_layer
@@ -69,10 +70,6 @@ __all__ = [
 ]
 
 Intervention = tuple[int, "int | slice | Sequence[int]", int, float]
-
-_READ = {"ln2.hook_normalized": "normalized", "mlp.hook_in": "mlp_in", "hook_resid_mid": "resid_mid"}
-_WRITE = {"hook_mlp_out": "mlp_out", "mlp.hook_out": "mlp_out_raw"}
-
 
 # ------------------------------------------------------------------------------------------ validation
 
@@ -262,7 +259,7 @@ def _device_edit(plan: Plan, dec: np.ndarray) -> _Edit:
 def _mlp_fn(tcfg: TranscoderConfig, tc: Transcoders, edit: _Edit, cover_TN, keep_T, clean, record_pre: bool):
     """The MLP replacement applying ``edit`` at positions ``cover_TN [T, n]`` (bool); state = (pending CLT/PLT
     deltas ``[L, T, D]``, recorded activations ``[L, T, F]`` or None)."""
-    read, write = _READ[tcfg.input_hook], _WRITE[tcfg.output_hook]
+    read, write = input_field(tcfg.input_hook), output_field(tcfg.output_hook)
 
     def mlp_fn(layer, points, state):
         pending, acts = state
@@ -316,7 +313,7 @@ def _edited_forward(
     acts0 = jnp.zeros((L, T, F), jnp.float32) if want_acts else None
     state0 = (jnp.zeros((L, T, D), jnp.float32), acts0)
     fn = _mlp_fn(tcfg, tc, edit, cover, keep, clean, record_pre)
-    mlp_at = "mlp_out" if tcfg.output_hook == "hook_mlp_out" else "mlp_out_raw"
+    mlp_at = output_field(tcfg.output_hook)
     logits, inter, (_, acts) = forward_fn(
         params, cfg, tokens[None], frozen=frozen, capture=capture, mlp_fn=fn, mlp_state=state0, mlp_at=mlp_at
     )
@@ -483,7 +480,7 @@ def _generate_jit(
         keep = (pos >= zero_positions).astype(jnp.float32)[None]
         return _mlp_fn(tcfg, tc, edit, cover, keep, None, record_pre)  # new tokens: nothing frozen
 
-    mlp_at = "mlp_out" if tcfg.output_hook == "hook_mlp_out" else "mlp_out_raw"
+    mlp_at = output_field(tcfg.output_hook)
     toks, step_logits, states, _ = decode_loop_fn(
         params, cfg, cache, first, T, n_new - 1, key, temperature,
         greedy=greedy, mlp_fn_for=mlp_fn_for, mlp_state0=state0, mlp_at=mlp_at,
