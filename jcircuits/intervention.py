@@ -45,6 +45,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jcircuits.common.pytree import pytree_dataclass
 from jcircuits.models import Intermediates, Model, encode_prompt, forward, forward_fn
 from jcircuits.models.decode import (
     check_sampling,
@@ -228,8 +229,9 @@ def _decoder_rows(ts: TranscoderSet, plan: Plan) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------- the model
 
 
-class _Edit(NamedTuple):
-    """Device-side plan: the arrays every MLP slot needs to apply the edits (a pytree)."""
+@pytree_dataclass
+class _Edit:
+    """Device-side plan: the arrays every MLP slot needs to apply the edits."""
 
     layers: jax.Array  # [n]
     feats: jax.Array  # [n]
@@ -238,7 +240,8 @@ class _Edit(NamedTuple):
     dec: jax.Array  # [n, L, D]
 
 
-class _Clean(NamedTuple):
+@pytree_dataclass
+class _Clean:
     """Clean-run constants for constrained layers."""
 
     in_c: jax.Array  # [L] bool
