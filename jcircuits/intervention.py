@@ -45,6 +45,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jcircuits.common.pytree import pytree_dataclass
 from jcircuits.models import Intermediates, Model, encode_prompt, forward, forward_fn
 from jcircuits.models.decode import (
     check_sampling,
@@ -53,6 +54,7 @@ from jcircuits.models.decode import (
     sample_token,
 )
 from jcircuits.models.decode import generate as generate_plain
+from jcircuits.models.hooks import input_field, output_field
 from jcircuits.models.transformer import check_tokens
 from jcircuits.transcoders import TranscoderSet, check_compatible
 from jcircuits.transcoders.core import TranscoderConfig, Transcoders, activate, encode_layer
@@ -69,10 +71,6 @@ __all__ = [
 ]
 
 Intervention = tuple[int, "int | slice | Sequence[int]", int, float]
-
-_READ = {"ln2.hook_normalized": "normalized", "mlp.hook_in": "mlp_in", "hook_resid_mid": "resid_mid"}
-_WRITE = {"hook_mlp_out": "mlp_out", "mlp.hook_out": "mlp_out_raw"}
-
 
 # ------------------------------------------------------------------------------------------ validation
 
@@ -231,8 +229,9 @@ def _decoder_rows(ts: TranscoderSet, plan: Plan) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------- the model
 
 
-class _Edit(NamedTuple):
-    """Device-side plan: the arrays every MLP slot needs to apply the edits (a pytree)."""
+@pytree_dataclass
+class _Edit:
+    """Device-side plan: the arrays every MLP slot needs to apply the edits."""
 
     layers: jax.Array  # [n]
     feats: jax.Array  # [n]
@@ -241,7 +240,8 @@ class _Edit(NamedTuple):
     dec: jax.Array  # [n, L, D]
 
 
-class _Clean(NamedTuple):
+@pytree_dataclass
+class _Clean:
     """Clean-run constants for constrained layers."""
 
     in_c: jax.Array  # [L] bool
@@ -262,7 +262,7 @@ def _device_edit(plan: Plan, dec: np.ndarray) -> _Edit:
 def _mlp_fn(tcfg: TranscoderConfig, tc: Transcoders, edit: _Edit, cover_TN, keep_T, clean, record_pre: bool):
     """The MLP replacement applying ``edit`` at positions ``cover_TN [T, n]`` (bool); state = (pending CLT/PLT
     deltas ``[L, T, D]``, recorded activations ``[L, T, F]`` or None)."""
-    read, write = _READ[tcfg.input_hook], _WRITE[tcfg.output_hook]
+    read, write = input_field(tcfg.input_hook), output_field(tcfg.output_hook)
 
     def mlp_fn(layer, points, state):
         pending, acts = state
@@ -316,7 +316,7 @@ def _edited_forward(
     acts0 = jnp.zeros((L, T, F), jnp.float32) if want_acts else None
     state0 = (jnp.zeros((L, T, D), jnp.float32), acts0)
     fn = _mlp_fn(tcfg, tc, edit, cover, keep, clean, record_pre)
-    mlp_at = "mlp_out" if tcfg.output_hook == "hook_mlp_out" else "mlp_out_raw"
+    mlp_at = output_field(tcfg.output_hook)
     logits, inter, (_, acts) = forward_fn(
         params, cfg, tokens[None], frozen=frozen, capture=capture, mlp_fn=fn, mlp_state=state0, mlp_at=mlp_at
     )
@@ -483,7 +483,7 @@ def _generate_jit(
         keep = (pos >= zero_positions).astype(jnp.float32)[None]
         return _mlp_fn(tcfg, tc, edit, cover, keep, None, record_pre)  # new tokens: nothing frozen
 
-    mlp_at = "mlp_out" if tcfg.output_hook == "hook_mlp_out" else "mlp_out_raw"
+    mlp_at = output_field(tcfg.output_hook)
     toks, step_logits, states, _ = decode_loop_fn(
         params, cfg, cache, first, T, n_new - 1, key, temperature,
         greedy=greedy, mlp_fn_for=mlp_fn_for, mlp_state0=state0, mlp_at=mlp_at,

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jcircuits.models import Intermediates, forward, forward_fn
+from jcircuits.models.hooks import input_field, output_field
 from jcircuits.models.model import Model
 from jcircuits.models.transformer import embed
 from jcircuits.transcoders.core import (
@@ -163,9 +164,7 @@ def replacement_forward(
 
 @partial(jax.jit, static_argnums=(1, 2))
 def _replacement_forward(params, cfg, tcfg, tc, dec, err, tokens, frozen, zero_positions):
-    read = {"ln2.hook_normalized": "normalized", "mlp.hook_in": "mlp_in", "hook_resid_mid": "resid_mid"}[
-        tcfg.input_hook
-    ]
+    read = input_field(tcfg.input_hook)
     zero = jnp.zeros((1, tokens.shape[0], cfg.d_model), jnp.float32)
     pending0 = jnp.zeros((cfg.n_layers,) + zero.shape, jnp.float32)  # CLT writes waiting for later slots
 
@@ -183,7 +182,7 @@ def _replacement_forward(params, cfg, tcfg, tc, dec, err, tokens, frozen, zero_p
             write = write + x.astype(jnp.float32) @ tc.W_skip[layer]
         return write, pending
 
-    mlp_at = "mlp_out" if tcfg.output_hook == "hook_mlp_out" else "mlp_out_raw"
+    mlp_at = output_field(tcfg.output_hook)
     logits, _, _ = forward_fn(
         params, cfg, tokens[None], frozen=frozen, mlp_fn=mlp_fn, mlp_state=pending0, mlp_at=mlp_at
     )

@@ -1,9 +1,15 @@
 """``attribute``: one prompt → an attribution ``Graph``.
 
-Phases: (0) replacement step (features, errors, frozen constants); (1) targets; (2) logit rows; (3) feature rows,
-grouped by the layer they read from so each batch's backward stops at that layer, with influence-ordered selection
-when ``max_feature_nodes`` is smaller than the number of active features; (4) the square adjacency over
-``[selected features | errors | tokens | logits]``.
+``attribute`` is a sequence of phases, each a function whose inputs and outputs are in its signature:
+
+0. ``_replacement_phase`` → ``_Frozen``: features, errors and the frozen constants (``build_context``), on device;
+1. ``_targets_phase`` → ``Targets``: the logits to explain;
+2. ``_logit_rows``: their rows, the first rows of the working matrix ``_Rows``;
+3. ``_feature_rows``: feature rows, grouped by the layer they read from so each batch's backward stops at that
+   layer (``_BatchPlan``), with influence-ordered selection when ``max_feature_nodes`` is smaller than the number
+   of active features; each batch is dispatched before the previous one is stored (``_run_features``);
+4. ``_adjacency`` / ``_assemble`` → ``Graph``: the square adjacency over
+   ``[selected features | errors | tokens | logits]``.
 
 Shapes are kept static: the prompt length fixes T; feature batches are padded to a few bucket sizes so one
 compilation serves every layer group (the start layer is a traced argument).
@@ -11,8 +17,11 @@ compilation serves every layer group (the start layer is a traced argument).
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -72,34 +81,41 @@ def source_index(active: np.ndarray, rank: np.ndarray, K, L: int, n_pos: int, n_
     return index
 
 
-def build_context(model: Model, transcoders: TranscoderSet, rep: Replacement, dtype=jnp.float32):
-    """The frozen linear model's constants for ``rep`` and the source layout. Returns
-    ``(static, ctx, src_index)``: ``ctx`` is zero-padded to ``length_bucket(T)`` positions, and
-    ``src_index(n_pos)`` gives the (cached, device) column map for a position prefix (see ``source_index``)."""
-    cfg, tcfg = model.cfg, transcoders.cfg
-    L, T, D = cfg.n_layers, len(rep.tokens), cfg.d_model
-    inter = rep.inter
-    clt = tcfg.kind == "clt"
-    act = rep.active_features
-    rank, K = _source_layout(act, L, T, clt)
-    # decoder vectors of active features only, scaled by activations, padded by (layer, position)
-    if clt:
+def _padded_decoders(transcoders: TranscoderSet, rep: Replacement, rank: np.ndarray, K, dtype):
+    """Decoder vectors of the active features only, scaled by their activations and padded by (layer, position)
+    to the source layout ``(rank, K)``: ``(dec [L, T, K, D], None)`` for a PLT, ``(None, dec_clt)`` for a CLT
+    (``dec_clt[l]`` ``[T, K_l, L-l, D]``)."""
+    act, vals = rep.active_features, rep.activation_values
+    L, T, D = transcoders.cfg.n_layers, len(rep.tokens), transcoders.cfg.d_model
+    if transcoders.cfg.kind == "clt":
         dec_clt = []
         for l in range(L):
             sel = act[:, 0] == l
             buf = np.zeros((T, K[l], L - l, D), np.float32)
             if sel.any():
-                rows = transcoders.decoders.rows(l, act[sel, 2]) * rep.activation_values[sel, None, None]
+                rows = transcoders.decoders.rows(l, act[sel, 2]) * vals[sel, None, None]
                 buf[act[sel, 1], rank[sel]] = rows
             dec_clt.append(jnp.asarray(buf, dtype))
-        dec, dec_clt = None, tuple(dec_clt)
-    else:
-        buf = np.zeros((L, T, K, D), np.float32)
-        for l in np.unique(act[:, 0]):
-            sel = act[:, 0] == l
-            rows = transcoders.decoders.rows(int(l), act[sel, 2]) * rep.activation_values[sel, None]
-            buf[l, act[sel, 1], rank[sel]] = rows
-        dec, dec_clt = jnp.asarray(buf, dtype), None
+        return None, tuple(dec_clt)
+    buf = np.zeros((L, T, K, D), np.float32)
+    for l in np.unique(act[:, 0]):
+        sel = act[:, 0] == l
+        rows = transcoders.decoders.rows(int(l), act[sel, 2]) * vals[sel, None]
+        buf[l, act[sel, 1], rank[sel]] = rows
+    return jnp.asarray(buf, dtype), None
+
+
+def build_context(model: Model, transcoders: TranscoderSet, rep: Replacement, dtype=jnp.float32):
+    """The frozen linear model's constants for ``rep`` and the source layout. Returns
+    ``(static, ctx, src_index)``: ``ctx`` is zero-padded to ``length_bucket(T)`` positions, and
+    ``src_index(n_pos)`` gives the (cached, device) column map for a position prefix (see ``source_index``)."""
+    cfg, tcfg = model.cfg, transcoders.cfg
+    L, T = cfg.n_layers, len(rep.tokens)
+    inter = rep.inter
+    clt = tcfg.kind == "clt"
+    act = rep.active_features
+    rank, K = _source_layout(act, L, T, clt)
+    dec, dec_clt = _padded_decoders(transcoders, rep, rank, K, dtype)
     errors = rep.errors.at[:, : rep.zero_positions].set(0.0)
     cast = lambda a: None if a is None else jnp.asarray(a).astype(dtype)  # noqa: E731
     sq = lambda a: None if a is None else cast(a[:, 0])  # noqa: E731  drop the batch axis
@@ -201,6 +217,272 @@ def _partial_influence(
     return influence
 
 
+# --------------------------------------------------------------------------------------------- the phases
+
+
+@dataclasses.dataclass(frozen=True)
+class _Frozen:
+    """Phase 0's output: the prompt's replacement step and its frozen linear model, placed on device(s)."""
+
+    tokens: np.ndarray
+    rep: Replacement
+    static: Static
+    ctx: LinearContext  # zero-padded to Tb positions
+    src_index: Callable[..., jax.Array]  # see ``build_context``
+    mesh: Any  # None: one device
+    on_mesh: Callable[[Any], Any]  # places one batch array (split over the data axis with a mesh)
+
+    @property
+    def T(self) -> int:
+        return len(self.tokens)
+
+    @property
+    def Tb(self) -> int:  # padded length
+        return self.ctx.embeddings.shape[0]
+
+    @property
+    def data(self) -> int:  # device batches are split evenly over this many devices
+        return 1 if self.mesh is None else self.mesh.shape["data"]
+
+
+@dataclasses.dataclass
+class _Rows:
+    """The working matrix that phases 2 and 3 fill: one row per target computed so far (``filled``; logits first,
+    then features in the order they were computed), columns ``[all active features | errors (L·T) | tokens (T)]``.
+    ``row_nodes`` is each row's target as a column node (logit ``k`` is ``n_cols + k``); ``rows_hat`` holds the
+    rows made absolute and row-normalised, kept only when influence-ordered selection needs them."""
+
+    rows: np.ndarray
+    rows_hat: np.ndarray | None
+    row_nodes: np.ndarray
+    visited: np.ndarray  # [n_active] bool: features whose row is computed
+    n_logits: int
+    L: int
+    T: int
+    Tb: int
+    filled: int = 0
+
+    @classmethod
+    def empty(cls, n_logits: int, n_feat_rows: int, n_active: int, L: int, T: int, Tb: int, selecting: bool):
+        rows = np.zeros((n_logits + n_feat_rows, n_active + L * T + T), np.float32)
+        rows_hat = np.zeros(rows.shape, np.float32) if selecting else None  # calloc: pages appear as rows land
+        row_nodes = np.zeros(len(rows), np.int64)
+        return cls(rows, rows_hat, row_nodes, np.zeros(n_active, bool), n_logits, L, T, Tb)
+
+    @property
+    def n_active(self) -> int:
+        return len(self.visited)
+
+    @property
+    def n_cols(self) -> int:
+        return self.rows.shape[1]
+
+    def store(self, at: slice, out) -> None:
+        """Rows ``at`` from a device batch ``(features, errors, tokens)`` (padded rows and positions dropped)."""
+        feats, errs, toks = (to_host(o) for o in out)  # in order; gathered across processes if needed
+        m, L, T, n_active = at.stop - at.start, self.L, self.T, self.n_active
+        errs, toks = errs.reshape(-1, L, self.Tb)[:, :, :T].reshape(-1, L * T), toks[:, :T]
+        self.rows[at, :n_active] = feats[:m, :n_active]
+        self.rows[at, n_active : n_active + L * T] = errs[:m]
+        self.rows[at, n_active + L * T :] = toks[:m]
+        if self.rows_hat is not None:
+            _normalize_abs_rows(self.rows[at], self.rows_hat[at])
+
+    def store_tokens(self, at: slice, toks) -> None:
+        """Rows of layer-0 targets: token edges only (every other column stays zero)."""
+        toks = to_host(toks)[: at.stop - at.start, : self.T]
+        c = self.n_active + self.L * self.T
+        self.rows[at, c:] = toks
+        if self.rows_hat is not None:
+            _normalize_abs_rows(self.rows[at, c:], self.rows_hat[at, c:])
+
+    def add_features(self, part: np.ndarray, out, layer0: bool) -> None:
+        """The next rows: feature targets ``part`` (a device batch's output; token edges only for layer 0)."""
+        at = slice(self.filled, self.filled + len(part))
+        (self.store_tokens if layer0 else self.store)(at, out)
+        self.row_nodes[at] = part
+        self.visited[part] = True
+        self.filled += len(part)
+
+
+@contextlib.contextmanager
+def _timed(timings: dict, key: str):
+    t = time.perf_counter()
+    yield
+    timings[key] = time.perf_counter() - t
+
+
+def _check_arguments(batch_size, position_buckets, update_interval, max_feature_nodes, dtype):
+    """Validate ``attribute``'s knobs; returns the dtype."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if position_buckets < 1:
+        raise ValueError(f"position_buckets must be >= 1, got {position_buckets}")
+    if update_interval < 1:
+        raise ValueError(f"update_interval must be >= 1, got {update_interval}")
+    if max_feature_nodes is not None and max_feature_nodes < 0:
+        raise ValueError(f"max_feature_nodes must be >= 0 or None, got {max_feature_nodes}")
+    dtype = jnp.dtype(dtype)
+    if dtype not in (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16)):
+        raise ValueError(f"dtype must be float32 or bfloat16, got {dtype}")
+    return dtype
+
+
+def _replacement_phase(model: Model, transcoders: TranscoderSet, prompt, zero_positions: int, dtype, mesh):
+    """Phase 0: features, errors and the frozen constants of ``prompt``, on device (sharded with a mesh:
+    weights and decoder vectors over ``model``, each batch of rows over ``data``)."""
+    tokens = encode_prompt(model, prompt)
+    rep = replace(model, transcoders, tokens, zero_positions=zero_positions)
+    static, ctx, src_index = build_context(model, transcoders, rep, dtype)
+    on_mesh = lambda x: x  # noqa: E731
+    if mesh is not None:
+        ctx, src_index, on_mesh = place_context(ctx, model.cfg, src_index, mesh)
+    jax.block_until_ready(ctx)
+    return _Frozen(tokens, rep, static, ctx, src_index, mesh, on_mesh)
+
+
+def _targets_phase(model: Model, rep: Replacement, attribution_targets, max_n_logits, desired_logit_prob):
+    """Phase 1: the logit targets (the top logits up to ``desired_logit_prob``, or the given ones)."""
+    tok = model.tokenizer
+    return resolve_targets(
+        attribution_targets,
+        np.asarray(rep.logits[-1]),
+        np.asarray(unembed_matrix(model.params), np.float32),
+        max_n_logits=max_n_logits,
+        desired_logit_prob=desired_logit_prob,
+        decode=(lambda i: tok.decode([i])) if tok is not None else None,
+        encode_token=(lambda s: single_token_id(tok, s)) if tok is not None else None,
+    )
+
+
+def _logit_rows(fz: _Frozen, targets: Targets, work: _Rows, batch_size: int, counter: dict, verbose: bool):
+    """Phase 2: the rows of the logit targets (direct effects on ``logit − mean logit``), ``work``'s first rows."""
+    K = len(targets)
+    vec = fz.on_mesh(targets.vectors) if fz.mesh is not None else jnp.asarray(targets.vectors)
+    for i in tqdm(range(0, K, batch_size), desc="logit rows", disable=not verbose, unit="batch"):
+        args = (fz.static, fz.ctx, vec[i : i + batch_size], fz.src_index(fz.Tb), jnp.int32(fz.T - 1))
+        out = _launch(rows_for_logits, *args, counter=counter)
+        work.store(slice(i, min(i + batch_size, K)), out)
+    work.row_nodes[:K] = work.n_cols + np.arange(K)
+    work.filled = K
+
+
+@dataclasses.dataclass(frozen=True)
+class _BatchPlan:
+    """How feature targets are cut into device batches (see ``plan_batches``)."""
+
+    full: int  # batch_size rounded up to a multiple of the data axis (selection keeps batch_size)
+    small: int
+    pos_buckets: list[int]  # prefix lengths a batch is truncated to
+    layer_buckets: list[int]  # a batch transposes only the first n_layers blocks it needs
+
+    @classmethod
+    def make(cls, fz: _Frozen, batch_size: int, position_buckets: int):
+        d = fz.data
+        full = -(-batch_size // d) * d
+        small = -(-max(1, full // 4) // d) * d
+        pos = buckets.position_buckets(fz.Tb, position_buckets)
+        return cls(full, small, pos, buckets.position_buckets(fz.static.cfg.n_layers, 3))
+
+    def batches(self, idx: np.ndarray, act: np.ndarray, Tb: int):
+        """``(B, n_pos, members)`` for targets ``idx``; layer-0 targets only see tokens: own cheap batches."""
+        first = act[idx, 0] == 0
+        plan = plan_batches(idx[~first], act, self.full, self.small, self.pos_buckets)
+        return plan + plan_batches(idx[first], act, self.full, self.small, [Tb])
+
+
+def _dispatch(fz: _Frozen, plan: _BatchPlan, B: int, n_pos: int, part: np.ndarray, counter: dict):
+    """Launch one batch of feature rows (asynchronously); its padding rows repeat the last start layer."""
+    act = fz.rep.active_features
+    pad = B - len(part)
+    start = np.pad(act[part, 0], (0, pad), mode="edge").astype(np.int32)  # padding adds no layers
+    pos = np.pad(act[part, 1], (0, pad)).astype(np.int32)
+    feat = np.pad(act[part, 2], (0, pad)).astype(np.int32)
+    valid = np.arange(B) < len(part)
+    start, pos, feat, valid = (fz.on_mesh(a) for a in (start, pos, feat, valid))
+    if act[part[0], 0] == 0:
+        return _launch(token_rows_for_layer0, fz.static, fz.ctx, pos, feat, valid, counter=counter)
+    n_layers = next(m for m in plan.layer_buckets if m > act[part, 0].max())
+    args = (fz.static, fz.ctx, start, pos, feat, valid, fz.src_index((n_pos, n_layers)), n_pos, n_layers)
+    return _launch(rows_for_features, *args, counter=counter)
+
+
+def _run_features(fz: _Frozen, plan: _BatchPlan, work: _Rows, idx: np.ndarray, counter: dict, bar) -> None:
+    """Compute and store the rows of feature targets ``idx`` (sorted by layer across all of ``idx``, then
+    chunked). Each batch is dispatched before the previous one is stored, so the host copies rows while the
+    device computes."""
+    act = fz.rep.active_features
+    pending = None  # the batch in flight
+    for B, n_pos, part in plan.batches(idx, act, fz.Tb):
+        out = _dispatch(fz, plan, B, n_pos, part, counter)
+        if pending is not None:
+            work.add_features(*pending)
+            bar.update(len(pending[0]))
+        pending = (part, out, act[part[0], 0] == 0)
+    if pending is not None:
+        work.add_features(*pending)
+        bar.update(len(pending[0]))
+
+
+def _influence_queue(work: _Rows, logit_p: np.ndarray, n: int) -> np.ndarray:
+    """The ``n`` unvisited features of highest influence on the logits through the rows computed so far."""
+    f = work.filled
+    influence = _partial_influence(work.rows_hat[:f], work.row_nodes[:f], logit_p, work.n_cols)
+    rank = np.argsort(-influence[: work.n_active], kind="stable")
+    return rank[~work.visited[rank]][:n]
+
+
+def _feature_rows(fz, targets, work: _Rows, n_feat_rows, batch_size, update_interval, plan, counter, verbose):
+    """Phase 3: ``n_feat_rows`` feature rows. All of them when every active feature gets a row; else, as the
+    reference does, the ``update_interval · batch_size`` unvisited features of highest influence on the logits
+    (from the rows so far) at a time."""
+    bar = tqdm(total=n_feat_rows, desc="feature rows", disable=not verbose, unit="row")
+    K = work.n_logits
+    if work.rows_hat is None:
+        _run_features(fz, plan, work, np.arange(work.n_active), counter, bar)
+    else:
+        while work.filled - K < n_feat_rows:
+            n = min(update_interval * batch_size, n_feat_rows - (work.filled - K))
+            _run_features(fz, plan, work, _influence_queue(work, targets.probabilities, n), counter, bar)
+    bar.close()
+
+
+def _adjacency(work: _Rows) -> tuple[np.ndarray, np.ndarray]:
+    """Phase 4: ``(selected features, the square adjacency)`` over ``[selected | errors | tokens | logits]``,
+    feature rows in the order of their features (error and token rows stay zero)."""
+    K, n_active = work.n_logits, work.n_active
+    selected = np.flatnonzero(work.visited)
+    keep_cols = np.concatenate([selected, np.arange(n_active, work.n_cols)])
+    N = len(selected) + work.L * work.T + work.T + K
+    adj = np.zeros((N, N), np.float32)
+    feat_rows = np.flatnonzero(work.row_nodes[K : work.filled] < n_active) + K
+    order = np.argsort(work.row_nodes[feat_rows])
+    adj[: len(selected), : N - K] = work.rows[np.ix_(feat_rows[order], keep_cols)]
+    adj[N - K :, : N - K] = work.rows[np.ix_(np.arange(K), keep_cols)]
+    return selected, adj
+
+
+def _assemble(model: Model, transcoders: TranscoderSet, fz: _Frozen, targets: Targets, selected, adj, settings):
+    """The ``Graph``: phase 4's adjacency with the prompt, the features and the targets."""
+    tok, tokens = model.tokenizer, fz.tokens
+    return Graph(
+        input_string=tok.decode(tokens.tolist()) if tok is not None else " ".join(map(str, tokens.tolist())),
+        input_tokens=tokens.astype(np.int64),
+        active_features=fz.rep.active_features.astype(np.int64),
+        activation_values=fz.rep.activation_values,
+        selected_features=selected.astype(np.int64),
+        adjacency_matrix=adj,
+        logit_token_ids=targets.ids,
+        logit_probabilities=targets.probabilities,
+        logit_labels=targets.labels,
+        n_layers=model.cfg.n_layers,
+        vocab_size=model.cfg.vocab_size,
+        scan=transcoders.cfg.scan,
+        model_name=model.name,
+        settings=settings,
+    )
+
+
 def attribute(
     model: Model,
     transcoders: TranscoderSet,
@@ -234,173 +516,37 @@ def attribute(
     float32 round-off. With several processes, pass process-local params: the replacement step runs on each
     process, the rows on the global mesh.
     """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    if position_buckets < 1:
-        raise ValueError(f"position_buckets must be >= 1, got {position_buckets}")
-    if update_interval < 1:
-        raise ValueError(f"update_interval must be >= 1, got {update_interval}")
-    if max_feature_nodes is not None and max_feature_nodes < 0:
-        raise ValueError(f"max_feature_nodes must be >= 0 or None, got {max_feature_nodes}")
-    dtype = jnp.dtype(dtype)
-    if dtype not in (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16)):
-        raise ValueError(f"dtype must be float32 or bfloat16, got {dtype}")
+    dtype = _check_arguments(batch_size, position_buckets, update_interval, max_feature_nodes, dtype)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    tokens = encode_prompt(model, prompt)
-    rep = replace(model, transcoders, tokens, zero_positions=zero_positions)
-    cfg = model.cfg
-    L, T = cfg.n_layers, len(tokens)
-    n_active = rep.n_active
-    tok = model.tokenizer
-    targets: Targets = resolve_targets(
-        attribution_targets,
-        np.asarray(rep.logits[-1]),
-        np.asarray(unembed_matrix(model.params), np.float32),
+    with _timed(timings, "precompute_s"):
+        fz = _replacement_phase(model, transcoders, prompt, zero_positions, dtype, mesh)
+        targets = _targets_phase(model, fz.rep, attribution_targets, max_n_logits, desired_logit_prob)
+    n_active, K = fz.rep.n_active, len(targets)
+    n_feat_rows = n_active if max_feature_nodes is None else min(max_feature_nodes, n_active)
+    selecting = n_feat_rows < n_active  # influence-ordered selection needs normalised |rows| as they arrive
+    work = _Rows.empty(K, n_feat_rows, n_active, model.cfg.n_layers, fz.T, fz.Tb, selecting)
+    counter = {"compile_s": 0.0}
+    with _timed(timings, "logit_rows_s"):
+        _logit_rows(fz, targets, work, batch_size, counter, verbose)
+    with _timed(timings, "feature_rows_s"):
+        plan = _BatchPlan.make(fz, batch_size, position_buckets)
+        _feature_rows(fz, targets, work, n_feat_rows, batch_size, update_interval, plan, counter, verbose)
+    timings["compile_s"] = counter["compile_s"]
+    selected, adj = _adjacency(work)
+    timings["total_s"] = time.perf_counter() - t0
+    busy = timings["logit_rows_s"] + timings["feature_rows_s"] - timings["compile_s"]
+    timings["rows_per_s"] = (K + n_feat_rows) / max(busy, 1e-9)
+    settings = dict(
         max_n_logits=max_n_logits,
         desired_logit_prob=desired_logit_prob,
-        decode=(lambda i: tok.decode([i])) if tok is not None else None,
-        encode_token=(lambda s: single_token_id(tok, s)) if tok is not None else None,
+        batch_size=batch_size,
+        max_feature_nodes=max_feature_nodes,
+        update_interval=update_interval,
+        dtype=str(dtype),
+        zero_positions=zero_positions,
+        position_buckets=position_buckets,
+        n_active=n_active,
+        timings=timings,
     )
-    static, ctx, src_index = build_context(model, transcoders, rep, dtype)
-    on_mesh, d = (lambda x: x), 1
-    if mesh is not None:  # weights/decoders split over the model axis, each batch of rows over the data axis
-        ctx, src_index, on_mesh = place_context(ctx, cfg, src_index, mesh)
-        d = mesh.shape["data"]
-    dev_batch = -(-batch_size // d) * d  # device batches split evenly over data (selection keeps batch_size)
-    jax.block_until_ready(ctx)
-    timings["precompute_s"] = time.perf_counter() - t0
-
-    n_err, n_cols = L * T, n_active + L * T + T  # columns of the working matrix: all active features
-    n_feat_rows = n_active if max_feature_nodes is None else min(max_feature_nodes, n_active)
-    K = len(targets)
-    rows = np.zeros((K + n_feat_rows, n_cols), np.float32)
-    selecting = n_feat_rows < n_active  # influence-ordered selection needs normalised |rows| as they arrive
-    rows_hat = np.zeros(rows.shape, np.float32) if selecting else None  # calloc: pages appear as rows land
-    row_nodes = np.zeros(K + n_feat_rows, np.int64)  # working-matrix node index of each row's target
-
-    Tb = ctx.embeddings.shape[0]  # padded length
-
-    def store(at, out):
-        feats, errs, toks = (to_host(o) for o in out)  # in order; gathered across processes if needed
-        m = at.stop - at.start
-        errs, toks = errs.reshape(-1, L, Tb)[:, :, :T].reshape(-1, L * T), toks[:, :T]
-        rows[at, :n_active] = feats[:m, :n_active]
-        rows[at, n_active : n_active + n_err] = errs[:m]
-        rows[at, n_active + n_err :] = toks[:m]
-        if selecting:
-            _normalize_abs_rows(rows[at], rows_hat[at])
-
-    # ---- logit rows
-    t1 = time.perf_counter()
-    counter = {"compile_s": 0.0}
-    vec = on_mesh(targets.vectors) if mesh is not None else jnp.asarray(targets.vectors)
-    for i in tqdm(range(0, K, batch_size), desc="logit rows", disable=not verbose, unit="batch"):
-        args = (static, ctx, vec[i : i + batch_size], src_index(Tb), jnp.int32(T - 1))
-        out = _launch(rows_for_logits, *args, counter=counter)
-        store(slice(i, min(i + batch_size, K)), out)
-    row_nodes[:K] = n_cols + np.arange(K)
-    timings["logit_rows_s"] = time.perf_counter() - t1
-
-    # ---- feature rows
-    t2 = time.perf_counter()
-    act = rep.active_features
-    small = -(-max(1, dev_batch // 4) // d) * d
-    pos_buckets = buckets.position_buckets(Tb, position_buckets)
-    layer_buckets = buckets.position_buckets(L, 3)  # a batch transposes only the first n_layers blocks it needs
-    visited = np.zeros(n_active, bool)
-    st = K
-    bar = tqdm(total=n_feat_rows, desc="feature rows", disable=not verbose, unit="row")
-
-    def store_tokens(at: slice, toks) -> None:
-        """Rows of layer-0 targets: token edges only (every other column stays zero)."""
-        toks = to_host(toks)[: at.stop - at.start, :T]
-        rows[at, n_active + n_err :] = toks
-        if selecting:
-            _normalize_abs_rows(rows[at, n_active + n_err :], rows_hat[at, n_active + n_err :])
-
-    def finish(part: np.ndarray, out) -> None:
-        nonlocal st
-        (store_tokens if act[part[0], 0] == 0 else store)(slice(st, st + len(part)), out)
-        row_nodes[st : st + len(part)] = part
-        visited[part] = True
-        st += len(part)
-        bar.update(len(part))
-
-    def run_batch(idx: np.ndarray):
-        pending = None  # the batch in flight: its rows are stored while the next one computes
-        first = act[idx, 0] == 0  # layer-0 targets only see tokens: their own cheap batches
-        plan = plan_batches(idx[~first], act, dev_batch, small, pos_buckets)
-        plan += plan_batches(idx[first], act, dev_batch, small, [Tb])
-        for B, n_pos, part in plan:
-            pad = B - len(part)
-            start = np.pad(act[part, 0], (0, pad), mode="edge").astype(np.int32)  # padding adds no layers
-            pos = np.pad(act[part, 1], (0, pad)).astype(np.int32)
-            feat = np.pad(act[part, 2], (0, pad)).astype(np.int32)
-            valid = np.arange(B) < len(part)
-            start, pos, feat, valid = on_mesh(start), on_mesh(pos), on_mesh(feat), on_mesh(valid)
-            if act[part[0], 0] == 0:
-                out = _launch(token_rows_for_layer0, static, ctx, pos, feat, valid, counter=counter)
-            else:
-                n_layers = next(m for m in layer_buckets if m > act[part, 0].max())
-                args = (static, ctx, start, pos, feat, valid, src_index((n_pos, n_layers)), n_pos, n_layers)
-                out = _launch(rows_for_features, *args, counter=counter)
-            if pending is not None:
-                finish(*pending)
-            pending = (part, out)
-        if pending is not None:
-            finish(*pending)
-
-    if not selecting:
-        run_batch(np.arange(n_active))
-    else:
-        while st - K < n_feat_rows:
-            influence = _partial_influence(rows_hat[:st], row_nodes[:st], targets.probabilities, n_cols)
-            rank = np.argsort(-influence[:n_active], kind="stable")
-            queue = rank[~visited[rank]][: min(update_interval * batch_size, n_feat_rows - (st - K))]
-            run_batch(queue)  # sorted by layer across the whole queue, then chunked
-    bar.close()
-    timings["feature_rows_s"] = time.perf_counter() - t2
-    compile_s = timings["compile_s"] = counter["compile_s"]
-
-    # ---- assemble the square adjacency
-    selected = np.flatnonzero(visited)
-    keep_cols = np.concatenate([selected, np.arange(n_active, n_cols)])
-    N = len(selected) + n_err + T + K
-    adj = np.zeros((N, N), np.float32)
-    feat_rows = np.flatnonzero(row_nodes[K:st] < n_active) + K
-    order = np.argsort(row_nodes[feat_rows])
-    adj[: len(selected), : N - K] = rows[np.ix_(feat_rows[order], keep_cols)]
-    adj[N - K :, : N - K] = rows[np.ix_(np.arange(K), keep_cols)]
-    timings["total_s"] = time.perf_counter() - t0
-    n_rows = K + n_feat_rows
-    timings["rows_per_s"] = n_rows / max(
-        timings["logit_rows_s"] + timings["feature_rows_s"] - compile_s, 1e-9
-    )
-    return Graph(
-        input_string=tok.decode(tokens.tolist()) if tok is not None else " ".join(map(str, tokens.tolist())),
-        input_tokens=tokens.astype(np.int64),
-        active_features=act.astype(np.int64),
-        activation_values=rep.activation_values,
-        selected_features=selected.astype(np.int64),
-        adjacency_matrix=adj,
-        logit_token_ids=targets.ids,
-        logit_probabilities=targets.probabilities,
-        logit_labels=targets.labels,
-        n_layers=L,
-        vocab_size=cfg.vocab_size,
-        scan=transcoders.cfg.scan,
-        model_name=model.name,
-        settings=dict(
-            max_n_logits=max_n_logits,
-            desired_logit_prob=desired_logit_prob,
-            batch_size=batch_size,
-            max_feature_nodes=max_feature_nodes,
-            update_interval=update_interval,
-            dtype=str(dtype),
-            zero_positions=zero_positions,
-            position_buckets=position_buckets,
-            n_active=n_active,
-            timings=timings,
-        ),
-    )
+    return _assemble(model, transcoders, fz, targets, selected, adj, settings)

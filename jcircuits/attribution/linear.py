@@ -25,6 +25,9 @@ Rows are computed for a batch of targets at once, and three facts keep the work 
 Decoder contractions happen inside the scan, per layer, against decoders padded by position (``[T, K, D]``,
 ``einsum('btd,tkd->btk')``) — never a ``[B, n_active, D]`` array.
 
+The constants travel as named pytrees: ``LinearContext`` for the prompt, ``LayerConsts`` for the one block a scan
+step transposes.
+
 Letters: B batch of target rows, L layers, T positions, D model, K padded sources per (layer, position).
 """
 
@@ -39,10 +42,12 @@ import jax.numpy as jnp
 from jcircuits.common.pytree import pytree_dataclass
 from jcircuits.models import layers as nn
 from jcircuits.models.config import ModelConfig
+from jcircuits.models.hooks import input_field, output_field
 from jcircuits.models.transformer import LayerParams
 
 __all__ = [
     "LinearContext",
+    "LayerConsts",
     "Static",
     "backward_rows",
     "logit_cotangents",
@@ -161,9 +166,25 @@ def layers_prefix(ctx: LinearContext, m: int) -> LinearContext:
     )
 
 
-def _layer_consts(ctx: LinearContext):
+@pytree_dataclass
+class LayerConsts:
+    """One block's slice of ``LinearContext`` (``_layer_consts`` stacks them over L for ``lax.scan``): its
+    weights and its frozen constants, named as the block's linear map reads them."""
+
+    lp: LayerParams
+    ln1: jax.Array  # [T, 1]
+    pattern: jax.Array  # [H, T, T]
+    ln2: jax.Array  # [T, 1]
+    err: jax.Array  # [T, D]
+    post_attn: jax.Array | None = None  # [T, 1]
+    post_mlp: jax.Array | None = None  # [T, 1]
+    skip: jax.Array | None = None  # [D, D]
+    dec: jax.Array | None = None  # PLT [T, K, D]
+
+
+def _layer_consts(ctx: LinearContext) -> LayerConsts:
     """Per-layer constants to scan over (all lead with L)."""
-    return dict(
+    return LayerConsts(
         lp=ctx.layers,
         ln1=ctx.ln1_scale,
         pattern=ctx.pattern,
@@ -176,51 +197,52 @@ def _layer_consts(ctx: LinearContext):
     )
 
 
-def _attn(st: Static, c, x_TD):
+def _attn(st: Static, c: LayerConsts, x_TD):
     cfg = st.cfg
-    h = nn.apply_rms(x_TD, c["ln1"], c["lp"].ln1, cfg.norm_offset)
-    a = nn.attention_values(h[None], c["pattern"][None], c["lp"].wv, c["lp"].wo, cfg)[0]
+    h = nn.apply_rms(x_TD, c.ln1, c.lp.ln1, cfg.norm_offset)
+    a = nn.attention_values(h[None], c.pattern[None], c.lp.wv, c.lp.wo, cfg)[0]
     if cfg.post_norms:
-        a = nn.apply_rms(a, c["post_attn"], c["lp"].post_attn_norm, cfg.norm_offset)
+        a = nn.apply_rms(a, c.post_attn, c.lp.post_attn_norm, cfg.norm_offset)
     return x_TD + a
 
 
-def _hook_in(st: Static, c, mid_TD):
-    if st.input_hook == "hook_resid_mid":
+def _hook_in(st: Static, c: LayerConsts, mid_TD):
+    field = input_field(st.input_hook)
+    if field == "resid_mid":
         return mid_TD
-    if st.input_hook == "ln2.hook_normalized":
-        return mid_TD * c["ln2"]
-    return nn.apply_rms(mid_TD, c["ln2"], c["lp"].ln2, st.cfg.norm_offset)
+    if field == "normalized":
+        return mid_TD * c.ln2
+    return nn.apply_rms(mid_TD, c.ln2, c.lp.ln2, st.cfg.norm_offset)
 
 
-def _hook_out(st: Static, c, slot_TD):
-    if st.output_hook == "mlp.hook_out" and st.cfg.post_norms:
-        return nn.apply_rms(slot_TD, c["post_mlp"], c["lp"].post_mlp_norm, st.cfg.norm_offset)
+def _hook_out(st: Static, c: LayerConsts, slot_TD):
+    if output_field(st.output_hook) == "mlp_out_raw" and st.cfg.post_norms:
+        return nn.apply_rms(slot_TD, c.post_mlp, c.lp.post_mlp_norm, st.cfg.norm_offset)
     return slot_TD
 
 
-def _attn_hook_in_at(st: Static, c, x_TD, p):
+def _attn_hook_in_at(st: Static, c: LayerConsts, x_TD, p):
     """``hook_in(x + Attn(x))`` at the single query position ``p`` ``[D]``, computed in the order whose transpose
     is cheap: mix positions first (``H·T·D``), then ``W_v`` and ``W_o`` on one row per head (``2·H·E·D``)."""
     cfg = st.cfg
-    lp = c["lp"]
-    h = nn.apply_rms(x_TD, c["ln1"], lp.ln1, cfg.norm_offset)  # [T, D]
-    P = c["pattern"][:, p, :].reshape(cfg.n_kv_heads, cfg.n_rep, -1)  # [K, R, T]
+    lp = c.lp
+    h = nn.apply_rms(x_TD, c.ln1, lp.ln1, cfg.norm_offset)  # [T, D]
+    P = c.pattern[:, p, :].reshape(cfg.n_kv_heads, cfg.n_rep, -1)  # [K, R, T]
     z = jnp.einsum("krt,td->krd", P, h)
     v = jnp.einsum("krd,dke->kre", z, lp.wv)
     a = jnp.einsum("kre,kred->d", v, lp.wo.reshape(cfg.n_kv_heads, cfg.n_rep, *lp.wo.shape[1:]))
-    at = lambda name: c[name][p][None]  # noqa: E731  per-position constant at p, [1, 1]
+    at = lambda a: a[p][None]  # noqa: E731  per-position constant at p, [1, 1]
     if cfg.post_norms:
-        a = nn.apply_rms(a[None], at("post_attn"), lp.post_attn_norm, cfg.norm_offset)[0]
+        a = nn.apply_rms(a[None], at(c.post_attn), lp.post_attn_norm, cfg.norm_offset)[0]
     mid = x_TD[p] + a
-    return _hook_in(st, dict(c, ln2=at("ln2")), mid[None])[0]
+    return _hook_in(st, dataclasses.replace(c, ln2=at(c.ln2)), mid[None])[0]
 
 
-def _block(st: Static, c, x_TD, slot_TD):
+def _block(st: Static, c: LayerConsts, x_TD, slot_TD):
     mid = _attn(st, c, x_TD)
     s = slot_TD
-    if c["skip"] is not None:
-        s = s + _hook_in(st, c, mid) @ c["skip"]
+    if c.skip is not None:
+        s = s + _hook_in(st, c, mid) @ c.skip
     return mid + _hook_out(st, c, s)
 
 
@@ -255,8 +277,8 @@ def backward_rows(st: Static, ctx: LinearContext, g0_BTD, enc_BD, pos_B, start_B
         zero = jnp.zeros((T, D), g.dtype)
         _, vjp = jax.vjp(lambda x, s: _block(st, c, x, s), zero, zero)
         gx, gslot = jax.vmap(vjp)(g)
-        err = jnp.einsum("btd,td->bt", gslot, c["err"])
-        src = gslot if clt else jnp.einsum("btd,tkd->btk", gslot, c["dec"])
+        err = jnp.einsum("btd,td->bt", gslot, c.err)
+        src = gslot if clt else jnp.einsum("btd,tkd->btk", gslot, c.dec)
         return gx + inject(layer, c, g.dtype), (src, err)
 
     def first(layer, g, c):  # the batch's highest start: every gradient is still zero, only inject

@@ -6,9 +6,10 @@ attend to) and a jitted ``lax.scan`` of *decode steps*, each processing one toke
 the cache ``[L, B, S, K, E]`` (S = prompt length + new tokens, fixed, so one compilation serves the whole loop).
 
 The decode step reuses the block pieces of ``transformer.py`` (``embed``, ``block_mlp_points``, ``unembed``) and the
-primitives of ``layers.py``; only the attention of one query against cached keys/values is written here. Gemma-2's
-sliding windows (per-layer, scanned with the weights), attention and final soft-caps, and post-norms are handled
-exactly as in the full forward, so cached decoding equals full recomputation up to float round-off.
+attention of ``layers.py`` (projections, ``softmax_pattern``, ``mix_values``, ``attention_mask`` at the step's
+position) with one query row against the cache; only the cache bookkeeping is written here. Gemma-2's sliding
+windows (per-layer, scanned with the weights), attention and final soft-caps, and post-norms are therefore the
+full forward's own code, so cached decoding equals full recomputation up to float round-off.
 
 MLP seam: ``decode_step`` takes the same ``mlp_fn(layer, points, state) -> (write, state)`` as ``forward_fn``
 (``points`` are ``[B, 1, D]``). The loop takes ``mlp_fn_for(pos) -> mlp_fn``, called inside the trace with the
@@ -65,9 +66,7 @@ class KVCache:
 
 def _project_kv(lp: LayerParams, h_BTD: jax.Array, cos_TE: jax.Array, sin_TE: jax.Array):
     """Roped keys and values ``[B, T, K, E]`` of the ln1-normalised block input ``h``."""
-    k = nn.apply_rope(jnp.einsum("btd,dke->btke", h_BTD, lp.wk), cos_TE, sin_TE)
-    v = jnp.einsum("btd,dke->btke", h_BTD, lp.wv)
-    return k, v
+    return nn.project_keys(h_BTD, lp.wk, cos_TE, sin_TE), nn.project_values(h_BTD, lp.wv)
 
 
 def kv_cache_from_intermediates(
@@ -98,24 +97,18 @@ def prefill_fn(params: Params, cfg: ModelConfig, tokens_BT: jax.Array, max_len: 
 
 
 def _cached_attention(lp: LayerParams, cfg: ModelConfig, x_B1D, window, pos, cos, sin, k_BSKE, v_BSKE):
-    """Attention of one new position ``pos`` (traced) against the cache, writing its own key/value first.
+    """Attention of one new position ``pos`` (traced) against the cache, writing its own key/value first: the
+    projections, pattern and value mix of ``layers.py`` with one query row and the mask row of ``pos``.
     Returns ``(attention output added to the residual [B, 1, D], k, v)``."""
     ln1_s = nn.rms_scale(x_B1D, cfg.rms_norm_eps)
     h = nn.apply_rms(x_B1D, ln1_s, lp.ln1, cfg.norm_offset)
     k_new, v_new = _project_kv(lp, h, cos, sin)
     k_BSKE = jax.lax.dynamic_update_slice_in_dim(k_BSKE, k_new.astype(k_BSKE.dtype), pos, axis=1)
     v_BSKE = jax.lax.dynamic_update_slice_in_dim(v_BSKE, v_new.astype(v_BSKE.dtype), pos, axis=1)
-    q = nn.apply_rope(jnp.einsum("btd,dhe->bthe", h, lp.wq), cos, sin)
-    B, _, H, E = q.shape
-    q = q.reshape(B, 1, cfg.n_kv_heads, cfg.n_rep, E)  # query head h = k·G + g reads kv head k
-    scores = jnp.einsum("btkge,bske->bkgts", q, k_BSKE) * jnp.asarray(cfg.attn_scale, q.dtype)
-    scores = nn.softcap(scores, cfg.attn_softcap)
-    s = jnp.arange(k_BSKE.shape[1])
-    visible = (s <= pos) & ((window <= 0) | (s > pos - window))  # same rule as layers.attention_mask
-    scores = jnp.where(visible, scores.astype(jnp.float32), nn.NEG_INF)
-    pattern = jax.nn.softmax(scores, axis=-1).astype(x_B1D.dtype)
-    z = jnp.einsum("bkgts,bske->btkge", pattern, v_BSKE).reshape(B, 1, H, E)
-    a = jnp.einsum("bthe,hed->btd", z, lp.wo)
+    q = nn.project_queries(h, lp.wq, cos, sin)
+    mask = nn.attention_mask(1, k_BSKE.shape[1], window, q_start=pos)  # [1, S]
+    pattern = nn.softmax_pattern(q, k_BSKE, mask, cfg, x_B1D.dtype)
+    a = nn.mix_values(pattern, v_BSKE, lp.wo, cfg)
     if cfg.post_norms:
         a = nn.apply_rms(a, nn.rms_scale(a, cfg.rms_norm_eps), lp.post_attn_norm, cfg.norm_offset)
     return a, k_BSKE, v_BSKE

@@ -6,7 +6,9 @@ G query heads per kv head (H = K·G), E head dim, F MLP hidden.
 
 Every normalisation is split into its *scale* ``rsqrt(mean x² + eps)`` (a per-position scalar, frozen during
 attribution) and its *gain* (a learned linear map, never frozen), so the same code computes the live and the
-frozen model. Likewise attention is split into its pattern (frozen) and the value path (linear).
+frozen model. Likewise attention is split into its pattern (frozen) and the value path (linear), and both into
+projections (``project_*``) and what acts on them (``softmax_pattern``, ``mix_values``), so the one-query cached
+decode step (``decode.py``) runs the same score/soft-cap/window/GQA code as the full forward.
 """
 
 from __future__ import annotations
@@ -76,17 +78,54 @@ def softcap(x: jax.Array, cap: float | None) -> jax.Array:
     return x if cap is None else jnp.tanh(x / cap) * cap
 
 
-def attention_mask(t_q: int, t_k: int, window: jax.Array | int | None) -> jax.Array:
+def attention_mask(t_q: int, t_k: int, window: jax.Array | int | None, q_start=None) -> jax.Array:
     """Boolean ``[T, S]``: causal, and within ``window`` keys of the query when a window is given
     (``window`` may be a traced int; a value ≤ 0 means global). Key ``s`` is visible from query ``t`` iff
-    ``s <= t`` and ``s > t - window``, as in HF's sliding-window overlay."""
-    q = jnp.arange(t_q)[:, None] + (t_k - t_q)
+    ``s <= t`` and ``s > t - window``, as in HF's sliding-window overlay. Queries sit at absolute positions
+    ``q_start + i`` (default ``t_k - t_q``: the last ``t_q`` keys; a traced int for one cached decode step)."""
+    q = jnp.arange(t_q)[:, None] + (t_k - t_q if q_start is None else q_start)
     k = jnp.arange(t_k)[None, :]
     mask = k <= q
     if window is not None:
         w = jnp.asarray(window)
         mask = mask & ((w <= 0) | (k > q - w))
     return mask
+
+
+def project_queries(x_BTD: jax.Array, wq_DHE: jax.Array, cos_TE: jax.Array, sin_TE: jax.Array) -> jax.Array:
+    """Roped queries ``[B, T, H, E]``."""
+    return apply_rope(jnp.einsum("btd,dhe->bthe", x_BTD, wq_DHE), cos_TE, sin_TE)
+
+
+def project_keys(x_BSD: jax.Array, wk_DKE: jax.Array, cos_SE: jax.Array, sin_SE: jax.Array) -> jax.Array:
+    """Roped keys ``[B, S, K, E]``."""
+    return apply_rope(jnp.einsum("bsd,dke->bske", x_BSD, wk_DKE), cos_SE, sin_SE)
+
+
+def project_values(x_BSD: jax.Array, wv_DKE: jax.Array) -> jax.Array:
+    """Values ``[B, S, K, E]``."""
+    return jnp.einsum("bsd,dke->bske", x_BSD, wv_DKE)
+
+
+def softmax_pattern(q_BTHE: jax.Array, k_BSKE: jax.Array, mask_TS: jax.Array, cfg: ModelConfig, dtype):
+    """The attention pattern ``[B, H, T, S]`` of queries against keys, in ``dtype``: scaled scores, soft-capped
+    (Gemma-2), masked, softmax in float32. Query head ``h = k·G + g`` reads kv head ``k`` (GQA). Shared by the
+    full forward (``T = S``) and the cached decode step (``T = 1`` against the cache)."""
+    B, T, H, E = q_BTHE.shape
+    q = q_BTHE.reshape(B, T, cfg.n_kv_heads, cfg.n_rep, E)
+    scores = jnp.einsum("btkge,bske->bkgts", q, k_BSKE) * jnp.asarray(cfg.attn_scale, q.dtype)
+    scores = softcap(scores, cfg.attn_softcap)
+    scores = jnp.where(mask_TS[None, None, None], scores.astype(jnp.float32), NEG_INF)
+    pattern = jax.nn.softmax(scores, axis=-1).astype(dtype)
+    return pattern.reshape(B, H, T, -1)
+
+
+def mix_values(pattern_BHTS: jax.Array, v_BSKE: jax.Array, wo_HED: jax.Array, cfg: ModelConfig) -> jax.Array:
+    """``pattern · v`` per head, then ``W_o``: what attention adds to the residual stream, ``[B, T, D]``."""
+    B, H, T, S = pattern_BHTS.shape
+    p = pattern_BHTS.reshape(B, cfg.n_kv_heads, cfg.n_rep, T, S)
+    z = jnp.einsum("bkgts,bske->btkge", p, v_BSKE).reshape(B, T, H, -1)
+    return jnp.einsum("bthe,hed->btd", z, wo_HED)
 
 
 def attention_pattern(
@@ -99,26 +138,16 @@ def attention_pattern(
     cfg: ModelConfig,
 ) -> jax.Array:
     """Post-softmax attention pattern ``[B, H, T, S]`` in the activation dtype (softmax in float32)."""
-    q = apply_rope(jnp.einsum("btd,dhe->bthe", x_BTD, wq_DHE), cos_TE, sin_TE)
-    k = apply_rope(jnp.einsum("bsd,dke->bske", x_BTD, wk_DKE), cos_TE, sin_TE)
-    B, T, H, E = q.shape
-    q = q.reshape(B, T, cfg.n_kv_heads, cfg.n_rep, E)  # query head h = k·G + g reads kv head k
-    scores = jnp.einsum("btkge,bske->bkgts", q, k) * jnp.asarray(cfg.attn_scale, q.dtype)
-    scores = softcap(scores, cfg.attn_softcap)
-    scores = jnp.where(mask_TS[None, None, None], scores.astype(jnp.float32), NEG_INF)
-    pattern = jax.nn.softmax(scores, axis=-1).astype(x_BTD.dtype)
-    return pattern.reshape(B, H, T, -1)
+    q = project_queries(x_BTD, wq_DHE, cos_TE, sin_TE)
+    k = project_keys(x_BTD, wk_DKE, cos_TE, sin_TE)
+    return softmax_pattern(q, k, mask_TS, cfg, x_BTD.dtype)
 
 
 def attention_values(
     x_BTD: jax.Array, pattern_BHTS: jax.Array, wv_DKE: jax.Array, wo_HED: jax.Array, cfg: ModelConfig
 ) -> jax.Array:
     """The value path ``pattern · (x W_v) W_o`` — linear in ``x`` once the pattern is fixed. ``[B, T, D]``."""
-    v = jnp.einsum("bsd,dke->bske", x_BTD, wv_DKE)
-    B, H, T, S = pattern_BHTS.shape
-    p = pattern_BHTS.reshape(B, cfg.n_kv_heads, cfg.n_rep, T, S)
-    z = jnp.einsum("bkgts,bske->btkge", p, v).reshape(B, T, H, -1)
-    return jnp.einsum("bthe,hed->btd", z, wo_HED)
+    return mix_values(pattern_BHTS, project_values(x_BTD, wv_DKE), wo_HED, cfg)
 
 
 def gated_mlp(x_BTD: jax.Array, w_gate_DF: jax.Array, w_up_DF: jax.Array, w_down_FD: jax.Array, act: str):

@@ -32,6 +32,7 @@ import numpy as np
 from jcircuits.common.pytree import pytree_dataclass
 from jcircuits.models import layers as nn
 from jcircuits.models.config import ModelConfig
+from jcircuits.models.hooks import MLP_HOOKS
 
 __all__ = [
     "Params",
@@ -120,22 +121,19 @@ class Intermediates:
     post_mlp_scale: jax.Array | None = None
 
     def hook(self, name: str) -> jax.Array:
-        """A TransformerLens-named hook point, stacked over layers: ``hook_resid_mid``, ``ln2.hook_normalized``,
-        ``mlp.hook_in``, ``mlp.hook_out``, ``hook_mlp_out``, ``hook_resid_pre``, ``hook_resid_post``."""
-        table = {
-            "hook_resid_pre": lambda: self.resid[:-1],
-            "hook_resid_post": lambda: self.resid[1:],
-            "hook_resid_mid": lambda: self.resid_mid,
-            "ln2.hook_normalized": lambda: (self.resid_mid.astype(jnp.float32) * self.ln2_scale).astype(
-                self.resid_mid.dtype
-            ),
-            "mlp.hook_in": lambda: self.mlp_in,
-            "mlp.hook_out": lambda: self.mlp_out_raw,
-            "hook_mlp_out": lambda: self.mlp_out,
-        }
-        if name not in table:
-            raise KeyError(f"unknown hook point {name!r}; known: {sorted(table)}")
-        return table[name]()
+        """A TransformerLens-named hook point, stacked over layers: ``hook_resid_pre``, ``hook_resid_post``, or
+        one of the MLP hooks of ``hooks.MLP_HOOKS``."""
+        if name == "hook_resid_pre":
+            return self.resid[:-1]
+        if name == "hook_resid_post":
+            return self.resid[1:]
+        if name not in MLP_HOOKS:
+            known = ["hook_resid_pre", "hook_resid_post", *MLP_HOOKS]
+            raise KeyError(f"unknown hook point {name!r}; known: {sorted(known)}")
+        field = MLP_HOOKS[name]
+        if field == "normalized":  # not captured: the ln2 scale without the gain
+            return (self.resid_mid.astype(jnp.float32) * self.ln2_scale).astype(self.resid_mid.dtype)
+        return getattr(self, field)
 
 
 MLPFn = Callable[[jax.Array, MLPPoints, Any], tuple[jax.Array, Any]]

@@ -42,7 +42,7 @@ from jcircuits.models.loading import resolve_model_dir
 from jcircuits.models.transformer import LayerParams, Params, param_axes
 from jcircuits.scale.sharding import spec_for, transcoder_axes
 from jcircuits.transcoders import TranscoderSet
-from jcircuits.transcoders.core import TranscoderConfig, Transcoders
+from jcircuits.transcoders.core import DEFAULT_HOOKS, TranscoderConfig, Transcoders
 
 __all__ = [
     "load_model_sharded",
@@ -55,7 +55,6 @@ __all__ = [
 ]
 
 _KINDS = {"transcoder_set": "plt", "cross_layer_transcoder": "clt"}
-_DEFAULT_HOOKS = {"plt": ("mlp.hook_in", "mlp.hook_out"), "clt": ("hook_resid_mid", "hook_mlp_out")}
 
 
 def read_slice(ckpt: Any, name: str, index: tuple, *, transform=None, dtype: Any = np.float32) -> np.ndarray:
@@ -320,7 +319,7 @@ def _header_config(lay: _Layout, files: list[Any], where: Any) -> TranscoderConf
     if lay.fmt == "gemmascope" and not all(has["threshold"]):
         raise TranscoderFormatError(f"{where}: GemmaScope files need 'threshold' (JumpReLU)")
     conf = lay.conf
-    d_in, d_out = _DEFAULT_HOOKS[lay.kind]
+    d_in, d_out = DEFAULT_HOOKS[lay.kind]
     scan = conf.get("scan")
     return TranscoderConfig(
         kind=lay.kind,

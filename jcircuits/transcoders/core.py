@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jcircuits.common.pytree import pytree_dataclass
+from jcircuits.models.hooks import INPUT_HOOKS, OUTPUT_HOOKS
 
 __all__ = [
     "TranscoderConfig",
@@ -32,13 +33,15 @@ __all__ = [
     "DenseDecoders",
     "HOOKS_IN",
     "HOOKS_OUT",
+    "DEFAULT_HOOKS",
     "encode_layer",
     "activate",
     "TranscoderError",
 ]
 
-HOOKS_IN = ("ln2.hook_normalized", "mlp.hook_in", "hook_resid_mid")
-HOOKS_OUT = ("hook_mlp_out", "mlp.hook_out")
+HOOKS_IN = tuple(INPUT_HOOKS)  # the names of the one hook table, ``models.hooks``
+HOOKS_OUT = tuple(OUTPUT_HOOKS)
+DEFAULT_HOOKS = {"plt": ("mlp.hook_in", "mlp.hook_out"), "clt": ("hook_resid_mid", "hook_mlp_out")}
 ACTIVATIONS = ("relu", "jumprelu", "topk")
 
 

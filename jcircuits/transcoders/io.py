@@ -40,7 +40,13 @@ from jcircuits_converters.transcoders import (
 )
 
 from jcircuits.common import hub
-from jcircuits.transcoders.core import DenseDecoders, TranscoderConfig, TranscoderError, Transcoders
+from jcircuits.transcoders.core import (
+    DEFAULT_HOOKS,
+    DenseDecoders,
+    TranscoderConfig,
+    TranscoderError,
+    Transcoders,
+)
 from jcircuits.transcoders.transcoder_set import TranscoderSet
 
 __all__ = ["load_transcoders", "save_transcoders", "transcoder_set_from_numpy", "transcoder_set_to_numpy"]
@@ -48,7 +54,6 @@ __all__ = ["load_transcoders", "save_transcoders", "transcoder_set_from_numpy", 
 CONFIG_NAME = "config.yaml"
 _KINDS = {"transcoder_set": "plt", "cross_layer_transcoder": "clt"}
 _LAYER_RE = re.compile(r"^layer_(\d+)\.safetensors$")
-_DEFAULT_HOOKS = {"plt": ("mlp.hook_in", "mlp.hook_out"), "clt": ("hook_resid_mid", "hook_mlp_out")}
 
 
 def _resolve_entry(entry: str, base: Path) -> Path:
@@ -77,7 +82,7 @@ def transcoder_set_from_numpy(
     """Our plain numpy layout (``jcircuits_converters.transcoders``) → ``TranscoderSet`` (encoders on device)."""
     kind = tc["kind"]
     L, D, F = tc["W_enc"].shape
-    d_in, d_out = _DEFAULT_HOOKS[kind]
+    d_in, d_out = DEFAULT_HOOKS[kind]
     if activation is None:
         activation = "jumprelu" if tc.get("threshold") is not None else "relu"
     if activation == "jumprelu" and tc.get("threshold") is None:
