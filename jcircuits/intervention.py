@@ -55,7 +55,7 @@ from jcircuits.models.decode import (
 )
 from jcircuits.models.decode import generate as generate_plain
 from jcircuits.models.hooks import input_field, output_field
-from jcircuits.models.transformer import check_tokens
+from jcircuits.models.transformer import check_finite_logits, check_tokens
 from jcircuits.transcoders import TranscoderSet, check_compatible
 from jcircuits.transcoders.core import TranscoderConfig, Transcoders, activate, encode_layer
 
@@ -145,6 +145,9 @@ def _position_mask(pos, n_prompt: int, n_total: int, where: str) -> np.ndarray:
     return mask
 
 
+_MAX_VALUE = float(np.finfo(np.float32).max)
+
+
 def resolve_interventions(
     interventions: Iterable[Intervention],
     n_layers: int,
@@ -179,6 +182,8 @@ def resolve_interventions(
             raise TypeError(f"{where}: value must be a real number, got {value!r}")
         if not math.isfinite(v):
             raise ValueError(f"{where}: value must be finite, got {v}")
+        if abs(v) > _MAX_VALUE:
+            raise ValueError(f"{where}: value {v:g} overflows float32 (|value| must be at most {_MAX_VALUE:g})")
         rows.append((layer, feat, v, _position_mask(pos, n_prompt, n_total, where)))
     # a later edit of the same (layer, feature) wins where positions overlap
     for i in range(len(rows)):
@@ -399,7 +404,7 @@ def feature_intervention(
     tokens, plan, edit, frozen, clean = _prepare(
         model, transcoders, prompt, interventions, 0, constrained_layers, freeze_attention, zero_positions
     )
-    return _intervene_jit(
+    logits, acts = _intervene_jit(
         model.params,
         transcoders.params,
         jnp.asarray(tokens),
@@ -412,6 +417,8 @@ def feature_intervention(
         record_pre=not apply_activation_function,
         want_acts=return_activations,
     )
+    check_finite_logits(logits, what="the intervened forward pass")
+    return logits, acts
 
 
 def _check_zero_positions(z) -> None:
@@ -555,6 +562,7 @@ def generate(
             want_acts=return_activations,
         )
     new = np.asarray(new)
+    check_finite_logits(logits, what="generation")
     text = None if model.tokenizer is None else model.tokenizer.decode(new)
     return Generation(
         tokens=new,

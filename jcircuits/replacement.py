@@ -21,7 +21,7 @@ import numpy as np
 from jcircuits.models import Intermediates, forward, forward_fn
 from jcircuits.models.hooks import input_field, output_field
 from jcircuits.models.model import Model
-from jcircuits.models.transformer import embed
+from jcircuits.models.transformer import check_finite_logits, embed
 from jcircuits.transcoders.core import (
     DecoderStore,
     DenseDecoders,
@@ -109,6 +109,7 @@ def replace(model: Model, transcoders: TranscoderSet, tokens, *, zero_positions:
     if tokens.ndim != 1:
         raise ValueError(f"tokens must be one prompt [T], got shape {tokens.shape}")
     logits, inter = forward(model.params, cfg, tokens[None], capture=True)
+    check_finite_logits(logits[0], inter, "the model's forward pass on this prompt")
     x_in = inter.hook(tcfg.input_hook)[:, 0]  # [L, T, D]
     true_out = inter.hook(tcfg.output_hook)[:, 0].astype(jnp.float32)
     acts = np.asarray(_encode_all(tcfg, transcoders.params, x_in, zero_positions))

@@ -48,6 +48,8 @@ __all__ = [
     "unembed",
     "block_attention",
     "block_mlp_points",
+    "check_tokens",
+    "check_finite_logits",
 ]
 
 
@@ -311,6 +313,26 @@ def check_tokens(cfg: ModelConfig, tokens) -> None:
             raise ValueError(
                 f"token ids out of vocabulary [0, {cfg.vocab_size}): {sorted(set(bad.tolist()))[:10]}"
             )
+
+
+def check_finite_logits(logits_TV, inter: Intermediates | None = None, what: str = "the forward pass") -> None:
+    """Raise ``ValueError`` when ``logits [T, V]`` hold NaN/Inf, naming the first position and, with the captured
+    ``inter`` (batch of one), the first layer whose MLP input or output is non-finite there: a graph or an
+    intervention computed from such a pass would be silently meaningless."""
+    bad_T = ~np.isfinite(np.asarray(logits_TV)).all(axis=-1)
+    if not bad_T.any():
+        return
+    pos = int(np.argmax(bad_T))
+    where = ""
+    if inter is not None:  # resid [L+1, B, T, D]: resid[0] the embeddings, resid[l+1] block l's output
+        bad_L = ~np.isfinite(np.asarray(inter.resid)[:, 0, pos]).all(axis=-1)
+        if bad_L.any():
+            first = int(np.argmax(bad_L))
+            where = ", already in the embeddings" if first == 0 else f", first in the output of layer {first - 1}"
+    raise ValueError(
+        f"{what} gave non-finite logits at position {pos}{where}: the weights, the inputs or an edit overflow "
+        "float range"
+    )
 
 
 def forward(
