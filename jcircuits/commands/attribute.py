@@ -109,7 +109,8 @@ def cmd_attribute(args) -> int:
         result = export_graph_json(graph, slug, args.graph_dir, tokenizer=model.tokenizer)
         print(result.summary())
         if args.serve:
-            from jcircuits.view.server import DEFAULT_PORT, serve
+            from jcircuits.view import DEFAULT_PORT
+            from jcircuits.view.server import serve
 
             serve(args.graph_dir, DEFAULT_PORT, slug=slug)
     return 0

@@ -20,7 +20,7 @@ def cmd_serve(args) -> int:
 
 def register(sub) -> None:
     from jcircuits.commands._common import port_number
-    from jcircuits.view.server import DEFAULT_PORT
+    from jcircuits.view import DEFAULT_PORT
 
     a = sub.add_parser("serve", help="serve the graph viewer for a directory of graph JSON files")
     a.add_argument(

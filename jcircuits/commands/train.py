@@ -215,7 +215,7 @@ def cmd_train_transcoders(args) -> int:
 def register(sub) -> None:
     a = sub.add_parser("train-default", help="re-create the embedded default model and its transcoders")
     a.add_argument("output", help="directory to write the model, tokenizer and transcoders into")
-    a.add_argument("--seed", type=int, default=0)
+    a.add_argument("--seed", type=int, default=0, help="seed of corpus, LM and transcoders (default: %(default)s)")
     a.add_argument("--lm-steps", type=int, default=None, help="override the LM's training steps")
     a.add_argument("--tc-steps", type=int, default=None, help="override the transcoders' training steps")
     a.add_argument(
@@ -229,26 +229,39 @@ def register(sub) -> None:
     t.add_argument("--model", required=True, help="HF model directory, org/repo or hf://org/repo")
     t.add_argument("--text", help="text file, one training sequence per line")
     t.add_argument("--tokens-npy", help="int .npy [sequences, positions] of token ids (pad-filled)")
-    t.add_argument("--seq-len", type=int, default=64, help="positions per --text line (truncate/pad)")
+    t.add_argument(
+        "--seq-len", type=int, default=64, help="positions per --text line, truncated/padded (default: %(default)s)"
+    )
     t.add_argument("-o", "--output", required=True, help="output directory (config.yaml + layer files)")
-    t.add_argument("--kind", choices=("plt", "clt"), default="plt")
-    t.add_argument("--activation", choices=("relu", "jumprelu", "topk"), default="jumprelu")
-    t.add_argument("--top-k", type=int, default=None)
-    t.add_argument("--sparsity", choices=("l1", "tanh", "l0", "none"), default=None)
-    t.add_argument("--sparsity-coeff", type=float, default=2e-3)
-    t.add_argument("--n-features", type=int, default=1024)
-    t.add_argument("--steps", type=int, default=2000)
-    t.add_argument("--batch-size", type=int, default=1024)
-    t.add_argument("--lr", type=float, default=1e-2)
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--log-every", type=int, default=100)
-    t.add_argument("--checkpoint-every", type=int, default=500)
-    t.add_argument("--input-hook", default="mlp.hook_in")
-    t.add_argument("--output-hook", default="mlp.hook_out")
+    t.add_argument(
+        "--kind", choices=("plt", "clt"), default="plt", help="per-layer or cross-layer (default: %(default)s)"
+    )
+    t.add_argument(
+        "--activation", choices=("relu", "jumprelu", "topk"), default="jumprelu", help="(default: %(default)s)"
+    )
+    t.add_argument("--top-k", type=int, default=None, help="active features per token, for --activation topk")
+    t.add_argument(
+        "--sparsity",
+        choices=("l1", "tanh", "l0", "none"),
+        default=None,
+        help="sparsity penalty (default: l0 for jumprelu, tanh for relu, none for topk)",
+    )
+    t.add_argument("--sparsity-coeff", type=float, default=2e-3, help="its weight (default: %(default)s)")
+    t.add_argument("--n-features", type=int, default=1024, help="features per layer (default: %(default)s)")
+    t.add_argument("--steps", type=int, default=2000, help="optimizer steps (default: %(default)s)")
+    t.add_argument("--batch-size", type=int, default=1024, help="tokens per step (default: %(default)s)")
+    t.add_argument("--lr", type=float, default=1e-2, help="learning rate (default: %(default)s)")
+    t.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
+    t.add_argument("--log-every", type=int, default=100, help="steps between metric rows (default: %(default)s)")
+    t.add_argument(
+        "--checkpoint-every", type=int, default=500, help="steps between checkpoints (default: %(default)s)"
+    )
+    t.add_argument("--input-hook", default="mlp.hook_in", help="where features read (default: %(default)s)")
+    t.add_argument("--output-hook", default="mlp.hook_out", help="where they write (default: %(default)s)")
     t.add_argument("--harvest-dir", help="write harvested activations as shards here (else in memory)")
     t.add_argument("--scan", help="the transcoder set's scan name in config.yaml")
     t.add_argument(
         "--no-resume", action="store_true", help="start over even if checkpoints exist (deletes them)"
     )
-    t.add_argument("-q", "--quiet", action="store_true")
+    t.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     t.set_defaults(func=cmd_train_transcoders)

@@ -1,11 +1,30 @@
 """Seeing graphs: the graph JSON of circuit-tracer / Neuronpedia (``export``), static pictures (``render``), and
-the local viewer, a small HTTP server with its static page (``server``, ``static/``). Views know only graphs."""
+the local viewer, a small HTTP server with its static page (``server``, ``static/``). Views know only graphs.
 
-from jcircuits.view.export import ExportResult, export_graph_json, graph_to_json, validate_graph_json
-from jcircuits.view.render import GraphPicture, render, show_graph
-from jcircuits.view.server import DEFAULT_PORT, make_server, serve
+Names load on first use, so the command line can read ``DEFAULT_PORT`` without importing JAX."""
 
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+DEFAULT_PORT = 8041  # the viewer's port on 127.0.0.1
+HOST = "127.0.0.1"  # the only address the viewer listens on
+
+_NAMES = {
+    "ExportResult": "export",
+    "export_graph_json": "export",
+    "graph_to_json": "export",
+    "validate_graph_json": "export",
+    "GraphPicture": "render",
+    "render": "render",
+    "show_graph": "render",
+    "make_server": "server",
+    "serve": "server",
+}
 __all__ = [
+    "DEFAULT_PORT",
+    "HOST",
     "ExportResult",
     "export_graph_json",
     "graph_to_json",
@@ -13,7 +32,19 @@ __all__ = [
     "GraphPicture",
     "render",
     "show_graph",
-    "DEFAULT_PORT",
     "make_server",
     "serve",
 ]
+
+if TYPE_CHECKING:
+    from jcircuits.view.export import ExportResult, export_graph_json, graph_to_json, validate_graph_json
+    from jcircuits.view.render import GraphPicture, render, show_graph
+    from jcircuits.view.server import make_server, serve
+
+
+def __getattr__(name: str) -> Any:
+    if name in _NAMES:
+        value = getattr(importlib.import_module(f"jcircuits.view.{_NAMES[name]}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'jcircuits.view' has no attribute {name!r}")

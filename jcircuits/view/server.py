@@ -30,13 +30,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from jcircuits.view import DEFAULT_PORT, HOST
 from jcircuits.view.export import INDEX_NAME, validate_graph_json, validate_qparams, write_json_atomic
 
 __all__ = ["make_server", "serve", "STATIC_DIR", "DEFAULT_PORT", "HOST"]
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
-DEFAULT_PORT = 8041
-HOST = "127.0.0.1"
 GZIP_ABOVE = 1024**2  # bytes, as circuit-tracer's local server
 MAX_SAVE_BYTES = 64 * 1024**2
 MAX_LABEL_CHARS = 1_000  # a node label (clerp) or supernode name
