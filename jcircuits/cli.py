@@ -10,7 +10,6 @@ import argparse
 import importlib
 import pkgutil
 import sys
-from pathlib import Path
 
 __all__ = ["main", "build_parser"]
 
@@ -29,23 +28,11 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _enable_compilation_cache() -> None:
-    """Persistent XLA compilation cache (``$JCIRCUITS_CACHE_DIR``, default ``~/.cache/jcircuits/xla``): a second
-    run of the same shapes skips compilation. Set ``JCIRCUITS_CACHE_DIR=`` (empty) to disable."""
-    import os
-
-    d = os.environ.get("JCIRCUITS_CACHE_DIR", str(Path.home() / ".cache" / "jcircuits" / "xla"))
-    if not d:
-        return
-    import jax
-
-    jax.config.update("jax_compilation_cache_dir", d)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    _enable_compilation_cache()
+    from jcircuits.common.runtime import use_compilation_cache
+
+    use_compilation_cache()  # persistent XLA cache ($JCIRCUITS_CACHE_DIR; empty turns it off)
     try:
         return args.func(args)
     except _EXPECTED as e:  # bad input: one line naming the problem; anything else keeps its traceback

@@ -46,6 +46,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jcircuits.common.pytree import pytree_dataclass
+from jcircuits.common.runtime import use_compilation_cache
 from jcircuits.models import Intermediates, Model, encode_prompt, forward, forward_fn
 from jcircuits.models.decode import (
     check_sampling,
@@ -401,6 +402,7 @@ def feature_intervention(
     docstring for what is frozen and what the activations are. ``constrained_layers`` is an iterable of layer
     indices (``range(model.cfg.n_layers)`` for direct effects only). ``zero_positions`` leading positions count as
     attention sinks (their activations are 0). Raises ``ValueError``/``TypeError`` for bad interventions."""
+    use_compilation_cache()
     tokens, plan, edit, frozen, clean = _prepare(
         model, transcoders, prompt, interventions, 0, constrained_layers, freeze_attention, zero_positions
     )
@@ -537,6 +539,7 @@ def generate(
         zero_positions,
     )
     temperature = check_sampling(model.cfg, len(tokens), max_new_tokens, temperature, rng)
+    use_compilation_cache()
     key = jax.random.key(0) if rng is None else rng
     if plan.n == 0 and not return_activations:
         new, logits = generate_plain(

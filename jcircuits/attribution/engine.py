@@ -39,6 +39,7 @@ from jcircuits.attribution.linear import (
 from jcircuits.attribution.targets import Targets, resolve_targets
 from jcircuits.common import buckets
 from jcircuits.common.buckets import length_bucket, size_bucket
+from jcircuits.common.runtime import show_progress, use_compilation_cache
 from jcircuits.graph import Graph
 from jcircuits.models import Model, encode_prompt, single_token_id
 from jcircuits.models.transformer import unembed_matrix
@@ -497,7 +498,7 @@ def attribute(
     dtype=jnp.float32,
     zero_positions: int = 1,
     position_buckets: int = 3,
-    verbose: bool = False,
+    verbose: bool | None = None,
     mesh=None,
 ) -> Graph:
     """Compute the attribution graph of ``prompt`` (text or token ids, BOS included for ids).
@@ -505,10 +506,13 @@ def attribute(
     Returns a ``Graph`` whose ``adjacency_matrix [N, N]`` (rows = targets, columns = sources) covers
     ``[selected features | error nodes (L·T) | token nodes (T) | logit nodes (K)]``; error and token rows are
     zero. Edges into features are in units of the target's pre-activation; edges into logits are direct effects
-    on ``logit − mean logit``. See ``docs``/ALGORITHM for the exact conventions (they match circuit-tracer).
+    on ``logit − mean logit``. See ``docs/algorithm.md`` for the exact conventions (they match circuit-tracer).
 
     Feature batches are truncated to the smallest of ``position_buckets`` prefix lengths covering their targets
     (exact: attention is causal); more buckets mean less work per row and one more compiled shape each.
+
+    ``verbose`` shows progress bars (default: in a terminal or a notebook). Compiled code is kept in the
+    persistent cache (``jcircuits.common.runtime``; ``JCIRCUITS_CACHE_DIR=`` turns it off).
 
     ``mesh`` (a ``(data, model)`` mesh from ``jcircuits.scale.sharding.make_mesh``) shards the row computation: weights
     and decoder vectors over ``model``, each batch of target rows over ``data`` (batch sizes are rounded up to a
@@ -517,6 +521,8 @@ def attribute(
     process, the rows on the global mesh.
     """
     dtype = _check_arguments(batch_size, position_buckets, update_interval, max_feature_nodes, dtype)
+    use_compilation_cache()
+    verbose = show_progress(verbose)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     with _timed(timings, "precompute_s"):

@@ -71,6 +71,24 @@ class Graph:
     def __post_init__(self) -> None:
         _validate(self)
 
+    def __repr__(self) -> str:
+        """A few lines a person can read (prompt, node counts, top logits, settings), not the arrays."""
+        prompt = self.input_string if len(self.input_string) <= 80 else self.input_string[:77] + "..."
+        top = ", ".join(
+            f"{lab!r} {float(p):.3f}"
+            for lab, p in list(zip(self.logit_labels, np.asarray(self.logit_probabilities), strict=True))[:5]
+        )
+        more = f" (+{self.n_logits - 5} more)" if self.n_logits > 5 else ""
+        keys = ("max_feature_nodes", "batch_size", "dtype", "desired_logit_prob", "max_n_logits")
+        shown = ", ".join(f"{k}={self.settings[k]}" for k in keys if k in self.settings)
+        return (
+            f"Graph({self.model_name or 'model'}: {prompt!r}, {self.n_pos} tokens\n"
+            f"  nodes {self.n_nodes} = {self.n_selected} features (of {len(self.activation_values)} active) + "
+            f"{self.n_errors} errors + {self.n_pos} tokens + {self.n_logits} logits\n"
+            f"  top logits: {top}{more}\n"
+            f"  settings: {shown or '-'})"
+        )
+
     # sizes ----------------------------------------------------------------------------------------
     @property
     def n_pos(self) -> int:

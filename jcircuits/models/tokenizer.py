@@ -4,7 +4,11 @@
 the sequence starts with a special token: if the first token is not special, one is prepended — the BOS token
 if the model defines one, else the pad token, else EOS, else the lowest special id. (This is circuit-tracer's
 rule, and it gives attribution a stable first position that absorbs attention.) A prompt that already starts
-with a special token (e.g. ``"<bos>The"``) is left as is.
+with a special token (e.g. ``"<bos>The"``) is left as is. The unknown-word token does not count as a start: a
+prompt whose first word is unknown still gets its BOS (circuit-tracer, which counts every special id, would use
+the ``<unk>`` as position 0).
+
+Words the vocabulary lacks are never silent: ``encode`` warns, naming them, when it produces the unknown token.
 
 The BOS/pad/EOS tokens are read, in order of precedence, from ``tokenizer_config.json``,
 ``special_tokens_map.json`` and ``config.json`` beside ``tokenizer.json``, then from conventional names among
@@ -14,6 +18,7 @@ the tokenizer's added special tokens (``<bos>``, ``<s>``, ``<|begin_of_text|>``,
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +67,8 @@ class Tokenizer:
                         found[role] = i
                         break
         self.bos_id, self.pad_id, self.eos_id = found["bos"], found["pad"], found["eos"]
+        unk = json.loads(tokenizer.to_str()).get("model", {}).get("unk_token")
+        self.unk_id: int | None = tokenizer.token_to_id(unk) if isinstance(unk, str) else None
         # The ids we may prepend count as special even if tokenizer.json does not flag them.
         self.special_ids |= frozenset(i for i in found.values() if i is not None)
 
@@ -118,10 +125,19 @@ class Tokenizer:
             raise TypeError(f"prompt must be a string, got {type(prompt).__name__}")
         if not prompt:
             raise ValueError("empty prompt: nothing to tokenize")
-        ids = self._tk.encode(prompt, add_special_tokens=False).ids
+        enc = self._tk.encode(prompt, add_special_tokens=False)
+        ids = enc.ids
         if not ids:
             raise ValueError(f"prompt {prompt!r} produced no tokens")
-        if not self.is_special(ids[0]):
+        if self.unk_id is not None and self.unk_id in ids:
+            unknown = [prompt[a:b] for i, (a, b) in zip(ids, enc.offsets, strict=True) if i == self.unk_id]
+            warnings.warn(
+                f"{len(unknown)} word(s) of the prompt are not in the vocabulary and became "
+                f"{self.id_to_token(self.unk_id)!r}: {unknown}",
+                UserWarning,
+                stacklevel=2,
+            )
+        if not self.is_special(ids[0]) or ids[0] == self.unk_id:
             ids = [self.prefix_id(), *ids]
         return np.asarray(ids, dtype=np.int32)
 

@@ -148,10 +148,11 @@ def vocabulary(world: World) -> list[str]:
 def build_tokenizer(world: World, out_path: str | Path | None = None):
     """A word-level ``tokenizers.Tokenizer`` for the corpus (written to ``out_path`` when given)."""
     import tokenizers
-    from tokenizers import decoders, models, pre_tokenizers
+    from tokenizers import decoders, models, normalizers, pre_tokenizers
 
     vocab = {w: i for i, w in enumerate(vocabulary(world))}
     tk = tokenizers.Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tk.normalizer = normalizers.Lowercase()  # the corpus is lowercase: "Dallas" is "dallas"
     tk.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     tk.add_special_tokens(list(SPECIALS))
     tk.decoder = decoders.WordPiece(prefix="##")  # joins words with single spaces

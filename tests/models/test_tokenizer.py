@@ -98,3 +98,29 @@ def test_bpe_tokenizer_without_special_flags_in_config(tmp_path):
     tk.save(str(tmp_path / "tokenizer.json"))
     tok = JTokenizer.from_file(tmp_path / "tokenizer.json")
     assert tok.encode("abab").tolist() == [0, 3, 3]
+
+
+def test_the_default_tokenizer_handles_case_as_its_lowercase_corpus_does():
+    from jcircuits.default import DEFAULT_DIR
+    from jcircuits.models import Tokenizer
+
+    tok = Tokenizer.from_file(DEFAULT_DIR)
+    upper = tok.encode("The capital of the state containing Dallas is")
+    lower = tok.encode("the capital of the state containing dallas is")
+    np.testing.assert_array_equal(upper, lower)
+    assert tok.unk_id is not None and tok.unk_id not in upper
+
+
+def test_unknown_words_are_named_in_a_warning_and_do_not_replace_the_bos():
+    from jcircuits.default import DEFAULT_DIR
+    from jcircuits.models import Tokenizer
+
+    tok = Tokenizer.from_file(DEFAULT_DIR)
+    with pytest.warns(UserWarning, match=r"not in the vocabulary.*\['Zorblax', 'Quuxville'\]"):
+        ids = tok.encode("Zorblax is in Quuxville")
+    assert ids[0] == tok.bos_id and ids[1] == tok.unk_id  # an unknown first word is not the start token
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        tok.encode("dallas is in texas")  # known words: no warning
