@@ -622,6 +622,10 @@ def parse_intervention(spec: str) -> InterventionSpec:
     return InterventionSpec(int(layer), pos, int(feat), value, op == "*=")
 
 
+def _end(x) -> str:
+    return "" if x is None else str(x)
+
+
 def specs_to_interventions(specs: Sequence[InterventionSpec], clean_activations, n_prompt: int) -> list:
     """Turn parsed specs into interventions; a scale spec ``*=k`` becomes one ``set`` per covered prompt position
     with ``k ×`` the clean activation ``clean_activations [L, T, F]`` there (which must be given). Scaling needs
@@ -632,7 +636,7 @@ def specs_to_interventions(specs: Sequence[InterventionSpec], clean_activations,
             out.append((s.layer, s.position, s.feature, s.value))
             continue
         pos = s.position
-        pos_s = pos if isinstance(pos, int) else f"{'' if pos.start is None else pos.start}..{pos.stop}"
+        pos_s = pos if isinstance(pos, int) else f"{_end(pos.start)}..{_end(pos.stop)}"
         where = f"intervention {s.layer}:{pos_s}:{s.feature}*={s.value:g}"
         if isinstance(s.position, slice) and s.position.stop is None:
             raise ValueError(

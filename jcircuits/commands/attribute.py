@@ -7,7 +7,9 @@ With no ``--model`` it traces the built-in default (``jcircuits.default``) and s
 
 from __future__ import annotations
 
+import sys
 import time
+from pathlib import Path
 
 from jcircuits.commands._common import (
     UsageError,
@@ -113,7 +115,22 @@ def cmd_attribute(args) -> int:
             from jcircuits.view.server import serve
 
             serve(args.graph_dir, DEFAULT_PORT, slug=slug)
+    if not args.quiet:
+        print(_next_steps(args, out, slug=args.slug or out.stem), file=sys.stderr)
     return 0
+
+
+def _next_steps(args, out: Path, slug: str) -> str:
+    """What a person can do with the graph just written (commands that work as printed)."""
+    model = "" if args.model is None else f" --model {args.model} --transcoders {args.transcoders}"
+    lines = ["next:", f"  picture:  jcircuits render {out} -o {out.with_suffix('.svg')}"]
+    if args.graph_dir:
+        lines.append(f"  viewer:   jcircuits serve --graph-dir {args.graph_dir} --graph {slug}")
+    else:
+        lines.append(f"  viewer:   jcircuits attribute{model} ... --graph-dir graphs --serve")
+    lines.append(f"  edit:     jcircuits intervene{model} --prompt ... --set LAYER:POS:FEATURE=VALUE")
+    lines.append(f"  python:   jcircuits.Graph.load({str(out)!r})")
+    return "\n".join(lines)
 
 
 def register(sub) -> None:

@@ -22,7 +22,7 @@ DEFAULT_DIR = Path(__file__).resolve().parent
 DEFAULT_NAME = "jcircuits-default-tiny-llama"
 
 DEFAULT_NOTICE = (
-    "NOTE: no --model given; tracing the embedded default: a tiny 4-layer Llama-architecture model trained in "
+    "NOTE: no --model given; using the embedded default: a tiny 4-layer Llama-architecture model trained in "
     "this repo on a synthetic corpus of two-hop facts ('the capital of the state containing dallas is' -> austin) "
     "and small-number addition ('3 plus 4 is' -> 7; lowercase words only), with JumpReLU transcoders trained on "
     "its activations. Pass --model and --transcoders to trace another model."
