@@ -45,7 +45,7 @@ fi
 # closes the run. (Each process keeps its pile of compiled XLA executables small; conftest.py also drops compiled
 # code between modules.)
 groups=(
-  "models+transcoders+attribution+graph+reference|tests/test_layout.py tests/test_thresholds.py tests/models tests/transcoders tests/attribution tests/graph tests/reference"
+  "models+transcoders+attribution+graph+reference|tests/test_layout.py tests/test_thresholds.py tests/test_readme.py tests/models tests/transcoders tests/attribution tests/graph tests/reference"
   "intervention+view+scale+commands|tests/intervention tests/view tests/scale tests/commands"
   "training|tests/training"
 )
