@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -67,7 +68,7 @@ def _serve(cmd: str, cwd: Path, env: dict) -> None:
                 assert time.time() < deadline, "the viewer did not answer within 60 s"
                 time.sleep(0.3)
     finally:
-        proc.terminate()
+        os.killpg(proc.pid, signal.SIGTERM)  # the shell and the server it started
         proc.wait(10)
 
 
