@@ -153,6 +153,13 @@ class Graph:
         from safetensors.numpy import save_file
 
         tensors = {name: np.ascontiguousarray(np.asarray(getattr(self, name))) for name in _TENSORS}
+        for name in ("adjacency_matrix", "activation_values", "logit_probabilities"):
+            bad = int(np.count_nonzero(~np.isfinite(tensors[name])))
+            if bad:
+                raise ValueError(
+                    f"Graph.save: {name} holds {bad} non-finite values (NaN/Inf); a graph computed from "
+                    "non-finite weights or activations is not written"
+                )
         meta = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
