@@ -14,6 +14,7 @@ from jcircuits.models.transformer import (
     forward_fn,
     init_params,
     param_axes,
+    param_specs,
     param_shapes,
 )
 
@@ -37,5 +38,6 @@ __all__ = [
     "forward_fn",
     "init_params",
     "param_axes",
+    "param_specs",
     "param_shapes",
 ]

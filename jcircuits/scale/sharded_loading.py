@@ -35,12 +35,13 @@ from jcircuits_converters.transcoders import (
     TranscoderFormatError,
 )
 
+from jcircuits.common.arrays import ArrayInfo
 from jcircuits.models.config import ModelConfig, config_from_hf
 from jcircuits.models.loading import resolve_model_dir
 from jcircuits.models.transformer import LayerParams, Params, param_axes
-from jcircuits.scale.sharding import spec_for, transcoder_axes
+from jcircuits.scale.sharding import spec_for
 from jcircuits.transcoders import TranscoderSet
-from jcircuits.transcoders.core import TranscoderConfig, Transcoders
+from jcircuits.transcoders.core import TranscoderConfig, Transcoders, transcoder_specs
 from jcircuits.transcoders.layout import CONFIG_NAME, TranscoderLayout, local_entry, resolve_layout
 
 __all__ = [
@@ -316,17 +317,18 @@ def load_transcoders_sharded(
     try:
         tcfg = _header_config(lay, files, path)
         D, F = tcfg.d_model, tcfg.n_features
-        axes = transcoder_axes(tcfg)
+        specs = transcoder_specs(tcfg)
         # circuit-tracer stores W_enc [F, D] (ours [D, F]; GemmaScope's is ours already); a PLT's W_skip is
         # applied as x @ W.T (ours x @ W)
         transforms = {
             "W_enc": None if lay.fmt == "gemmascope" else np.transpose,
             "skip": np.transpose if lay.fmt == "plt" else None,
         }
-        shapes = dict(W_enc=(L, D, F), b_enc=(L, F), b_dec=(L, D), threshold=(L, F), skip=(L, D, D))
 
-        def build(field: str, ax):
-            sharding = NamedSharding(mesh, spec_for(ax, shapes[field], mesh))
+        def build(field: str, spec: ArrayInfo | None):
+            if spec is None:
+                return None
+            sharding = NamedSharding(mesh, spec_for(spec.axes, spec.shape, mesh))
 
             def read_layer(l, index):
                 part = read_slice(files[l], _key(lay.fmt, field, l), index, transform=transforms.get(field))
@@ -334,14 +336,14 @@ def load_transcoders_sharded(
                     reads.append((_key(lay.fmt, field, l), part.shape))
                 return part
 
-            return _stacked(shapes[field], sharding, read_layer, dtype)
+            return _stacked(spec.shape, sharding, read_layer, dtype)
 
         params = Transcoders(
-            W_enc=build("W_enc", axes.W_enc),
-            b_enc=build("b_enc", axes.b_enc),
-            b_dec=build("b_dec", axes.b_dec),
-            threshold=build("threshold", axes.threshold) if axes.threshold is not None else None,
-            W_skip=build("skip", axes.W_skip) if axes.W_skip is not None else None,
+            W_enc=build("W_enc", specs.W_enc),
+            b_enc=build("b_enc", specs.b_enc),
+            b_dec=build("b_dec", specs.b_dec),
+            threshold=build("threshold", specs.threshold),
+            W_skip=build("skip", specs.W_skip),
         )
         if lay.fmt == "gemmascope":
             sources = [f.row_source("W_dec") for f in files]
