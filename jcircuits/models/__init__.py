@@ -15,6 +15,7 @@ from jcircuits.models.transformer import (
     init_params,
     param_axes,
     param_shapes,
+    param_specs,
 )
 
 __all__ = [
@@ -37,5 +38,6 @@ __all__ = [
     "forward_fn",
     "init_params",
     "param_axes",
+    "param_specs",
     "param_shapes",
 ]

@@ -19,13 +19,13 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jcircuits_converters import hf as hf_conv
 
 from jcircuits.common import hub
 from jcircuits.models.config import ConfigError, ModelConfig, config_from_hf
 from jcircuits.models.model import Model
 from jcircuits.models.tokenizer import Tokenizer
 from jcircuits.models.transformer import LayerParams, Params, param_shapes
+from jcircuits_converters import hf as hf_conv
 
 __all__ = [
     "load_model",

@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jcircuits.common.arrays import ArrayInfo, array_axes, array_init, array_shapes
 from jcircuits.common.pytree import pytree_dataclass
 from jcircuits.models import layers as nn
 from jcircuits.models.config import ModelConfig
@@ -41,6 +42,7 @@ __all__ = [
     "MLPPoints",
     "forward",
     "init_params",
+    "param_specs",
     "param_shapes",
     "param_axes",
     "layer_windows_array",
@@ -144,8 +146,25 @@ MLPFn = Callable[[jax.Array, MLPPoints, Any], tuple[jax.Array, Any]]
 # --------------------------------------------------------------------------------------------------- shapes
 
 
-def param_shapes(cfg: ModelConfig, dtype=jnp.float32) -> Params:
-    """Abstract params (``jax.ShapeDtypeStruct`` leaves) for ``cfg``."""
+def _normal(fan_in: int):
+    """Normal values with standard deviation ``scale / √fan_in``."""
+
+    def init(key, shape, dtype, scale):
+        std = scale / np.sqrt(fan_in)
+        return (jax.random.normal(key, shape, jnp.float32) * std).astype(dtype)
+
+    return init
+
+
+def _gain(cfg: ModelConfig):
+    """Norm weights at the identity gain (``cfg.norm_offset + w == 1``)."""
+    return lambda key, shape, dtype, scale: jnp.full(shape, 1.0 - cfg.norm_offset, dtype)
+
+
+def param_specs(cfg: ModelConfig) -> Params:
+    """Every weight once (``ArrayInfo`` leaves, same tree as ``Params``): shape, logical axes (mapped to a mesh by
+    ``jcircuits.scale.sharding``) and initialiser (normal, fan-in scaled; embeddings unit-variance, or 1/√d when
+    Gemma scales them by √d; norm weights at the identity gain)."""
     L, D, H, K, E, F, V = (
         cfg.n_layers,
         cfg.d_model,
@@ -155,72 +174,45 @@ def param_shapes(cfg: ModelConfig, dtype=jnp.float32) -> Params:
         cfg.d_mlp,
         cfg.vocab_size,
     )
-    s = lambda *shape: jax.ShapeDtypeStruct(shape, dtype)  # noqa: E731
     post = cfg.post_norms
+    gain, dense, emb = _gain(cfg), _normal(D), _normal(D if cfg.embed_scale else 1)
+    norm = ArrayInfo((L, D), ("layers", "embed"), gain)
     return Params(
-        embed=s(V, D),
+        embed=ArrayInfo((V, D), ("vocab", "embed"), emb),
         layers=LayerParams(
-            ln1=s(L, D),
-            wq=s(L, D, H, E),
-            wk=s(L, D, K, E),
-            wv=s(L, D, K, E),
-            wo=s(L, H, E, D),
-            ln2=s(L, D),
-            w_gate=s(L, D, F),
-            w_up=s(L, D, F),
-            w_down=s(L, F, D),
-            post_attn_norm=s(L, D) if post else None,
-            post_mlp_norm=s(L, D) if post else None,
+            ln1=norm,
+            wq=ArrayInfo((L, D, H, E), ("layers", "embed", "q_heads", "head_dim"), dense),
+            wk=ArrayInfo((L, D, K, E), ("layers", "embed", "kv_heads", "head_dim"), dense),
+            wv=ArrayInfo((L, D, K, E), ("layers", "embed", "kv_heads", "head_dim"), dense),
+            wo=ArrayInfo((L, H, E, D), ("layers", "q_heads", "head_dim", "embed"), _normal(H * E)),
+            ln2=norm,
+            w_gate=ArrayInfo((L, D, F), ("layers", "embed", "mlp"), dense),
+            w_up=ArrayInfo((L, D, F), ("layers", "embed", "mlp"), dense),
+            w_down=ArrayInfo((L, F, D), ("layers", "mlp", "embed"), _normal(F)),
+            post_attn_norm=norm if post else None,
+            post_mlp_norm=norm if post else None,
         ),
-        final_norm=s(D),
-        unembed=None if cfg.tie_embeddings else s(D, V),
+        final_norm=ArrayInfo((D,), ("embed",), gain),
+        unembed=None if cfg.tie_embeddings else ArrayInfo((D, V), ("embed", "vocab"), emb),
     )
+
+
+def param_shapes(cfg: ModelConfig, dtype=jnp.float32) -> Params:
+    """Abstract params (``jax.ShapeDtypeStruct`` leaves) for ``cfg`` (from ``param_specs``)."""
+    return array_shapes(param_specs(cfg), dtype)
 
 
 def param_axes(cfg: ModelConfig) -> Params:
-    """Logical axis names of every weight (same tree as ``Params``); ``jcircuits.scale.sharding`` maps them to a mesh."""
-    post = cfg.post_norms
-    return Params(
-        embed=("vocab", "embed"),
-        layers=LayerParams(
-            ln1=("layers", "embed"),
-            wq=("layers", "embed", "q_heads", "head_dim"),
-            wk=("layers", "embed", "kv_heads", "head_dim"),
-            wv=("layers", "embed", "kv_heads", "head_dim"),
-            wo=("layers", "q_heads", "head_dim", "embed"),
-            ln2=("layers", "embed"),
-            w_gate=("layers", "embed", "mlp"),
-            w_up=("layers", "embed", "mlp"),
-            w_down=("layers", "mlp", "embed"),
-            post_attn_norm=("layers", "embed") if post else None,
-            post_mlp_norm=("layers", "embed") if post else None,
-        ),
-        final_norm=("embed",),
-        unembed=None if cfg.tie_embeddings else ("embed", "vocab"),
-    )
+    """Logical axis names of every weight (same tree as ``Params``; from ``param_specs``);
+    ``jcircuits.scale.sharding`` maps them to a mesh."""
+    return array_axes(param_specs(cfg))
 
 
 @partial(jax.jit, static_argnums=(0, 2, 3))
 def init_params(cfg: ModelConfig, key: jax.Array, dtype=jnp.float32, scale: float = 1.0) -> Params:
-    """Random params (normal, fan-in scaled; embeddings unit-variance, or 1/√d when Gemma scales them by √d).
-    Norm weights start at the identity gain. Jitted: works under ``jax.eval_shape`` for full-size configs."""
-    shapes = param_shapes(cfg, dtype)
-    leaves, treedef = jax.tree_util.tree_flatten(shapes)
-    paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(shapes)[0]]
-    keys = jax.random.split(key, len(leaves))
-    out = []
-    for path, leaf, k in zip(paths, leaves, keys, strict=True):
-        if "norm" in path or "ln" in path:
-            out.append(jnp.full(leaf.shape, 1.0 - cfg.norm_offset, dtype))
-        else:
-            fan_in = cfg.d_model if "embed" not in path or cfg.embed_scale else 1
-            if "wo" in path:
-                fan_in = cfg.n_heads * cfg.head_dim
-            elif "w_down" in path:
-                fan_in = cfg.d_mlp
-            std = scale / np.sqrt(fan_in)
-            out.append((jax.random.normal(k, leaf.shape, jnp.float32) * std).astype(dtype))
-    return jax.tree_util.tree_unflatten(treedef, out)
+    """Random params from ``param_specs`` (one key per weight, in pytree order).
+    Jitted: works under ``jax.eval_shape`` for full-size configs."""
+    return array_init(param_specs(cfg), key, dtype, scale)
 
 
 def layer_windows_array(cfg: ModelConfig) -> np.ndarray:

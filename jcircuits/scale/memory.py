@@ -3,7 +3,7 @@
 ``estimate_attribution(cfg, tcfg, n_tokens=…, batch_size=…, mesh=(data, model), …)`` adds up, per device, the
 arrays that are alive at the peak of a run, each divided by how ``jcircuits.scale.sharding.RULES`` splits it on the mesh:
 
-* resident: model params and the transcoders' encoder arrays (``param_axes``/``transcoder_axes``);
+* resident: model params and the transcoders' encoder arrays (``param_specs``/``transcoder_specs``);
 * the replacement step: the captured intermediates (kept for the whole run), attention patterns, and the
   encoder pre-activations/activations ``[L, T, F]`` in float32;
 * the frozen linear model of the prompt (``LinearContext``): decoder vectors of active features padded by
@@ -33,11 +33,12 @@ from typing import Any
 import jax
 import numpy as np
 
+from jcircuits.common.arrays import array_leaves
 from jcircuits.common.buckets import size_bucket  # the engine pads the gathered columns to these sizes
 from jcircuits.models.config import ModelConfig
-from jcircuits.models.transformer import param_axes, param_shapes
-from jcircuits.scale.sharding import RULES, mesh_shape, shard_bytes, spec_for, transcoder_axes
-from jcircuits.transcoders.core import TranscoderConfig
+from jcircuits.models.transformer import param_specs
+from jcircuits.scale.sharding import RULES, mesh_shape, shard_bytes, spec_for
+from jcircuits.transcoders.core import TranscoderConfig, transcoder_specs
 
 __all__ = [
     "MemoryEstimate",
@@ -130,14 +131,10 @@ class MemoryEstimate:
         return out
 
 
-def _tree_bytes(shapes: Any, axes: Any, mesh, dtype) -> int:
-    from jcircuits.scale.sharding import is_axes
-
-    flat_axes = jax.tree.leaves(axes, is_leaf=is_axes)
-    flat = jax.tree.leaves(shapes)
+def _tree_bytes(specs: Any, mesh, dtype) -> int:
+    """Bytes one device holds of the ``ArrayInfo`` tree ``specs`` in ``dtype`` on a ``(data, model)`` mesh."""
     return sum(
-        shard_bytes(s.shape, dtype, spec_for(a, s.shape, mesh, RULES), mesh)
-        for a, s in zip(flat_axes, flat, strict=True)
+        shard_bytes(a.shape, dtype, spec_for(a.axes, a.shape, mesh, RULES), mesh) for a in array_leaves(specs)
     )
 
 
@@ -203,22 +200,8 @@ def estimate_attribution(
     s, sp = dtype.itemsize, params_dtype.itemsize
     B = _split(batch_size, d) * d  # the engine rounds the batch up to a multiple of the data axis
 
-    params = _tree_bytes(param_shapes(cfg), param_axes(cfg), (d, m), params_dtype)
-    enc_shapes = dict(
-        W_enc=jax.ShapeDtypeStruct((L, D, F), params_dtype),
-        b_enc=jax.ShapeDtypeStruct((L, F), params_dtype),
-        b_dec=jax.ShapeDtypeStruct((L, D), params_dtype),
-    )
-    ax = transcoder_axes(tcfg)
-    enc_axes = dict(W_enc=ax.W_enc, b_enc=ax.b_enc, b_dec=ax.b_dec)
-    if ax.threshold is not None:
-        enc_shapes["threshold"], enc_axes["threshold"] = (
-            jax.ShapeDtypeStruct((L, F), params_dtype),
-            ax.threshold,
-        )
-    if ax.W_skip is not None:
-        enc_shapes["W_skip"], enc_axes["W_skip"] = jax.ShapeDtypeStruct((L, D, D), params_dtype), ax.W_skip
-    transcoders = _tree_bytes(enc_shapes, enc_axes, (d, m), params_dtype)
+    params = _tree_bytes(param_specs(cfg), (d, m), params_dtype)
+    transcoders = _tree_bytes(transcoder_specs(tcfg), (d, m), params_dtype)
 
     heads = _split(H, m) if H % m == 0 else H
     pattern = L * heads * T * T * sp
@@ -246,7 +229,7 @@ def estimate_attribution(
     n_cols = n_active + L * T + T
     n_logits = max_n_logits
     N = n_rows + L * T + T + n_logits
-    leaves = jax.tree.leaves(param_shapes(cfg))
+    leaves = array_leaves(param_specs(cfg))
     if sharded_loading:  # one shard of one layer's tensor at a time
         loading = max(
             math.prod(x.shape[1:]) if x.ndim == 3 or x.ndim == 4 else math.prod(x.shape) for x in leaves

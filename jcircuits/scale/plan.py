@@ -22,6 +22,7 @@ from typing import Any
 
 import jax
 
+from jcircuits.common.arrays import array_axes, array_shapes
 from jcircuits.models.config import ModelConfig
 from jcircuits.models.transformer import param_axes, param_shapes
 from jcircuits.scale.memory import (
@@ -31,8 +32,8 @@ from jcircuits.scale.memory import (
     host_capacity,
     human,
 )
-from jcircuits.scale.sharding import describe, format_table, mesh_shape, transcoder_axes
-from jcircuits.transcoders.core import TranscoderConfig
+from jcircuits.scale.sharding import describe, format_table, mesh_shape
+from jcircuits.transcoders.core import TranscoderConfig, transcoder_specs
 
 __all__ = ["RunSettings", "PlanError", "preflight", "dry_run_report", "read_transcoder_config"]
 
@@ -97,7 +98,9 @@ def _configs(run: RunSettings) -> tuple[ModelConfig, TranscoderConfig, int | Non
         model_dir, transcoders = DEFAULT_DIR, str(DEFAULT_DIR / "transcoders")
     else:
         if run.transcoders is None:
-            raise PlanError("--model needs --transcoders (a circuit-tracer config.yaml, directory or hub repo)")
+            raise PlanError(
+                "--model needs --transcoders (a circuit-tracer config.yaml, directory or hub repo)"
+            )
         transcoders = run.transcoders
         p = Path(transcoders)
         if not p.exists():
@@ -106,7 +109,9 @@ def _configs(run: RunSettings) -> tuple[ModelConfig, TranscoderConfig, int | Non
                     f"the memory estimate reads local transcoder files; {transcoders!r} is not a local path "
                     "(download it first, e.g. with huggingface-cli download)"
                 )
-            print("jcircuits attribute: no memory estimate (transcoders are not local files)", file=sys.stderr)
+            print(
+                "jcircuits attribute: no memory estimate (transcoders are not local files)", file=sys.stderr
+            )
             return None
         model_dir = None
     try:
@@ -142,7 +147,7 @@ def dry_run_report(
     d, m = mesh_shape(mesh)["data"], mesh_shape(mesh)["model"]
     dt = jnp.dtype(dtype)
     params = jax.eval_shape(lambda: param_shapes(cfg, dt))
-    enc = jax.eval_shape(lambda: _transcoder_shapes(tcfg, dt))
+    enc = jax.eval_shape(lambda: array_shapes(transcoder_specs(tcfg), dt))
     L, T, K, D, H = cfg.n_layers, est.settings["n_tokens"], est.settings["k_pad"], cfg.d_model, cfg.n_heads
     s = lambda *shape: jax.ShapeDtypeStruct(shape, dt)  # noqa: E731
     ctx_shapes = dict(
@@ -159,7 +164,7 @@ def dry_run_report(
     )
     groups = {
         "params": (params, param_axes(cfg)),
-        "transcoders": (enc, transcoder_axes(tcfg)),
+        "transcoders": (enc, array_axes(transcoder_specs(tcfg))),
         "context": (ctx_shapes, ctx_axes),
     }
     rows = describe(groups, (d, m))
@@ -172,20 +177,6 @@ def dry_run_report(
             "shardings (per device: what one device holds):",
             format_table(rows),
         ]
-    )
-
-
-def _transcoder_shapes(tcfg: TranscoderConfig, dtype):
-    from jcircuits.transcoders.core import Transcoders
-
-    L, D, F = tcfg.n_layers, tcfg.d_model, tcfg.n_features
-    s = lambda *shape: jax.ShapeDtypeStruct(shape, dtype)  # noqa: E731
-    return Transcoders(
-        W_enc=s(L, D, F),
-        b_enc=s(L, F),
-        b_dec=s(L, D),
-        threshold=s(L, F) if tcfg.activation == "jumprelu" else None,
-        W_skip=s(L, D, D) if tcfg.skip else None,
     )
 
 

@@ -15,18 +15,26 @@ only the rows of active features.
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 import zipfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import yaml
 from jax.sharding import Mesh, NamedSharding
+
+from jcircuits.common.arrays import ArrayInfo
+from jcircuits.models.config import ModelConfig, config_from_hf
+from jcircuits.models.loading import resolve_model_dir
+from jcircuits.models.transformer import LayerParams, Params, param_axes
+from jcircuits.scale.sharding import spec_for
+from jcircuits.transcoders import TranscoderSet
+from jcircuits.transcoders.core import TranscoderConfig, Transcoders, transcoder_specs
+from jcircuits.transcoders.layout import CONFIG_NAME, TranscoderLayout, local_entry, resolve_layout
 from jcircuits_converters import hf as hf_conv
 from jcircuits_converters.safetensors_io import SafeFile, open_checkpoint
 from jcircuits_converters.transcoders import (
@@ -34,15 +42,7 @@ from jcircuits_converters.transcoders import (
     LazyDecoders,
     RowSource,
     TranscoderFormatError,
-    sniff_format,
 )
-
-from jcircuits.models.config import ModelConfig, config_from_hf
-from jcircuits.models.loading import resolve_model_dir
-from jcircuits.models.transformer import LayerParams, Params, param_axes
-from jcircuits.scale.sharding import spec_for, transcoder_axes
-from jcircuits.transcoders import TranscoderSet
-from jcircuits.transcoders.core import DEFAULT_HOOKS, TranscoderConfig, Transcoders
 
 __all__ = [
     "load_model_sharded",
@@ -53,8 +53,6 @@ __all__ = [
     "sharded_transcoders_unsupported",
     "ShardedLoadingUnsupported",
 ]
-
-_KINDS = {"transcoder_set": "plt", "cross_layer_transcoder": "clt"}
 
 
 def read_slice(ckpt: Any, name: str, index: tuple, *, transform=None, dtype: Any = np.float32) -> np.ndarray:
@@ -206,79 +204,34 @@ class _NpzTensors:
         self._src = {}  # the memory maps close when the last view of them goes
 
 
-@dataclass(frozen=True)
-class _Layout:
-    """Where a transcoder set's tensors live. ``fmt``: ``"plt"`` (circuit-tracer ``layer_{i}.safetensors``),
-    ``"clt"`` (``W_enc_{i}``/``W_dec_{i}``) or ``"gemmascope"`` (``params.npz`` per layer)."""
-
-    kind: str
-    fmt: str
-    enc: list[Path]
-    dec: list[Path] | None
-    conf: dict
-
-    def key(self, field: str, l: int) -> str | None:
-        """The file's name for ``field`` of layer ``l`` (``None``: the format has no such tensor)."""
-        if self.fmt == "clt":
-            return {"threshold": f"threshold_{l}", "skip": f"W_skip_{l}"}.get(field, f"{field}_{l}")
-        if self.fmt == "gemmascope":
-            return None if field == "skip" else field
-        return {"threshold": "activation_function.threshold", "skip": "W_skip"}.get(field, field)
-
-    def open(self) -> list[Any]:
-        return [_NpzTensors(p) if self.fmt == "gemmascope" else SafeFile(p) for p in self.enc]
+def _key(fmt: str, field: str, l: int) -> str | None:
+    """The file's name for ``field`` of layer ``l`` in format ``fmt`` (``None``: the format has no such tensor)."""
+    if fmt == "clt":
+        return {"threshold": f"threshold_{l}", "skip": f"W_skip_{l}"}.get(field, f"{field}_{l}")
+    if fmt == "gemmascope":
+        return None if field == "skip" else field
+    return {"threshold": "activation_function.threshold", "skip": "W_skip"}.get(field, field)
 
 
-def _listed_files(conf: dict, base: Path, where: Path) -> tuple[str, list[Path]]:
-    """(format, files) of a config.yaml's ``transcoders:`` list when sharded loading reads them."""
-    entries = conf["transcoders"]
-    if not isinstance(entries, list) or not all(isinstance(e, str) for e in entries) or not entries:
-        raise TranscoderFormatError(f"{where}: 'transcoders' must be a non-empty list of paths/URIs")
-    if _KINDS.get(conf.get("model_kind", "")) == "clt":
+def _local_entry(entry: str, base: Path) -> Path:
+    if entry.startswith("hf://"):
+        raise ShardedLoadingUnsupported(f"{base}: lists Hub files (hf://); sharded loading reads local files")
+    return local_entry(entry, base)
+
+
+def _layout(path: Path, n_layers: int | None = None) -> TranscoderLayout:
+    """The ``TranscoderLayout`` of a local transcoder source, when sharded loading reads it."""
+    lay = resolve_layout(path, n_layers=n_layers, resolve_entry=_local_entry)
+    where = path / CONFIG_NAME if path.is_dir() else path
+    if lay.listed and lay.kind == "clt":
         raise ShardedLoadingUnsupported(f"{where}: a CLT listed per layer (GemmaScope-2 files)")
-    if any(e.startswith("hf://") for e in entries):
-        raise ShardedLoadingUnsupported(
-            f"{where}: lists Hub files (hf://); sharded loading reads local files"
-        )
-    files = [p if p.is_absolute() else base / p for p in (Path(e).expanduser() for e in entries)]
-    fmts = {sniff_format(p) for p in files}
-    if len(fmts) > 1:
-        raise TranscoderFormatError(f"{where}: the listed files mix formats {sorted(fmts)}")
-    fmt = fmts.pop()
-    if fmt not in ("plt", "gemmascope"):
-        raise ShardedLoadingUnsupported(f"{where}: lists {fmt} files")
-    return fmt, files
+    if lay.fmt not in ("plt", "clt", "gemmascope"):
+        raise ShardedLoadingUnsupported(f"{where}: lists {lay.fmt} files")
+    return lay
 
 
-def _layout(path: Path) -> _Layout:
-    """The ``_Layout`` of a local transcoder directory or ``config.yaml``."""
-    conf: dict = {}
-    where = path
-    if path.is_file() and path.suffix in (".yaml", ".yml"):
-        conf, path = yaml.safe_load(path.read_text()) or {}, path.parent
-    elif (path / "config.yaml").is_file():
-        where = path / "config.yaml"
-        conf = yaml.safe_load(where.read_text()) or {}
-    if not path.is_dir():
-        raise FileNotFoundError(f"transcoder directory not found: {path}")
-    kind = _KINDS.get(conf.get("model_kind", ""), None)
-    if conf.get("transcoders") is not None:
-        fmt, files = _listed_files(conf, path, where)
-        return _Layout("plt", fmt, files, None, conf)
-    if kind is None:
-        kind = "clt" if (path / "W_enc_0.safetensors").is_file() else "plt"
-    if kind == "plt":
-        files = sorted(path.glob("layer_*.safetensors"), key=lambda p: int(p.stem.split("_")[1]))
-        if not files:
-            raise TranscoderFormatError(f"{path}: no layer_{{i}}.safetensors files")
-        return _Layout(kind, "plt", files, None, conf)
-    n = len(list(path.glob("W_enc_*.safetensors")))
-    enc = [path / f"W_enc_{i}.safetensors" for i in range(n)]
-    dec = [path / f"W_dec_{i}.safetensors" for i in range(n)]
-    for p in enc + dec:
-        if not p.is_file():
-            raise TranscoderFormatError(f"missing transcoder file {p}")
-    return _Layout(kind, "clt", enc, dec, conf)
+def _open(lay: TranscoderLayout) -> list[Any]:
+    return [_NpzTensors(p) if lay.fmt == "gemmascope" else SafeFile(p) for p in lay.files]
 
 
 def sharded_transcoders_unsupported(path: str | os.PathLike) -> str | None:
@@ -289,16 +242,16 @@ def sharded_transcoders_unsupported(path: str | os.PathLike) -> str | None:
         return f"{path} is not a local path"
     try:
         lay = _layout(p)
-        for f in lay.open():
+        for f in _open(lay):
             f.close()
     except ShardedLoadingUnsupported as e:
         return str(e)
     return None
 
 
-def _header_config(lay: _Layout, files: list[Any], where: Any) -> TranscoderConfig:
+def _header_config(lay: TranscoderLayout, files: list[Any], where: Any) -> TranscoderConfig:
     """Check every layer file's shapes and names; the set's ``TranscoderConfig`` (from headers only)."""
-    key, L = lay.key, len(files)
+    key, L = functools.partial(_key, lay.fmt), len(files)
     F, D = files[0].shape(key("b_enc", 0))[0], files[0].shape(key("b_dec", 0))[0]
     W_enc_shape = (D, F) if lay.fmt == "gemmascope" else (F, D)
     for l, f in enumerate(files):
@@ -318,20 +271,18 @@ def _header_config(lay: _Layout, files: list[Any], where: Any) -> TranscoderConf
             raise TranscoderFormatError(f"{where}: {fld} is present in some layer files but not in others")
     if lay.fmt == "gemmascope" and not all(has["threshold"]):
         raise TranscoderFormatError(f"{where}: GemmaScope files need 'threshold' (JumpReLU)")
-    conf = lay.conf
-    d_in, d_out = DEFAULT_HOOKS[lay.kind]
-    scan = conf.get("scan")
+    input_hook, output_hook = lay.hooks
     return TranscoderConfig(
         kind=lay.kind,
         n_layers=L,
         d_model=int(D),
         n_features=int(F),
-        activation=conf.get("activation") or ("jumprelu" if all(has["threshold"]) else "relu"),
-        top_k=conf.get("top_k"),
-        input_hook=conf.get("feature_input_hook") or d_in,
-        output_hook=conf.get("feature_output_hook") or d_out,
+        activation=lay.activation or ("jumprelu" if all(has["threshold"]) else "relu"),
+        top_k=lay.top_k,
+        input_hook=input_hook,
+        output_hook=output_hook,
         skip=all(has["skip"]),
-        scan=tuple(scan) if isinstance(scan, list) else scan,
+        scan=lay.scan_value,
     )
 
 
@@ -339,7 +290,7 @@ def read_transcoder_config(path: str | os.PathLike) -> TranscoderConfig:
     """The ``TranscoderConfig`` of a local transcoder directory or config.yaml from file headers only (no arrays
     read); every layout ``load_transcoders_sharded`` reads."""
     lay = _layout(Path(path).expanduser())
-    files = lay.open()
+    files = _open(lay)
     try:
         return _header_config(lay, files, path)
     finally:
@@ -360,47 +311,46 @@ def load_transcoders_sharded(
     ``W_enc_{i}``/``W_dec_{i}``, with or without ``config.yaml``) and config.yaml files listing local per-layer
     files (circuit-tracer PLT ``.safetensors`` or GemmaScope ``params.npz``, uncompressed); other layouts raise
     ``ShardedLoadingUnsupported``. Values equal ``transcoders.io.load_transcoders``'s."""
-    lay = _layout(Path(path).expanduser())
-    L = len(lay.enc)
-    if n_layers is not None and L != n_layers:
-        raise TranscoderFormatError(f"{path}: transcoder set covers {L} layers, expected {n_layers}")
-    files = lay.open()
+    lay = _layout(Path(path).expanduser(), n_layers)
+    L = lay.n_layers
+    files = _open(lay)
     try:
         tcfg = _header_config(lay, files, path)
         D, F = tcfg.d_model, tcfg.n_features
-        axes = transcoder_axes(tcfg)
+        specs = transcoder_specs(tcfg)
         # circuit-tracer stores W_enc [F, D] (ours [D, F]; GemmaScope's is ours already); a PLT's W_skip is
         # applied as x @ W.T (ours x @ W)
         transforms = {
             "W_enc": None if lay.fmt == "gemmascope" else np.transpose,
             "skip": np.transpose if lay.fmt == "plt" else None,
         }
-        shapes = dict(W_enc=(L, D, F), b_enc=(L, F), b_dec=(L, D), threshold=(L, F), skip=(L, D, D))
 
-        def build(field: str, ax):
-            sharding = NamedSharding(mesh, spec_for(ax, shapes[field], mesh))
+        def build(field: str, spec: ArrayInfo | None):
+            if spec is None:
+                return None
+            sharding = NamedSharding(mesh, spec_for(spec.axes, spec.shape, mesh))
 
             def read_layer(l, index):
-                part = read_slice(files[l], lay.key(field, l), index, transform=transforms.get(field))
+                part = read_slice(files[l], _key(lay.fmt, field, l), index, transform=transforms.get(field))
                 if reads is not None:
-                    reads.append((lay.key(field, l), part.shape))
+                    reads.append((_key(lay.fmt, field, l), part.shape))
                 return part
 
-            return _stacked(shapes[field], sharding, read_layer, dtype)
+            return _stacked(spec.shape, sharding, read_layer, dtype)
 
         params = Transcoders(
-            W_enc=build("W_enc", axes.W_enc),
-            b_enc=build("b_enc", axes.b_enc),
-            b_dec=build("b_dec", axes.b_dec),
-            threshold=build("threshold", axes.threshold) if axes.threshold is not None else None,
-            W_skip=build("skip", axes.W_skip) if axes.W_skip is not None else None,
+            W_enc=build("W_enc", specs.W_enc),
+            b_enc=build("b_enc", specs.b_enc),
+            b_dec=build("b_dec", specs.b_dec),
+            threshold=build("threshold", specs.threshold),
+            W_skip=build("skip", specs.W_skip),
         )
         if lay.fmt == "gemmascope":
             sources = [f.row_source("W_dec") for f in files]
         elif lay.fmt == "plt":
-            sources = [RowSource.safetensors(p, "W_dec") for p in lay.enc]
+            sources = [RowSource.safetensors(p, "W_dec") for p in lay.files]
         else:
-            sources = [RowSource.safetensors(p, f"W_dec_{i}") for i, p in enumerate(lay.dec)]
+            sources = [RowSource.safetensors(p, f"W_dec_{i}") for i, p in enumerate(lay.decoder_files)]
             for i, s in enumerate(sources):
                 if s.shape != (F, L - i, D):
                     raise TranscoderFormatError(

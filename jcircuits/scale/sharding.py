@@ -30,9 +30,10 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
+from jcircuits.common.arrays import array_axes
 from jcircuits.models.config import ModelConfig
 from jcircuits.models.transformer import Params, param_axes
-from jcircuits.transcoders.core import TranscoderConfig, Transcoders
+from jcircuits.transcoders.core import TranscoderConfig, Transcoders, transcoder_specs
 
 __all__ = [
     "DATA",
@@ -199,15 +200,8 @@ def shard_bytes(shape: Sequence[int], dtype: Any, spec: PartitionSpec, mesh) -> 
 
 
 def transcoder_axes(cfg: TranscoderConfig) -> Transcoders:
-    """Logical axes of a transcoder set's device arrays (same tree as ``Transcoders``)."""
-    jump = cfg.activation == "jumprelu"
-    return Transcoders(
-        W_enc=("layers", "embed", "features"),
-        b_enc=("layers", "features"),
-        b_dec=("layers", "embed"),
-        threshold=("layers", "features") if jump else None,
-        W_skip=("layers", "embed", "embed_out") if cfg.skip else None,
-    )
+    """Logical axes of a transcoder set's device arrays (same tree as ``Transcoders``; from ``transcoder_specs``)."""
+    return array_axes(transcoder_specs(cfg))
 
 
 def intermediates_axes(inter: Any) -> Any:

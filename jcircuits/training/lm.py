@@ -164,8 +164,7 @@ def accuracy(params: Params, cfg: ModelConfig, tokenizer, pairs: list[tuple[str,
 
 def save_lm(params: Params, cfg: ModelConfig, out_dir: str | Path, *, dtype: str = "F32") -> Path:
     """Write ``config.json`` + ``model.safetensors`` (Hugging Face Llama layout) into ``out_dir``."""
-    from jcircuits_converters.hf import save_hf_checkpoint
-
     from jcircuits.models.loading import params_to_numpy
+    from jcircuits_converters.hf import save_hf_checkpoint
 
     return save_hf_checkpoint(params_to_numpy(params), hf_config_dict(cfg), out_dir, dtype=dtype)

@@ -23,12 +23,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jcircuits.common.arrays import ArrayInfo
 from jcircuits.common.pytree import pytree_dataclass
 from jcircuits.models.hooks import INPUT_HOOKS, OUTPUT_HOOKS
 
 __all__ = [
     "TranscoderConfig",
     "Transcoders",
+    "transcoder_specs",
     "DecoderStore",
     "DenseDecoders",
     "HOOKS_IN",
@@ -90,6 +92,19 @@ class Transcoders:
     b_dec: jax.Array  # [L, D]
     threshold: jax.Array | None = None  # [L, F] (JumpReLU)
     W_skip: jax.Array | None = None  # [L, D, D], applied as x @ W_skip[l]
+
+
+def transcoder_specs(cfg: TranscoderConfig) -> Transcoders:
+    """Every device array of a set once (``ArrayInfo`` leaves, same tree as ``Transcoders``): shape and logical
+    axes. Thresholds only for JumpReLU, skips only with a skip connection."""
+    L, D, F = cfg.n_layers, cfg.d_model, cfg.n_features
+    return Transcoders(
+        W_enc=ArrayInfo((L, D, F), ("layers", "embed", "features")),
+        b_enc=ArrayInfo((L, F), ("layers", "features")),
+        b_dec=ArrayInfo((L, D), ("layers", "embed")),
+        threshold=ArrayInfo((L, F), ("layers", "features")) if cfg.activation == "jumprelu" else None,
+        W_skip=ArrayInfo((L, D, D), ("layers", "embed", "embed_out")) if cfg.skip else None,
+    )
 
 
 class DecoderStore(Protocol):

@@ -18,8 +18,8 @@ Hub files go through ``huggingface_hub`` with ``local_files_only`` when ``HF_HUB
 
 from __future__ import annotations
 
+import dataclasses
 import os
-import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,24 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 import yaml
+
+from jcircuits.common import hub
+from jcircuits.transcoders.core import (
+    DEFAULT_HOOKS,
+    DenseDecoders,
+    TranscoderConfig,
+    TranscoderError,
+    Transcoders,
+)
+from jcircuits.transcoders.layout import (
+    CONFIG_NAME,
+    TranscoderLayout,
+    layout_from_config,
+    local_entry,
+    read_config,
+    resolve_layout,
+)
+from jcircuits.transcoders.transcoder_set import TranscoderSet
 from jcircuits_converters.transcoders import (
     LazyDecoders,
     TranscoderFormatError,
@@ -39,21 +57,7 @@ from jcircuits_converters.transcoders import (
     write_plt_files,
 )
 
-from jcircuits.common import hub
-from jcircuits.transcoders.core import (
-    DEFAULT_HOOKS,
-    DenseDecoders,
-    TranscoderConfig,
-    TranscoderError,
-    Transcoders,
-)
-from jcircuits.transcoders.transcoder_set import TranscoderSet
-
 __all__ = ["load_transcoders", "save_transcoders", "transcoder_set_from_numpy", "transcoder_set_to_numpy"]
-
-CONFIG_NAME = "config.yaml"
-_KINDS = {"transcoder_set": "plt", "cross_layer_transcoder": "clt"}
-_LAYER_RE = re.compile(r"^layer_(\d+)\.safetensors$")
 
 
 def _resolve_entry(entry: str, base: Path) -> Path:
@@ -62,8 +66,7 @@ def _resolve_entry(entry: str, base: Path) -> Path:
         if path is None:
             raise TranscoderError(f"transcoder entry {entry!r} names a repository, not a file")
         return hub.hub_file(repo_id, path, rev)
-    p = Path(entry).expanduser()
-    return p if p.is_absolute() else base / p
+    return local_entry(entry, base)
 
 
 # ------------------------------------------------------------------------------------------------- loading
@@ -112,81 +115,43 @@ def transcoder_set_from_numpy(
     return TranscoderSet(cfg, params, decoders)
 
 
-def _layer_dir_paths(d: Path, n_layers: int | None) -> list[Path]:
-    idx = [int(m.group(1)) for p in d.iterdir() if (m := _LAYER_RE.match(p.name))]
-    if not idx and n_layers is None:
-        raise TranscoderFormatError(f"{d}: no layer_{{i}}.safetensors files")
-    n = n_layers if n_layers is not None else max(idx) + 1
-    extra = sorted(i for i in idx if i >= n)
-    if extra:
-        raise TranscoderFormatError(f"{d}: has layer files {extra} beyond the expected {n} layers")
-    return [d / f"layer_{i}.safetensors" for i in range(n)]
-
-
 def _check_layers(tc: dict[str, Any], n_layers: int | None, where: Any) -> None:
     L = tc["W_enc"].shape[0]
     if n_layers is not None and L != n_layers:
         raise TranscoderFormatError(f"{where}: transcoder set covers {L} layers, expected {n_layers}")
 
 
-def _from_config(
-    conf: dict, base: Path | None, hub_ref: tuple[str, str | None, str | None] | None, lazy: bool, n_layers, where
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    if not isinstance(conf, dict) or "model_kind" not in conf:
-        raise TranscoderFormatError(f"{where}: not a transcoder config (no 'model_kind')")
-    mk = conf["model_kind"]
-    if mk not in _KINDS:
-        raise TranscoderFormatError(f"{where}: unknown model_kind {mk!r}; expected one of {sorted(_KINDS)}")
-    kind = _KINDS[mk]
-    entries = conf.get("transcoders")
-    if entries is not None:
-        if not isinstance(entries, list) or not all(isinstance(e, str) for e in entries):
-            raise TranscoderFormatError(f"{where}: 'transcoders' must be a list of paths/URIs")
-        if n_layers is not None and len(entries) != n_layers:
-            raise TranscoderFormatError(
-                f"{where}: 'transcoders' lists {len(entries)} layer files, expected {n_layers} (one per layer)"
-            )
-        paths = [
-            _resolve_entry(e, base) if base is not None else _resolve_entry(e, Path.cwd()) for e in entries
-        ]
-        tc = read_files(paths, lazy_decoder=lazy)
-        if tc["kind"] != kind:
-            raise TranscoderFormatError(
-                f"{where}: model_kind {mk!r} but the listed files hold a {tc['kind'].upper()}"
-            )
+def _read(lay: TranscoderLayout, lazy: bool) -> dict[str, Any]:
+    """The arrays of ``lay`` in our numpy layout (decoders lazy when asked)."""
+    if lay.fmt == "clt":
+        return read_clt_dir(lay.base, lazy_decoder=lazy, n_layers=lay.n_layers)
+    return read_files(list(lay.files), lazy_decoder=lazy)
+
+
+def _hub_layout(s: str, ref: Any, n_layers: int | None) -> TranscoderLayout:
+    """The layout of a Hub reference: its config.yaml, listed files and directories fetched through ``hub``."""
+    repo_id, sub, rev = ref.repo_id, ref.path, ref.revision
+    if sub is not None and sub.endswith((".yaml", ".yml")):
+        cfg_path, sub = hub.hub_file(repo_id, sub, rev), (str(Path(sub).parent) if "/" in sub else None)
     else:
-        if hub_ref is not None:
-            repo_id, sub, rev = hub_ref
-            pattern = "W_*.safetensors" if kind == "clt" else "layer_*.safetensors"
-            d = hub.hub_snapshot(repo_id, [pattern], rev, sub)
-        else:
-            d = base
-        if kind == "clt":
-            tc = read_clt_dir(d, lazy_decoder=lazy, n_layers=n_layers)
-        else:
-            tc = read_files(_layer_dir_paths(d, n_layers), lazy_decoder=lazy)
-    _check_layers(tc, n_layers, where)
-    scan = conf.get("scan")
-    if scan is None and hub_ref is not None:
-        repo_id, sub, rev = hub_ref
+        cfg_path = hub.hub_file(repo_id, f"{sub}/{CONFIG_NAME}" if sub else CONFIG_NAME, rev)
+
+    def directory(kind: str) -> Path:
+        pattern = "W_*.safetensors" if kind == "clt" else "layer_*.safetensors"
+        return hub.hub_snapshot(repo_id, [pattern], rev, sub)
+
+    lay = layout_from_config(
+        read_config(cfg_path),
+        cfg_path.parent,
+        s,
+        n_layers=n_layers,
+        resolve_entry=_resolve_entry,
+        directory=directory,
+    )
+    if lay.scan is None:
         info = repo_id if sub is None else f"{repo_id}//{sub}"
-        scan = f"{info}@{rev}" if rev else info
-    meta = {
-        "input_hook": conf.get("feature_input_hook"),
-        "output_hook": conf.get("feature_output_hook"),
-        "scan": scan,
-        "activation": conf.get("activation"),
-        "top_k": conf.get("top_k"),
-    }
-    return tc, meta
-
-
-def _read_yaml(p: Path) -> dict:
-    try:
-        with open(p) as f:
-            return yaml.safe_load(f)
-    except yaml.YAMLError as e:
-        raise TranscoderFormatError(f"{p}: invalid YAML ({e})") from None
+        lay = dataclasses.replace(lay, scan=f"{info}@{rev}" if rev else info)
+    return lay
 
 
 def load_transcoders(
@@ -204,44 +169,30 @@ def load_transcoders(
     ``lazy_decoder`` leaves decoders on disk (``LazyDecoders``, rows read on demand); ``n_layers`` (the model's)
     makes a missing layer file an error naming it. Hooks/scan given here override the config's.
     """
-    lazy = lazy_decoder
-    meta: dict[str, Any] = {}
     if isinstance(path_or_uri, (list, tuple)):
-        tc = read_files([Path(p) for p in path_or_uri], lazy_decoder=lazy)
-        _check_layers(tc, n_layers, "transcoder files")
+        lay, where = resolve_layout(path_or_uri), "transcoder files"
     else:
         s = os.fspath(path_or_uri)
         p = Path(s).expanduser()
         ref = hub.parse_ref(s) if s.startswith("hf://") or not p.exists() else None
         if ref is not None:
-            repo_id, sub, rev = ref.repo_id, ref.path, ref.revision
-            if sub is not None and sub.endswith((".yaml", ".yml")):
-                cfg_path, sub = hub.hub_file(repo_id, sub, rev), (str(Path(sub).parent) if "/" in sub else None)
-            else:
-                cfg_path = hub.hub_file(repo_id, f"{sub}/{CONFIG_NAME}" if sub else CONFIG_NAME, rev)
-            tc, meta = _from_config(
-                _read_yaml(cfg_path), cfg_path.parent, (repo_id, sub, rev), lazy, n_layers, s
-            )
-        elif p.is_file() and p.suffix in (".yaml", ".yml"):
-            tc, meta = _from_config(_read_yaml(p), p.parent, None, lazy, n_layers, p)
-        elif p.is_dir() and (p / CONFIG_NAME).is_file():
-            tc, meta = _from_config(_read_yaml(p / CONFIG_NAME), p, None, lazy, n_layers, p / CONFIG_NAME)
-        elif p.is_dir() and (p / "W_enc_0.safetensors").is_file():
-            tc = read_clt_dir(p, lazy_decoder=lazy, n_layers=n_layers)
-        elif p.is_dir():
-            tc = read_files(_layer_dir_paths(p, n_layers), lazy_decoder=lazy)
-        elif p.is_file():
-            tc = read_files([p], lazy_decoder=lazy)
-            _check_layers(tc, n_layers, p)
+            lay, where = _hub_layout(s, ref, n_layers), s
         else:
-            raise FileNotFoundError(f"transcoders not found: {s!r} is no file, directory or Hub reference")
+            lay, where = resolve_layout(p, n_layers=n_layers, resolve_entry=_resolve_entry), p
+    tc = _read(lay, lazy_decoder)
+    if lay.listed and tc["kind"] != lay.kind:
+        mk = "transcoder_set" if lay.kind == "plt" else "cross_layer_transcoder"
+        raise TranscoderFormatError(
+            f"{where}: model_kind {mk!r} but the listed files hold a {tc['kind'].upper()}"
+        )
+    _check_layers(tc, n_layers, where)
     return transcoder_set_from_numpy(
         tc,
-        input_hook=input_hook or meta.get("input_hook"),
-        output_hook=output_hook or meta.get("output_hook"),
-        scan=scan if scan is not None else meta.get("scan"),
-        activation=meta.get("activation"),
-        top_k=meta.get("top_k"),
+        input_hook=input_hook or lay.input_hook,
+        output_hook=output_hook or lay.output_hook,
+        scan=scan if scan is not None else lay.scan,
+        activation=lay.activation,
+        top_k=lay.top_k,
         dtype=dtype,
     )
 

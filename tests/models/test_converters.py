@@ -14,6 +14,7 @@ import pytest
 import safetensors.numpy
 import safetensors.torch
 import torch
+
 from jcircuits_converters import hf as hfc
 from jcircuits_converters import safetensors_io as st
 

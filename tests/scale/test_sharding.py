@@ -11,8 +11,6 @@ import numpy as np
 import pytest
 import tiny
 from jax.sharding import AxisType, PartitionSpec
-from jcircuits_converters.hf import save_hf_checkpoint
-from jcircuits_converters.transcoders import write_clt_dir, write_gemmascope_npz, write_plt_files
 
 from jcircuits.attribution import attribute
 from jcircuits.models import config_from_hf, forward, init_params, param_axes
@@ -27,6 +25,8 @@ from jcircuits.scale.sharded_loading import (
     load_transcoders_sharded,
 )
 from jcircuits.transcoders.io import load_transcoders, transcoder_set_to_numpy
+from jcircuits_converters.hf import save_hf_checkpoint
+from jcircuits_converters.transcoders import write_clt_dir, write_gemmascope_npz, write_plt_files
 
 MESHES = [(8, 1), (4, 2), (2, 4)]
 needs8 = pytest.mark.skipif(

@@ -9,8 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from jcircuits_converters import transcoders as ct
-from jcircuits_converters.safetensors_io import SafeFile, load_file, save_file
 from tiny import tiny_config, tiny_model, tiny_transcoders
 
 from jcircuits.replacement import replace
@@ -20,6 +18,8 @@ from jcircuits.transcoders.io import (
     transcoder_set_from_numpy,
     transcoder_set_to_numpy,
 )
+from jcircuits_converters import transcoders as ct
+from jcircuits_converters.safetensors_io import SafeFile, load_file, save_file
 
 TOKENS = np.array([1, 5, 17, 33, 2, 60, 8, 41, 77, 12])
 KEYS = ("W_enc", "b_enc", "b_dec", "threshold", "W_skip")
