@@ -57,6 +57,7 @@ __all__ = [
     "dense_decoders",
 ]
 
+PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".pkl", ".pickle")
 PLT_KEYS = {"W_enc", "W_dec", "b_enc", "b_dec", "activation_function.threshold", "W_skip"}
 GS_KEYS = {"W_enc", "W_dec", "b_enc", "b_dec", "threshold"}
 GS2_KEYS = {"w_enc", "w_dec", "b_enc", "b_dec", "threshold", "affine_skip_connection"}
@@ -197,7 +198,7 @@ def dense_decoders(W_dec: Any, kind: str) -> np.ndarray | list[np.ndarray]:
 # ----------------------------------------------------------------------------------------------- checks
 
 
-def _finite(where: Any, name: str, a: np.ndarray) -> np.ndarray:
+def _finite(where: Any, name: str, a: Any) -> np.ndarray:
     if np.issubdtype(a.dtype, np.floating) and not np.isfinite(a).all():
         raise TranscoderFormatError(f"{where}: tensor {name!r} contains NaN/Inf values")
     return a
@@ -425,6 +426,8 @@ def read_gemmascope_npz(paths: Sequence[str | Path], *, lazy_decoder: bool = Fal
     files, dims = _exists(paths), _Dims()
     W_enc, b_enc, b_dec, thr, dec, srcs = [], [], [], [], [], []
     for p in files:
+        if not zipfile.is_zipfile(p):
+            raise TranscoderFormatError(f"{p} is not a NumPy .npz archive (GemmaScope params.npz)")
         with np.load(p, allow_pickle=False) as z:
             _unknown(p, z.files, GS_KEYS)
             _need(p, z.files, sorted(GS_KEYS))
@@ -445,7 +448,7 @@ def read_gemmascope_npz(paths: Sequence[str | Path], *, lazy_decoder: bool = Fal
         W_dec: Any = LazyDecoders("plt", srcs)
     else:
         W_dec = (
-            np.stack([_finite(p, "W_dec", np.load(p)["W_dec"]) for p in files])
+            np.stack([_finite(p, "W_dec", np.load(p, allow_pickle=False)["W_dec"]) for p in files])
             if lazy_decoder
             else np.stack(dec)
         )
@@ -571,6 +574,17 @@ def sniff_format(path: str | Path) -> str:
         return "clt"
     if not p.is_file():
         raise TranscoderFormatError(f"missing layer file: {p}")
+    if p.suffix in PICKLE_SUFFIXES:
+        raise TranscoderFormatError(
+            f"{p} is a PyTorch pickle file, and pickles are never read: save the transcoder as safetensors "
+            "(circuit-tracer's layer_{i}.safetensors with W_enc, W_dec, b_enc, b_dec) and pass those files or a "
+            "config.yaml listing them"
+        )
+    if p.suffix not in (".safetensors", ".npz"):
+        raise TranscoderFormatError(
+            f"{p} is not a transcoder file: expected a config.yaml, a directory of layer_{{i}}.safetensors, "
+            "circuit-tracer/GemmaScope-2 .safetensors layer files, or GemmaScope params.npz files"
+        )
     if p.suffix == ".npz":
         return "gemmascope"
     with SafeFile(p) as f:
