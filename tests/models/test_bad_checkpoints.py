@@ -46,7 +46,7 @@ def test_sharded_loading_refuses_non_finite_weights_too(llama_dir, tmp_path):
     key = "model.layers.0.self_attn.q_proj.weight"
     d = _poisoned(llama_dir, tmp_path / "m", key, np.nan)
     with pytest.raises(ValueError, match=rf"{key}.*non-finite"):
-        load_model_sharded(d, make_mesh(1, 1))
+        load_model_sharded(d, make_mesh())  # every visible device on the data axis
 
 
 def test_cli_names_the_tensor_and_exits_2(llama_dir, tmp_path, capsys):
