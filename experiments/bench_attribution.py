@@ -95,11 +95,11 @@ def write_tokenizer(model_dir: Path, V: int):
 def build_case(s, case_dir: Path) -> dict:
     """Write model + tokenizer + transcoders + case.json into ``case_dir`` (deterministic in ``s['seed']``)."""
     import jax.numpy as jnp
-    from jcircuits_converters.hf import save_hf_checkpoint
-    from jcircuits_converters.safetensors_io import save_file
 
     from jcircuits.models import forward
     from jcircuits.models.loading import load_params
+    from jcircuits_converters.hf import save_hf_checkpoint
+    from jcircuits_converters.safetensors_io import save_file
 
     t0 = time.perf_counter()
     rng = np.random.default_rng(s["seed"])
@@ -148,10 +148,10 @@ def build_case(s, case_dir: Path) -> dict:
 def load_transcoders(tdir: Path, cfg):
     import jax.numpy as jnp
     import yaml
-    from jcircuits_converters.safetensors_io import load_file
 
     from jcircuits.transcoders import TranscoderSet
     from jcircuits.transcoders.core import DenseDecoders, TranscoderConfig, Transcoders
+    from jcircuits_converters.safetensors_io import load_file
 
     meta = yaml.safe_load((tdir / "config.yaml").read_text())
     layers = [load_file(tdir / n) for n in meta["transcoders"]]
