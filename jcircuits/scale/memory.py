@@ -37,7 +37,7 @@ from jcircuits.common.arrays import array_leaves
 from jcircuits.common.buckets import size_bucket  # the engine pads the gathered columns to these sizes
 from jcircuits.models.config import ModelConfig
 from jcircuits.models.transformer import param_specs
-from jcircuits.scale.sharding import RULES, mesh_shape, shard_bytes, spec_for
+from jcircuits.scale.sharding import RULES, human, mesh_shape, shard_bytes, spec_for
 from jcircuits.transcoders.core import TranscoderConfig, transcoder_specs
 
 __all__ = [
@@ -50,15 +50,6 @@ __all__ = [
 ]
 
 DEFAULT_L0 = 64
-
-
-def human(n: float) -> str:
-    """Bytes as ``12.3 GiB``."""
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
-        n /= 1024
-    return f"{n:.2f} TiB"
 
 
 @dataclasses.dataclass

@@ -36,6 +36,7 @@ from jcircuits.models.transformer import Params, param_axes
 from jcircuits.transcoders.core import TranscoderConfig, Transcoders, transcoder_specs
 
 __all__ = [
+    "human",
     "DATA",
     "MODEL",
     "RULES",
@@ -372,12 +373,13 @@ def format_table(rows: list[dict[str, Any]]) -> str:
         spec = "P(" + ", ".join(repr(a) if a else "None" for a in r["spec"]) + ")"
         lines.append(
             f"{r['name'][:44]:44s} {str(r['shape'])[:24]:24s} {r['dtype']:9s} {spec[:30]:30s} "
-            f"{_human(r['bytes_per_device']):>11s}"
+            f"{human(r['bytes_per_device']):>11s}"
         )
     return "\n".join(lines)
 
 
-def _human(n: float) -> str:
+def human(n: float) -> str:
+    """Bytes as ``12.3 GiB``."""
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if abs(n) < 1024 or unit == "TiB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
