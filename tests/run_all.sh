@@ -46,7 +46,7 @@ fi
 # code between modules.)
 groups=(
   "models+transcoders+attribution+graph+reference|tests/test_layout.py tests/test_thresholds.py tests/test_readme.py tests/models tests/transcoders tests/attribution tests/graph tests/reference"
-  "intervention+view+scale+commands|tests/intervention tests/view tests/scale tests/commands"
+  "intervention+view+scale+commands+features|tests/intervention tests/view tests/scale tests/commands tests/features"
   "training|tests/training"
 )
 summary=() failed=0

@@ -1,0 +1,210 @@
+"""Feature dashboards equal a brute-force numpy computation over the same small corpus (seeded tiny Llama and
+Gemma-2 models, per-layer and cross-layer transcoders); resuming after a stop gives the same files."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from tiny import tiny_model, tiny_transcoders
+
+from jcircuits.features import FeatureStore, build_dashboards
+from jcircuits.features.build import STATE_NAME
+from jcircuits.models import forward
+from jcircuits.models.transformer import unembed_matrix
+
+N, S, F, K, C, B = 10, 12, 24, 4, 8, 4
+
+
+def _corpus(vocab: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    t = rng.integers(3, vocab, (N, S)).astype(np.int32)
+    t[:, 0] = 1  # BOS
+    t[3, 9:] = 0  # a padded sequence: pads are not counted
+    return t
+
+
+def _brute(model, tcs, tokens):
+    """Activations [L, N, S, F] (numpy encoder over our captured hook) and the counted-position mask."""
+    _, inter = forward(model.params, model.cfg, tokens, capture=True)
+    x = np.asarray(inter.hook(tcs.cfg.input_hook), np.float64)  # [L, N, S, D]
+    p = tcs.params
+    pre = np.einsum("lnsd,ldf->lnsf", x, np.asarray(p.W_enc, np.float64)) + np.asarray(p.b_enc)[:, None, None]
+    if tcs.cfg.activation == "jumprelu":
+        acts = pre * (pre > np.asarray(p.threshold)[:, None, None])
+    else:
+        acts = np.maximum(pre, 0.0)
+    valid = np.ones((N, S), bool)
+    valid[:, 0] = False
+    valid &= tokens != 0
+    return acts * valid[None, :, :, None], valid
+
+
+CASES = [("llama", "plt", "jumprelu"), ("gemma2", "plt", "relu"), ("llama", "clt", "jumprelu"), ("gemma2", "clt", "relu")]
+
+
+@pytest.fixture(scope="module", params=CASES, ids=["-".join(c) for c in CASES])
+def built(request, tmp_path_factory):
+    arch, kind, act = request.param
+    model = tiny_model(arch)
+    tcs = tiny_transcoders(model.cfg, kind, activation=act, n_features=F)
+    tokens = _corpus(model.cfg.vocab_size)
+    out = tmp_path_factory.mktemp(f"feat-{arch}-{kind}")
+    build_dashboards(
+        model, tcs, tokens, n_top=K, context=C, batch_size=B, out_dir=out, resume=False, progress=False
+    )
+    acts, valid = _brute(model, tcs, tokens)
+    return model, tcs, tokens, out, acts, valid
+
+
+def _close(a, b):
+    return np.allclose(a, b, rtol=2e-4, atol=2e-5)
+
+
+def test_top_activations_contexts_frequencies_and_extremes_equal_brute_force(built):
+    model, tcs, tokens, out, acts, valid = built
+    store = FeatureStore(out)
+    L = tcs.cfg.n_layers
+    n_valid = valid.sum()
+    n_checked = 0
+    for l in range(L):
+        for f in range(F):
+            rec = store.feature(l, f)
+            a = acts[l, :, :, f]
+            vals = np.sort(a[valid & (a > 0)])[::-1]
+            top = rec["examples_quantiles"][0]
+            assert top["quantile_name"] == "Top activations"
+            got = np.array([e["tokens_acts_list"][e["train_token_ind"]] for e in top["examples"]])
+            assert len(got) == min(K, len(vals))
+            assert _close(np.sort(got)[::-1], vals[:K]), (l, f, got, vals[:K])
+            assert rec["activation_frequency"] == pytest.approx((valid & (a > 0)).sum() / n_valid)
+            assert rec["act_max"] == pytest.approx(a[valid].max(), rel=2e-4, abs=2e-5)
+            assert rec["act_min"] == pytest.approx(a[valid].min(), rel=2e-4, abs=2e-5)
+            assert sum(rec["histogram"]) == (valid & (a > 0)).sum()
+            for e in top["examples"]:  # the context of every example whose value has no tie
+                v = e["tokens_acts_list"][e["train_token_ind"]]
+                near = np.argwhere(np.isclose(a, v, rtol=1e-3, atol=1e-4) & valid)
+                if len(near) != 1:
+                    continue
+                n, p = near[0]
+                start = e_start = p - e["train_token_ind"]
+                length = S - np.argmax(valid[n, ::-1])
+                want = [str(t) for t in tokens[n, e_start : min(start + C, length)]]
+                assert e["tokens"] == want
+                assert _close(np.array(e["tokens_acts_list"]), a[n, e_start : e_start + len(want)])
+                assert e["train_token_ind"] in range(len(want))
+                n_checked += 1
+    assert n_checked > L * F // 2
+
+
+def test_top_and_bottom_logits_equal_the_decoder_direction_through_the_unembedding(built):
+    model, tcs, tokens, out, acts, valid = built
+    store = FeatureStore(out)
+    W_U = np.asarray(unembed_matrix(model.params), np.float64)
+    for l in range(tcs.cfg.n_layers):
+        W = np.asarray(tcs.decoders.W_dec[l], np.float64)
+        dirs = W[:, -1, :] if tcs.cfg.kind == "clt" else W  # CLT: the last layer's decoder slot
+        lg = dirs @ W_U
+        for f in range(F):
+            rec = store.feature(l, f)
+            order = np.argsort(-lg[f])
+            assert rec["top_logits"] == [str(i) for i in order[:10]]
+            assert rec["bottom_logits"] == [str(i) for i in order[::-1][:10]]
+    if tcs.cfg.kind == "clt":  # the first slot would give other logits
+        first = np.asarray(tcs.decoders.W_dec[0], np.float64)[:, 0, :] @ W_U
+        assert store.feature(0, 0)["top_logits"] != [str(i) for i in np.argsort(-first[0])[:10]]
+
+
+def test_quantile_bands_hold_reservoir_examples_in_their_band(built):
+    model, tcs, tokens, out, acts, valid = built
+    store = FeatureStore(out)
+    for l in range(tcs.cfg.n_layers):
+        for f in range(F):
+            rec = store.feature(l, f)
+            qv = rec["quantile_values"]
+            assert len(qv) == 100 and all(np.diff(qv) >= -1e-6)
+            for q in rec["examples_quantiles"][1:]:
+                assert q["quantile_name"].startswith("Quantile ")
+                for e in q["examples"]:
+                    v = e["tokens_acts_list"][e["train_token_ind"]]
+                    assert np.isclose(acts[l, :, :, f], v, rtol=1e-3, atol=1e-4).any()
+
+
+def _files(out):
+    return {p.name: p.read_bytes() for p in sorted(out.iterdir()) if p.suffix in (".bin", ".gz", ".json")}
+
+
+def test_resume_after_a_stop_gives_the_same_files(tmp_path):
+    model = tiny_model("llama")
+    tcs = tiny_transcoders(model.cfg, "plt", n_features=F)
+    tokens = _corpus(model.cfg.vocab_size)
+    kw = dict(n_top=K, context=C, batch_size=B // 2, progress=False)
+    whole = build_dashboards(model, tcs, tokens, out_dir=tmp_path / "whole", resume=False, **kw)
+
+    def stop(i):
+        if i == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        build_dashboards(model, tcs, tokens, out_dir=tmp_path / "part", resume=False, on_batch=stop, **kw)
+    assert (tmp_path / "part" / STATE_NAME).is_file()
+    seen = []
+    build_dashboards(model, tcs, tokens, out_dir=tmp_path / "part", resume=True, on_batch=seen.append, **kw)
+    assert seen == [2, 3, 4]  # batches 0 and 1 were not run again
+    assert _files(tmp_path / "part") == _files(whole)
+    assert not (tmp_path / "part" / STATE_NAME).exists()
+    # a state from another corpus is refused, not mixed in
+    with pytest.raises(KeyboardInterrupt):
+        build_dashboards(model, tcs, tokens, out_dir=tmp_path / "other", resume=False, on_batch=stop, **kw)
+    with pytest.raises(ValueError, match="another corpus, model or settings"):
+        build_dashboards(model, tcs, tokens, out_dir=tmp_path / "other", resume=True, **{**kw, "n_top": K + 1})
+
+
+def test_a_mesh_gives_the_same_dashboards(tmp_path):
+    from jcircuits.scale.sharding import make_mesh
+
+    model = tiny_model("llama")
+    tcs = tiny_transcoders(model.cfg, "plt", n_features=F)
+    tokens = _corpus(model.cfg.vocab_size)
+    kw = dict(n_top=K, context=C, batch_size=8, progress=False, resume=False)
+    a = FeatureStore(build_dashboards(model, tcs, tokens, out_dir=tmp_path / "one", **kw))
+    b = FeatureStore(build_dashboards(model, tcs, tokens, out_dir=tmp_path / "mesh", mesh=make_mesh(4, 2), **kw))
+    for l in range(3):
+        for f in range(F):
+            ra, rb = a.feature(l, f), b.feature(l, f)
+            assert ra["activation_frequency"] == rb["activation_frequency"]
+            ta = [e["tokens_acts_list"] for e in ra["examples_quantiles"][0]["examples"]]
+            tb = [e["tokens_acts_list"] for e in rb["examples_quantiles"][0]["examples"]]
+            assert len(ta) == len(tb)
+            for x, y in zip(ta, tb, strict=True):
+                assert _close(np.array(x), np.array(y))
+
+
+def test_bad_inputs_say_what_is_wrong(tmp_path):
+    model = tiny_model("llama")
+    tcs = tiny_transcoders(model.cfg, "plt", n_features=F)
+    tokens = _corpus(model.cfg.vocab_size)
+    kw = dict(out_dir=tmp_path / "o", progress=False)
+    with pytest.raises(ValueError, match=r"\[n_sequences, seq_len\]"):
+        build_dashboards(model, tcs, tokens[0], **kw)
+    no_bos = tokens.copy()
+    no_bos[2, 0] = 5
+    with pytest.raises(ValueError, match="sequence 2 starts with token 5, not the BOS"):
+        build_dashboards(model, tcs, no_bos, **kw)
+    with pytest.raises(ValueError, match="out of vocabulary"):
+        build_dashboards(model, tcs, tokens + 1000, **kw)
+    with pytest.raises(ValueError, match="at least 2 tokens"):
+        build_dashboards(model, tcs, tokens[:, :1], **kw)
+    with pytest.raises(ValueError, match="batch_size"):
+        build_dashboards(model, tcs, tokens, batch_size=0, **kw)
+    with pytest.raises(ValueError, match="n_top"):
+        build_dashboards(model, tcs, tokens, n_top=0, **kw)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(NotADirectoryError):
+        build_dashboards(model, tcs, tokens, out_dir=tmp_path / "file", progress=False)
+    other = tiny_transcoders(tiny_model("llama", n_layers=2).cfg, "plt", n_features=F)
+    with pytest.raises(ValueError, match="every layer needs one"):
+        build_dashboards(model, other, tokens, **kw)
+    from jcircuits.scale.sharding import make_mesh
+
+    with pytest.raises(ValueError, match="multiple of the mesh's data axis"):
+        build_dashboards(model, tcs, tokens, batch_size=3, mesh=make_mesh(4, 2), **kw)
