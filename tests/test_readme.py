@@ -52,7 +52,7 @@ def _as_run_here(cmd: str) -> str:
 
 def _serve(cmd: str, cwd: Path, env: dict) -> None:
     proc = subprocess.Popen(
-        cmd, shell=True, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        cmd, shell=True, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
     )
     try:
         deadline = time.time() + 60
