@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from .files import apply_mode
+
 __all__ = ["SafetensorsError", "SafeFile", "ShardedCheckpoint", "open_checkpoint", "load_file", "save_file",
            "save_sharded", "INDEX_NAME", "SINGLE_NAME"]  # fmt: skip
 
@@ -202,6 +204,7 @@ def save_file(tensors: Mapping[str, Any], path: str | Path, *, metadata: Mapping
     tmp = path.with_name(path.name + ".tmp")
     meta = {str(k): str(v) for k, v in metadata.items()} if metadata else None
     write(_prepared(tensors, dtype), os.fspath(tmp), metadata=meta)
+    apply_mode(tmp, path)  # the package writes 0600; outputs get what open() would give them
     os.replace(tmp, path)
 
 

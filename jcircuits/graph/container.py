@@ -150,7 +150,7 @@ class Graph:
     # files ----------------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> None:
         """Write a safetensors file: the seven arrays as tensors, everything else as JSON in ``__metadata__``."""
-        from safetensors.numpy import save_file
+        from jcircuits_converters.safetensors_io import save_file
 
         tensors = {name: np.ascontiguousarray(np.asarray(getattr(self, name))) for name in _TENSORS}
         for name in ("adjacency_matrix", "activation_values", "logit_probabilities"):
@@ -177,7 +177,7 @@ class Graph:
             raise TypeError(
                 f"Graph.save: metadata (settings, scan, labels) must be JSON-serialisable: {e}"
             ) from e
-        save_file(tensors, os.fspath(path), metadata={_META_KEY: meta_json})
+        save_file(tensors, path, metadata={_META_KEY: meta_json})
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Graph:

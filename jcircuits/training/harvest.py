@@ -72,10 +72,10 @@ def harvest(
         nonlocal xs, ys, buf_rows
         if not xs:
             return
-        from safetensors.numpy import save_file
+        from jcircuits_converters.safetensors_io import save_file
 
         path = out_dir / f"shard_{len(shards):05d}.safetensors"
-        save_file({"x": np.concatenate(xs), "y": np.concatenate(ys)}, str(path))
+        save_file({"x": np.concatenate(xs), "y": np.concatenate(ys)}, path)
         shards.append(path)
         xs, ys, buf_rows = [], [], 0
 
@@ -100,7 +100,7 @@ def harvest(
 
 def load_shards(paths_or_dir: str | Path | list[str | Path]) -> tuple[np.ndarray, np.ndarray]:
     """Concatenate harvested shards (a directory of ``shard_*.safetensors`` or a list of files)."""
-    from safetensors.numpy import load_file
+    from jcircuits_converters.safetensors_io import load_file
 
     if isinstance(paths_or_dir, (str, Path)):
         paths = sorted(Path(paths_or_dir).glob("shard_*.safetensors"))

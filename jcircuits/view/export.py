@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from jcircuits.graph import Graph, compute_edge_influence, prune_graph
+from jcircuits_converters.files import apply_mode
 
 __all__ = [
     "ExportResult",
@@ -293,17 +294,6 @@ def check_slug(slug: str) -> None:
         )
 
 
-def file_mode(path: str | os.PathLike) -> int:
-    """The permission bits a file written at ``path`` should have: those of the file it replaces, else what
-    ``open()`` would give a new file (0o666 less the umask). ``mkstemp`` alone would make every output 0600."""
-    try:
-        return os.stat(path).st_mode & 0o7777
-    except FileNotFoundError:
-        umask = os.umask(0)
-        os.umask(umask)
-        return 0o666 & ~umask
-
-
 def write_json_atomic(path: str | os.PathLike, obj: Any, *, indent: int | None = None) -> int:
     """Write ``obj`` as JSON to a temporary file beside ``path`` and ``os.replace`` it in: readers see the old
     file or the new one, never a partial write. Returns the number of bytes written."""
@@ -313,7 +303,7 @@ def write_json_atomic(path: str | os.PathLike, obj: Any, *, indent: int | None =
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(data)
-        os.chmod(tmp, file_mode(path))
+        apply_mode(tmp, path)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
