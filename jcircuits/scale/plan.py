@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -127,7 +128,9 @@ def _configs(run: RunSettings) -> tuple[ModelConfig, TranscoderConfig, int | Non
     if run.prompt is not None and (model_dir / "tokenizer.json").is_file():
         from jcircuits.models.tokenizer import Tokenizer
 
-        n_tokens = len(Tokenizer.from_file(model_dir).encode(run.prompt))
+        with warnings.catch_warnings():  # unknown words: the run itself says so, once
+            warnings.simplefilter("ignore")
+            n_tokens = len(Tokenizer.from_file(model_dir).encode(run.prompt))
     return cfg, tcfg, n_tokens
 
 
