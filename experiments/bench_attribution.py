@@ -338,7 +338,7 @@ def cost_analysis_block(case_dir: Path, B: int):
         zero = jnp.zeros((T, D), g.dtype)
         _, vjp = jax.vjp(lambda x, sl: linear._block(st, c, x, sl), zero, zero)
         gx, gslot = jax.vmap(vjp)(g)
-        return gx, jnp.einsum("btd,td->bt", gslot, c["err"]), jnp.einsum("btd,tkd->btk", gslot, c["dec"])
+        return gx, jnp.einsum("btd,td->bt", gslot, c.err), jnp.einsum("btd,tkd->btk", gslot, c.dec)
 
     g = jnp.zeros((B, T, D))
     out = {}
