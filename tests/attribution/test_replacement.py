@@ -7,12 +7,12 @@ import dataclasses
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from tiny import tiny_model, tiny_transcoders
+from tiny import forced_node_set, pre_activations, tiny_model, tiny_transcoders
 
 from jcircuits.attribution import CustomTarget, attribute
 from jcircuits.models.transformer import unembed_matrix
 from jcircuits.replacement import replace, replacement_forward
-from jcircuits.transcoders.core import TranscoderError, encode_layer
+from jcircuits.transcoders.core import TranscoderError
 
 TOKENS = np.array([1, 5, 9, 33, 7, 2, 60, 11, 4, 8])
 KINDS = [
@@ -77,30 +77,6 @@ def test_custom_logit_difference_target_equals_difference_of_token_rows():
     np.testing.assert_allclose(g_diff.adjacency_matrix[-1, :n_src], rows[0] - rows[1], atol=1e-5)
 
 
-def _pre_activations(ts, rep) -> np.ndarray:
-    """Every feature's pre-activation ``[L, T, F]`` at the replacement's feature inputs."""
-    return np.stack(
-        [
-            np.asarray(encode_layer(ts.cfg, ts.params, l, rep.feature_inputs[l], pre=True))
-            for l in range(ts.cfg.n_layers)
-        ]
-    )
-
-
-def forced_node_set(ts, rep):
-    """The own active set plus one inactive feature (pre-activation below its threshold, at a kept position),
-    sorted as ``replace`` sorts; returns ``(given, index of the forced feature in it, its pre-activation)``."""
-    pre = _pre_activations(ts, rep)
-    theta = np.asarray(ts.params.threshold)[:, None, :]
-    below = (pre < theta) & (pre > 0.5 * theta)  # inactive but not far off, so its edges are not negligible
-    below[:, : rep.zero_positions] = False
-    l, t, f = np.argwhere(below)[len(np.argwhere(below)) // 2]
-    given = np.concatenate([rep.active_features, [[l, t, f]]]).astype(np.int32)
-    order = np.lexsort((given[:, 2], given[:, 1], given[:, 0]))
-    given = given[order]
-    return given, int(np.flatnonzero(order == len(given) - 1)[0]), float(pre[l, t, f])
-
-
 def test_a_given_node_set_is_used_exactly_even_below_threshold():
     model = tiny_model("llama")
     ts = tiny_transcoders(model.cfg, "plt", "jumprelu", False)
@@ -110,7 +86,7 @@ def test_a_given_node_set_is_used_exactly_even_below_threshold():
     forced = replace(model, ts, TOKENS, active_features=given)
     assert forced.given_features
     np.testing.assert_array_equal(forced.active_features, given)
-    assert forced.activation_values[i] == np.float32(pre)  # valued at its pre-activation, as if active
+    np.testing.assert_allclose(forced.activation_values[i], pre, rtol=1e-6)  # its pre-activation, as if active
     others = np.delete(np.arange(len(given)), i)
     np.testing.assert_array_equal(forced.activation_values[others], rep.activation_values)  # bit for bit
     np.testing.assert_allclose(
@@ -157,7 +133,7 @@ def test_round_off_decided_features_are_recorded():
     ts = tiny_transcoders(model.cfg, "plt", "jumprelu", False)
     rep = replace(model, ts, TOKENS)
     assert len(rep.round_off) == 0  # seeded: nothing sits on a threshold
-    pre = _pre_activations(ts, rep)
+    pre = pre_activations(ts, rep)
     (l1, t1, f1), (l2, t2, f2) = rep.active_features[3], rep.active_features[-2]
     theta = np.asarray(ts.params.threshold).copy()
     theta[l1, f1] = pre[l1, t1, f1]  # exactly on it: pre > θ fails, the feature drops out
@@ -192,7 +168,7 @@ def test_topk_round_off_is_measured_against_the_competing_value():
     model = tiny_model("llama")
     ts = tiny_transcoders(model.cfg, "plt", "topk", False, top_k=5)
     rep = replace(model, ts, TOKENS)
-    pre = _pre_activations(ts, rep)
+    pre = pre_activations(ts, rep)
     l, t = 1, 4
     order = np.argsort(-pre[l, t])
     inside, outside = order[4], order[5]  # the k-th (kept) and (k+1)-th (dropped) at (l, t)
