@@ -6,6 +6,11 @@ features only, and returns the reconstruction and the exact error ``true MLP out
 transcoders' output hook. By construction ``reconstruction + error == base MLP output`` everywhere; the
 ``replacement_forward`` below re-encodes live and is the real test that features + errors reproduce the model.
 
+``replace(..., active_features=F)`` uses the node set ``F`` instead of the one the activation function picks (each
+given feature valued at its pre-activation, as if active; the others 0), so that graphs computed where round-off
+puts a feature on the other side of its threshold can still be compared. Either way ``Replacement.round_off``
+lists the features whose presence round-off decides (``RoundOff``).
+
 Letters: L layers, T positions, D model, F features, n active features.
 """
 
@@ -27,11 +32,58 @@ from jcircuits.transcoders.core import (
     DenseDecoders,
     TranscoderConfig,
     Transcoders,
+    activate,
     encode_layer,
 )
 from jcircuits.transcoders.transcoder_set import TranscoderSet, check_compatible
 
-__all__ = ["Replacement", "replace", "replacement_forward", "decode_sparse"]
+__all__ = ["Replacement", "RoundOff", "ROUND_OFF_MARGIN", "replace", "replacement_forward", "decode_sparse"]
+
+
+ROUND_OFF_MARGIN = 1e-5  # relative: |pre-activation − threshold| <= margin · max(1, |threshold|)
+
+
+@dataclasses.dataclass
+class RoundOff:
+    """Features whose presence in the node set round-off decides: their pre-activation lies within
+    ``margin · max(1, |θ|)`` of the value ``θ`` that decides whether they are active, on either side.
+
+    ``θ`` is the JumpReLU threshold (0 for ReLU). For TopK it is the value the feature competes with at its
+    (layer, position): the (k+1)-th largest pre-activation for an active feature, the k-th for an inactive one.
+    ``features [m, 3]`` (layer, pos, feat) int32 sorted as ``replace`` sorts active features; ``pre``, ``threshold``
+    ``[m]`` float32; ``active [m]`` whether the feature is in this computation's own active set. Positions that
+    are zeroed (< ``zero_positions``) never appear.
+    """
+
+    features: np.ndarray
+    pre: np.ndarray
+    threshold: np.ndarray
+    active: np.ndarray
+    margin: float
+
+    @property
+    def gap(self) -> np.ndarray:
+        """``pre − threshold`` ``[m]`` (positive: on the active side for JumpReLU/ReLU)."""
+        return self.pre - self.threshold
+
+    def __len__(self) -> int:
+        return int(self.features.shape[0])
+
+    def to_json(self) -> dict:
+        """Plain JSON: the margin, the rule and one ``[layer, pos, feature, pre, threshold, gap, active]`` per
+        feature (what ``attribute`` writes into ``graph.settings["round_off"]``)."""
+        return {
+            "margin": self.margin,
+            "rule": "|pre - threshold| <= margin * max(1, |threshold|); TopK: threshold = the competing "
+            "k-th (inactive) or (k+1)-th (active) largest pre-activation at that position",
+            "n": len(self),
+            "features": [
+                [int(l), int(t), int(f), float(p), float(th), float(p - th), bool(a)]
+                for (l, t, f), p, th, a in zip(
+                    self.features, self.pre, self.threshold, self.active, strict=True
+                )
+            ],
+        }
 
 
 @dataclasses.dataclass
@@ -41,7 +93,8 @@ class Replacement:
     ``active_features [n, 3]`` (layer, pos, feat) int32, sorted; ``activation_values [n]`` float32;
     ``reconstruction``/``errors``/``mlp_out`` ``[L, T, D]`` at the output hook; ``feature_inputs [L, T, D]`` at the
     input hook; ``embeddings [T, D]`` the token vectors written into the residual stream; ``inter`` the base
-    model's intermediates (batch of one); ``logits [T, V]``.
+    model's intermediates (batch of one); ``logits [T, V]``. ``round_off`` lists the features whose presence
+    round-off decides; ``given_features`` is true when the node set was given (``replace(active_features=…)``).
     """
 
     tokens: np.ndarray
@@ -55,6 +108,8 @@ class Replacement:
     feature_inputs: jax.Array
     embeddings: jax.Array
     zero_positions: int
+    round_off: RoundOff | None = None
+    given_features: bool = False
 
     @property
     def n_active(self) -> int:
@@ -63,10 +118,81 @@ class Replacement:
 
 @partial(jax.jit, static_argnums=(0,))
 def _encode_all(tcfg: TranscoderConfig, tc: Transcoders, x_LTD: jax.Array, zero_positions: int):
-    """Activations ``[L, T, F]`` with the first ``zero_positions`` positions zeroed."""
-    acts = jax.vmap(lambda l, x: encode_layer(tcfg, tc, l, x))(jnp.arange(x_LTD.shape[0]), x_LTD)
+    """``(activations, pre-activations)`` ``[L, T, F]``, activations with the first ``zero_positions`` positions
+    zeroed."""
+    layers = jnp.arange(x_LTD.shape[0])
+    pre = jax.vmap(lambda l, x: encode_layer(tcfg, tc, l, x, pre=True))(layers, x_LTD)
+    th = tc.threshold
+    acts = jax.vmap(lambda l, h: activate(tcfg, h, None if th is None else th[l]))(layers, pre)
     keep = jnp.arange(x_LTD.shape[1]) >= zero_positions
-    return acts * keep[None, :, None]
+    return acts * keep[None, :, None], pre
+
+
+@partial(jax.jit, static_argnums=(0,))
+def _deciding_values(
+    tcfg: TranscoderConfig, tc: Transcoders, pre: jax.Array, active: jax.Array, margin, zero_positions
+):
+    """``(near [L, T, F] bool, theta [L, T, F])``: the value each feature's presence is decided against (see
+    ``RoundOff``) and whether its pre-activation lies within the margin of it."""
+    L, T, F = pre.shape
+    if tcfg.activation == "jumprelu":
+        theta = jnp.broadcast_to(tc.threshold.astype(jnp.float32)[:, None, :], pre.shape)
+    elif tcfg.activation == "relu":
+        theta = jnp.zeros_like(pre)
+    elif tcfg.top_k >= F:  # every feature is kept: nothing competes
+        theta = jnp.full_like(pre, -jnp.inf)
+    else:
+        top, _ = jax.lax.top_k(pre, tcfg.top_k + 1)  # [L, T, k+1]
+        theta = jnp.where(active, top[..., tcfg.top_k, None], top[..., tcfg.top_k - 1, None])
+    near = jnp.abs(pre - theta) <= margin * jnp.maximum(1.0, jnp.abs(theta))
+    near = near & (jnp.arange(T) >= zero_positions)[None, :, None]
+    return near, theta
+
+
+def _round_off(tcfg, tc, pre: jax.Array, acts: jax.Array, zero_positions: int, margin: float) -> RoundOff:
+    near, theta = _deciding_values(tcfg, tc, pre, acts != 0, jnp.float32(margin), zero_positions)
+    idx = np.argwhere(np.asarray(near)).astype(np.int32)
+    at = tuple(jnp.asarray(idx[:, i]) for i in range(3))
+    return RoundOff(
+        features=idx,
+        pre=np.asarray(pre[at], np.float32),
+        threshold=np.asarray(theta[at], np.float32),
+        active=np.asarray(acts[at] != 0),
+        margin=float(margin),
+    )
+
+
+def check_active_features(active_features, n_layers: int, n_pos: int, n_features: int, zero_positions: int):
+    """The given node set as an int32 ``[n, 3]`` (layer, pos, feature) array, or a clear ``ValueError``: every
+    triple in range, none at a zeroed position, sorted by (layer, pos, feature) without repeats."""
+    a = np.asarray(active_features)
+    if a.size == 0:
+        return np.zeros((0, 3), np.int32)
+    if a.ndim != 2 or a.shape[1] != 3 or not np.issubdtype(a.dtype, np.integer):
+        raise ValueError(
+            f"active_features must be an int array [n, 3] of (layer, pos, feature), got {a.dtype} {a.shape}"
+        )
+    for col, (name, size) in enumerate((("layer", n_layers), ("position", n_pos), ("feature", n_features))):
+        bad = np.flatnonzero((a[:, col] < 0) | (a[:, col] >= size))
+        if len(bad):
+            raise ValueError(
+                f"active_features[{bad[0]}] = {a[bad[0]].tolist()}: {name} out of range (0 to {size - 1}); "
+                f"{len(bad)} such rows"
+            )
+    bad = np.flatnonzero(a[:, 1] < zero_positions)
+    if len(bad):
+        raise ValueError(
+            f"active_features[{bad[0]}] = {a[bad[0]].tolist()} is at a zeroed position (< zero_positions = "
+            f"{zero_positions}): features there are always 0; {len(bad)} such rows"
+        )
+    key = (a[:, 0].astype(np.int64) * n_pos + a[:, 1]) * n_features + a[:, 2]
+    bad = np.flatnonzero(np.diff(key) <= 0)
+    if len(bad):
+        raise ValueError(
+            f"active_features must be sorted by (layer, pos, feature) without repeats, as replace sorts them: "
+            f"row {bad[0] + 1} {a[bad[0] + 1].tolist()} follows {a[bad[0]].tolist()}"
+        )
+    return a.astype(np.int32)
 
 
 @jax.jit
@@ -101,8 +227,22 @@ def decode_sparse(
     return out
 
 
-def replace(model: Model, transcoders: TranscoderSet, tokens, *, zero_positions: int = 1) -> Replacement:
-    """Run the replacement step on one prompt (``tokens [T]`` int, BOS already prepended)."""
+def replace(
+    model: Model,
+    transcoders: TranscoderSet,
+    tokens,
+    *,
+    zero_positions: int = 1,
+    active_features=None,
+    round_off_margin: float = ROUND_OFF_MARGIN,
+) -> Replacement:
+    """Run the replacement step on one prompt (``tokens [T]`` int, BOS already prepended).
+
+    ``active_features`` (int ``[n, 3]`` (layer, pos, feature), sorted as this function sorts them): use exactly
+    that node set. Each given feature's value is its pre-activation (what the activation function passes when the
+    feature is active, for ReLU, JumpReLU and TopK alike), every other feature is 0, and reconstruction and errors
+    follow from those values. Triples out of range or at zeroed positions raise ``ValueError``.
+    ``round_off_margin``: the relative margin of ``Replacement.round_off`` (see ``RoundOff``)."""
     cfg, tcfg = model.cfg, transcoders.cfg
     check_compatible(cfg, tcfg)
     tokens = np.asarray(tokens)
@@ -112,9 +252,18 @@ def replace(model: Model, transcoders: TranscoderSet, tokens, *, zero_positions:
     check_finite_logits(logits[0], inter, "the model's forward pass on this prompt")
     x_in = inter.hook(tcfg.input_hook)[:, 0]  # [L, T, D]
     true_out = inter.hook(tcfg.output_hook)[:, 0].astype(jnp.float32)
-    acts = np.asarray(_encode_all(tcfg, transcoders.params, x_in, zero_positions))
-    idx = np.argwhere(acts != 0).astype(np.int32)  # C order: sorted by (layer, pos, feat)
-    values = acts[idx[:, 0], idx[:, 1], idx[:, 2]].astype(np.float32)
+    acts_dev, pre = _encode_all(tcfg, transcoders.params, x_in, zero_positions)
+    round_off = _round_off(tcfg, transcoders.params, pre, acts_dev, zero_positions, round_off_margin)
+    if active_features is None:
+        acts = np.asarray(acts_dev)
+        idx = np.argwhere(acts != 0).astype(np.int32)  # C order: sorted by (layer, pos, feat)
+        values = acts[idx[:, 0], idx[:, 1], idx[:, 2]].astype(np.float32)
+        del acts
+    else:
+        L, T, F = pre.shape
+        idx = check_active_features(active_features, L, T, F, zero_positions)
+        values = np.asarray(pre[tuple(jnp.asarray(idx[:, i]) for i in range(3))], np.float32)
+    del acts_dev, pre
     recon = decode_sparse(tcfg, transcoders.decoders, idx, values, tokens.shape[0])
     recon = jnp.asarray(recon) + transcoders.params.b_dec.astype(jnp.float32)[:, None, :]
     if transcoders.params.W_skip is not None:
@@ -131,6 +280,8 @@ def replace(model: Model, transcoders: TranscoderSet, tokens, *, zero_positions:
         feature_inputs=x_in,
         embeddings=embed(model.params, cfg, jnp.asarray(tokens)[None])[0],
         zero_positions=zero_positions,
+        round_off=round_off,
+        given_features=active_features is not None,
     )
 
 

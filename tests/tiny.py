@@ -8,7 +8,7 @@ import numpy as np
 
 from jcircuits.models import Model, ModelConfig, RopeScaling, init_params
 from jcircuits.transcoders import TranscoderSet
-from jcircuits.transcoders.core import DenseDecoders, TranscoderConfig, Transcoders
+from jcircuits.transcoders.core import DenseDecoders, TranscoderConfig, Transcoders, encode_layer
 
 
 def tiny_config(arch: str = "llama", **kw) -> ModelConfig:
@@ -113,3 +113,27 @@ def tiny_transcoders(
     return TranscoderSet(
         tcfg, Transcoders(j(W_enc), j(b_enc), j(b_dec), j(threshold), j(W_skip)), DenseDecoders(kind, W_dec)
     )
+
+
+def pre_activations(ts, rep) -> np.ndarray:
+    """Every feature's pre-activation ``[L, T, F]`` at the replacement's feature inputs."""
+    return np.stack(
+        [
+            np.asarray(encode_layer(ts.cfg, ts.params, l, rep.feature_inputs[l], pre=True))
+            for l in range(ts.cfg.n_layers)
+        ]
+    )
+
+
+def forced_node_set(ts, rep):
+    """The own active set plus one inactive feature (pre-activation below its threshold, at a kept position),
+    sorted as ``replace`` sorts; returns ``(given, index of the forced feature in it, its pre-activation)``."""
+    pre = pre_activations(ts, rep)
+    theta = np.asarray(ts.params.threshold)[:, None, :]
+    below = (pre < theta) & (pre > 0.5 * theta)  # inactive but not far off, so its edges are not negligible
+    below[:, : rep.zero_positions] = False
+    l, t, f = np.argwhere(below)[len(np.argwhere(below)) // 2]
+    given = np.concatenate([rep.active_features, [[l, t, f]]]).astype(np.int32)
+    order = np.lexsort((given[:, 2], given[:, 1], given[:, 0]))
+    given = given[order]
+    return given, int(np.flatnonzero(order == len(given) - 1)[0]), float(pre[l, t, f])

@@ -329,11 +329,42 @@ def _check_arguments(batch_size, position_buckets, update_interval, max_feature_
     return dtype
 
 
-def _replacement_phase(model: Model, transcoders: TranscoderSet, prompt, zero_positions: int, dtype, mesh):
+def _given_node_set(active_features, tokens: np.ndarray):
+    """``attribute``'s ``active_features``: ``None``, an int ``[n, 3]`` array, or a ``Graph`` (its node set, which
+    must come from the same tokens)."""
+    if not isinstance(active_features, Graph):
+        return active_features
+    if not np.array_equal(np.asarray(active_features.input_tokens), tokens):
+        raise ValueError(
+            "active_features: the graph was computed on other tokens "
+            f"({len(active_features.input_tokens)} tokens, {active_features.input_string!r}); its node set does "
+            "not apply to this prompt"
+        )
+    return active_features.active_features
+
+
+def _precision(model: Model, transcoders: TranscoderSet, dtype) -> dict:
+    """What the graph was computed in: the rows' dtype, the stored weights' and encoders' dtypes, and whether
+    bfloat16 entered the computation or the storage anywhere."""
+    weights = str(jax.tree.leaves(model.params)[0].dtype)
+    encoders = str(transcoders.params.W_enc.dtype)
+    return {
+        "compute": str(dtype),
+        "weights": weights,
+        "transcoders": encoders,
+        "bf16_compute": str(dtype) == "bfloat16",
+        "bf16_storage": "bfloat16" in (weights, encoders),
+    }
+
+
+def _replacement_phase(
+    model: Model, transcoders: TranscoderSet, prompt, zero_positions: int, dtype, mesh, active_features=None
+):
     """Phase 0: features, errors and the frozen constants of ``prompt``, on device (sharded with a mesh:
     weights and decoder vectors over ``model``, each batch of rows over ``data``)."""
     tokens = encode_prompt(model, prompt)
-    rep = replace(model, transcoders, tokens, zero_positions=zero_positions)
+    given = _given_node_set(active_features, tokens)
+    rep = replace(model, transcoders, tokens, zero_positions=zero_positions, active_features=given)
     static, ctx, src_index = build_context(model, transcoders, rep, dtype)
     on_mesh = lambda x: x  # noqa: E731
     if mesh is not None:
@@ -500,6 +531,7 @@ def attribute(
     position_buckets: int = 3,
     verbose: bool | None = None,
     mesh=None,
+    active_features=None,
 ) -> Graph:
     """Compute the attribution graph of ``prompt`` (text or token ids, BOS included for ids).
 
@@ -519,6 +551,15 @@ def attribute(
     multiple of the data axis); rows come back to the host in order, so the graph equals the single-device one to
     float32 round-off. With several processes, pass process-local params: the replacement step runs on each
     process, the rows on the global mesh.
+
+    ``active_features`` (an int ``[n, 3]`` array of (layer, pos, feature), sorted as ``replace`` sorts them, or a
+    ``Graph`` of the same tokens, whose ``active_features`` are taken) fixes the node set: each given feature is
+    valued at its pre-activation as if active, the others are 0, and the errors follow (see ``replace``). Graphs
+    computed elsewhere (circuit-tracer, another dtype or machine) can then be compared node for node even where
+    round-off puts a feature on the other side of its threshold.
+
+    ``graph.settings`` records the precision (``dtype`` of the rows, ``precision``: the weights' and transcoders'
+    storage dtypes) and ``round_off``: the features whose presence round-off decides (``replacement.RoundOff``).
     """
     dtype = _check_arguments(batch_size, position_buckets, update_interval, max_feature_nodes, dtype)
     use_compilation_cache()
@@ -526,7 +567,7 @@ def attribute(
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     with _timed(timings, "precompute_s"):
-        fz = _replacement_phase(model, transcoders, prompt, zero_positions, dtype, mesh)
+        fz = _replacement_phase(model, transcoders, prompt, zero_positions, dtype, mesh, active_features)
         targets = _targets_phase(model, fz.rep, attribution_targets, max_n_logits, desired_logit_prob)
     n_active, K = fz.rep.n_active, len(targets)
     n_feat_rows = n_active if max_feature_nodes is None else min(max_feature_nodes, n_active)
@@ -553,6 +594,9 @@ def attribute(
         zero_positions=zero_positions,
         position_buckets=position_buckets,
         n_active=n_active,
+        given_features=fz.rep.given_features,
+        precision=_precision(model, transcoders, dtype),
+        round_off=fz.rep.round_off.to_json(),
         timings=timings,
     )
     return _assemble(model, transcoders, fz, targets, selected, adj, settings)

@@ -60,6 +60,7 @@ def cmd_attribute(args) -> int:
     if (args.slug or args.serve) and not args.graph_dir:
         raise UsageError("--slug and --serve need --graph-dir DIR (where the graph JSON is written)")
     out = output_file(args.output)  # outputs are checked before the work, not after it
+    nodes = _node_set_of(args.active_features)
     if args.graph_dir:
         from jcircuits.view.export import check_slug
 
@@ -87,6 +88,7 @@ def cmd_attribute(args) -> int:
         dtype=jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32,
         verbose=not args.quiet,
         mesh=mesh_of(args.mesh),  # --mesh DATAxMODEL: rows over data, weights over model
+        active_features=nodes,
     )
     out.parent.mkdir(parents=True, exist_ok=True)
     if model.tokenizer is not None:  # token strings for pictures and the viewer, kept in the graph file
@@ -104,6 +106,13 @@ def cmd_attribute(args) -> int:
         f"logit rows {tm['logit_rows_s']:.2f}s, feature rows {tm['feature_rows_s']:.2f}s "
         f"(compile {tm['compile_s']:.2f}s), {tm['rows_per_s']:.0f} rows/s | wrote {out}"
     )
+    ro, prec = graph.settings["round_off"], graph.settings["precision"]
+    given = f"node set from {args.active_features}; " if nodes is not None else ""
+    print(
+        f"precision: rows {prec['compute']}, weights {prec['weights']}, transcoders {prec['transcoders']} | "
+        f"{given}{ro['n']} features decided by round-off (pre-activation within {ro['margin']:g}·max(1,|θ|) "
+        "of its threshold; graph.settings['round_off'])"
+    )
     if args.graph_dir:
         from jcircuits.view.export import export_graph_json
 
@@ -118,6 +127,21 @@ def cmd_attribute(args) -> int:
     if not args.quiet:
         print(_next_steps(args, out, slug=args.slug or out.stem), file=sys.stderr)
     return 0
+
+
+def _node_set_of(path: str | None):
+    """The graph file named by ``--active-features`` (its node set is used), read before the model loads."""
+    if path is None:
+        return None
+    from jcircuits.graph import Graph
+
+    p = Path(path)
+    if not p.is_file():
+        raise UsageError(f"--active-features: {path} is not a graph file (a .safetensors written by attribute)")
+    try:
+        return Graph.load(p)
+    except ValueError as e:  # a wrong file says so here, not deep inside the run
+        raise UsageError(f"--active-features: cannot read {path} as a graph: {e}") from e
 
 
 def _next_steps(args, out: Path, slug: str) -> str:
@@ -153,6 +177,12 @@ def register(sub) -> None:
         type=positive_int,
         default=None,
         help="most feature rows, chosen by influence (default: every active feature)",
+    )
+    a.add_argument(
+        "--active-features",
+        metavar="GRAPH.safetensors",
+        help="use this graph's node set (its active features, each at its pre-activation) instead of the one the "
+        "transcoders' activation picks: compares graphs across dtypes, machines or tools node for node",
     )
     a.add_argument(
         "-o", "--output", default="graph.safetensors", help="where to write the graph (default: %(default)s)"

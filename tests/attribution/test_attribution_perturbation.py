@@ -10,7 +10,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from tiny import tiny_model, tiny_transcoders
+from tiny import forced_node_set, tiny_model, tiny_transcoders
 
 from jcircuits.attribution import attribute
 from jcircuits.models import forward_fn
@@ -75,31 +75,20 @@ def _frozen_effects(model, ts, rep, inject_slot, inject_embed):
     return acc, inter.final_normed[0]
 
 
-@pytest.mark.parametrize(
-    "case", CASES, ids=[f"{a}-{k}-{f}{'-skip' if s else ''}" for a, k, f, s, *_ in CASES]
-)
-def test_adjacency_columns_equal_frozen_perturbation_effects(case):
-    arch, kind, act, skip, ih, oh = case
-    model = tiny_model(arch)
-    ts = tiny_transcoders(model.cfg, kind, act, skip, input_hook=ih, output_hook=oh)
-    g = attribute(model, ts, TOKENS, batch_size=64)
-    rep = replace(model, ts, TOKENS)
-    cfg = model.cfg
-    L, T, D = cfg.n_layers, len(TOKENS), cfg.d_model
+def _assert_columns_match_perturbations(model, ts, g, rep, cols):
+    """Each adjacency column in ``cols`` equals the frozen model's response to adding that source's vector: the
+    change of every node-set feature's pre-activation and of every target's demeaned logit."""
+    cfg, kind = model.cfg, ts.cfg.kind
+    L, T, D = cfg.n_layers, len(rep.tokens), cfg.d_model
     n_sel = len(g.selected_features)
-    assert n_sel == rep.n_active  # all features get rows by default
     W_U = np.asarray(unembed_matrix(model.params))
     vecs = (W_U[:, g.logit_token_ids] - W_U.mean(axis=1, keepdims=True)).T  # [K, D]
     zero_slot, zero_emb = jnp.zeros((L, T, D)), jnp.zeros((T, D))
     base_pre, base_final = _frozen_effects(model, ts, rep, zero_slot, zero_emb)
     act_f = rep.active_features
-    rng = np.random.default_rng(0)
-    feat_cols = rng.choice(n_sel, size=min(6, n_sel), replace=False)
-    err_cols = [n_sel + l * T + t for l, t in [(0, 3), (L - 1, T - 1), (1, 5)]]
-    tok_cols = [n_sel + L * T + t for t in (0, 4, T - 1)]
     dec = ts.decoders
     a_max = float(np.abs(g.adjacency_matrix).max())  # float32 round-off scales with the largest edge
-    for col in [*feat_cols, *err_cols, *tok_cols]:
+    for col in cols:
         slot, emb = np.zeros((L, T, D), np.float32), np.zeros((T, D), np.float32)
         if col < n_sel:
             l, t, f = act_f[col]
@@ -127,9 +116,55 @@ def test_adjacency_columns_equal_frozen_perturbation_effects(case):
         np.testing.assert_allclose(
             col_logits, d_logit, atol=2e-5 * scale + 1e-6 * a_max, err_msg=f"logit rows, col {col}"
         )
+
+
+@pytest.mark.parametrize(
+    "case", CASES, ids=[f"{a}-{k}-{f}{'-skip' if s else ''}" for a, k, f, s, *_ in CASES]
+)
+def test_adjacency_columns_equal_frozen_perturbation_effects(case):
+    arch, kind, act, skip, ih, oh = case
+    model = tiny_model(arch)
+    ts = tiny_transcoders(model.cfg, kind, act, skip, input_hook=ih, output_hook=oh)
+    g = attribute(model, ts, TOKENS, batch_size=64)
+    rep = replace(model, ts, TOKENS)
+    L, T = model.cfg.n_layers, len(TOKENS)
+    n_sel = len(g.selected_features)
+    assert n_sel == rep.n_active  # all features get rows by default
+    act_f = rep.active_features
+    rng = np.random.default_rng(0)
+    feat_cols = rng.choice(n_sel, size=min(6, n_sel), replace=False)
+    err_cols = [n_sel + l * T + t for l, t in [(0, 3), (L - 1, T - 1), (1, 5)]]
+    tok_cols = [n_sel + L * T + t for t in (0, 4, T - 1)]
+    _assert_columns_match_perturbations(model, ts, g, rep, [*feat_cols, *err_cols, *tok_cols])
     # error and token rows are zero; nothing at position 0 is a feature
-    assert not g.adjacency_matrix[n_sel : -len(vecs)].any()
+    assert not g.adjacency_matrix[n_sel : -len(g.logit_token_ids)].any()
     assert (act_f[:, 1] >= 1).all()
+
+
+def test_a_feature_forced_into_the_node_set_keeps_the_definition():
+    """A feature below its threshold, given as a node: valued at its pre-activation, its column and its row (read
+    at every given feature, the forced one included) obey the same frozen-perturbation definition as every other
+    node's."""
+    model = tiny_model("llama")
+    ts = tiny_transcoders(model.cfg, "plt", "jumprelu", False)
+    own = replace(model, ts, TOKENS)
+    given, i, pre = forced_node_set(ts, own)
+    g = attribute(model, ts, TOKENS, batch_size=64, active_features=given)
+    rep = replace(model, ts, TOKENS, active_features=given)
+    assert g.settings["given_features"]
+    np.testing.assert_array_equal(g.active_features, given)
+    np.testing.assert_allclose(g.activation_values[i], pre, rtol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(rep.reconstruction + rep.errors), np.asarray(rep.mlp_out), atol=1e-5
+    )
+    L, T = model.cfg.n_layers, len(TOKENS)
+    n_sel = len(g.selected_features)
+    assert n_sel == len(given)
+    l, t, _ = given[i]
+    assert np.abs(g.adjacency_matrix[:, i]).max() > 0 and np.abs(g.adjacency_matrix[i]).max() > 0
+    others = [j for j in (0, n_sel // 2, n_sel - 1) if j != i]
+    err_cols = [n_sel + l * T + t, n_sel + (L - 1) * T + T - 1]
+    _assert_columns_match_perturbations(model, ts, g, rep, [i, *others, *err_cols, n_sel + L * T + 2])
 
 
 def test_rows_are_deterministic_bitwise():

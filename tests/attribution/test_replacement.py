@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
+
+import jax.numpy as jnp
 import numpy as np
 import pytest
-from tiny import tiny_model, tiny_transcoders
+from tiny import forced_node_set, pre_activations, tiny_model, tiny_transcoders
 
 from jcircuits.attribution import CustomTarget, attribute
 from jcircuits.models.transformer import unembed_matrix
@@ -72,3 +75,109 @@ def test_custom_logit_difference_target_equals_difference_of_token_rows():
     rows = g_tok.adjacency_matrix[-2:, :n_src]
     assert np.abs(rows[0] - rows[1]).max() > 1e-3
     np.testing.assert_allclose(g_diff.adjacency_matrix[-1, :n_src], rows[0] - rows[1], atol=1e-5)
+
+
+def test_a_given_node_set_is_used_exactly_even_below_threshold():
+    model = tiny_model("llama")
+    ts = tiny_transcoders(model.cfg, "plt", "jumprelu", False)
+    rep = replace(model, ts, TOKENS)
+    assert not rep.given_features
+    given, i, pre = forced_node_set(ts, rep)
+    forced = replace(model, ts, TOKENS, active_features=given)
+    assert forced.given_features
+    np.testing.assert_array_equal(forced.active_features, given)
+    np.testing.assert_allclose(forced.activation_values[i], pre, rtol=1e-6)  # its pre-activation, as if active
+    others = np.delete(np.arange(len(given)), i)
+    np.testing.assert_array_equal(forced.activation_values[others], rep.activation_values)  # bit for bit
+    np.testing.assert_allclose(
+        np.asarray(forced.reconstruction + forced.errors), np.asarray(forced.mlp_out), atol=1e-5
+    )
+    l, t, f = given[i]
+    w = ts.decoders.rows(int(l), np.array([f]))[0] * np.float32(pre)  # the forced feature's write, moved
+    np.testing.assert_allclose(np.asarray(forced.reconstruction - rep.reconstruction)[l, t], w, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(rep.errors - forced.errors)[l, t], w, atol=1e-6)
+    # the own node set given back reproduces the replacement bit for bit
+    same = replace(model, ts, TOKENS, active_features=rep.active_features)
+    np.testing.assert_array_equal(same.activation_values, rep.activation_values)
+    np.testing.assert_array_equal(np.asarray(same.errors), np.asarray(rep.errors))
+    empty = replace(model, ts, TOKENS, active_features=np.zeros((0, 3), np.int64))
+    assert empty.n_active == 0
+    np.testing.assert_allclose(
+        np.asarray(empty.reconstruction + empty.errors), np.asarray(rep.mlp_out), atol=1e-5
+    )
+
+
+@pytest.mark.parametrize(
+    "bad, words",
+    [
+        ([[0, 1, 96]], "feature out of range"),
+        ([[3, 1, 0]], "layer out of range"),
+        ([[0, 10, 0]], "position out of range"),
+        ([[0, -1, 0]], "position out of range"),
+        ([[1, 0, 5]], "zeroed position"),
+        ([[1, 2, 5], [0, 3, 4]], "sorted"),
+        ([[1, 2, 5], [1, 2, 5]], "without repeats"),
+        ([[1.0, 2.0, 5.0]], "int array"),
+        ([1, 2, 5], "int array"),
+    ],
+)
+def test_a_bad_node_set_is_refused(bad, words):
+    model = tiny_model("llama")
+    ts = tiny_transcoders(model.cfg)
+    with pytest.raises(ValueError, match=words):
+        replace(model, ts, TOKENS, active_features=np.asarray(bad))
+
+
+def test_round_off_decided_features_are_recorded():
+    model = tiny_model("llama")
+    ts = tiny_transcoders(model.cfg, "plt", "jumprelu", False)
+    rep = replace(model, ts, TOKENS)
+    assert len(rep.round_off) == 0  # seeded: nothing sits on a threshold
+    pre = pre_activations(ts, rep)
+    (l1, t1, f1), (l2, t2, f2) = rep.active_features[3], rep.active_features[-2]
+    theta = np.asarray(ts.params.threshold).copy()
+    theta[l1, f1] = pre[l1, t1, f1]  # exactly on it: pre > θ fails, the feature drops out
+    theta[l2, f2] = pre[l2, t2, f2] * (1 - 2e-6)  # just below it: still active, by a round-off margin
+    moved = dataclasses.replace(ts, params=dataclasses.replace(ts.params, threshold=jnp.asarray(theta)))
+    g = attribute(model, moved, TOKENS)
+    rep2 = replace(model, moved, TOKENS)
+    ro = rep2.round_off
+    rows = {tuple(r) for r in ro.features.tolist()}
+    assert {(l1, t1, f1), (l2, t2, f2)} <= rows
+    assert (l1, t1, f1) not in {tuple(r) for r in rep2.active_features.tolist()}
+    for k, r in enumerate(ro.features.tolist()):
+        assert abs(ro.gap[k]) <= ro.margin * max(1.0, abs(ro.threshold[k]))
+        assert ro.active[k] == (tuple(r) in {tuple(a) for a in rep2.active_features.tolist()})
+        assert ro.threshold[k] == np.float32(theta[r[0], r[2]])
+    k1 = [tuple(r) for r in ro.features.tolist()].index((l1, t1, f1))
+    assert ro.gap[k1] == 0 and not ro.active[k1]
+    rec = g.settings["round_off"]
+    assert rec["n"] == len(ro) and rec["margin"] == ro.margin
+    assert [tuple(r[:3]) for r in rec["features"]] == [tuple(r) for r in ro.features.tolist()]
+    assert g.settings["precision"] == {
+        "compute": "float32",
+        "weights": "float32",
+        "transcoders": "float32",
+        "bf16_compute": False,
+        "bf16_storage": False,
+    }
+    assert attribute(model, ts, TOKENS, dtype=jnp.bfloat16).settings["precision"]["bf16_compute"]
+
+
+def test_topk_round_off_is_measured_against_the_competing_value():
+    model = tiny_model("llama")
+    ts = tiny_transcoders(model.cfg, "plt", "topk", False, top_k=5)
+    rep = replace(model, ts, TOKENS)
+    pre = pre_activations(ts, rep)
+    l, t = 1, 4
+    order = np.argsort(-pre[l, t])
+    inside, outside = order[4], order[5]  # the k-th (kept) and (k+1)-th (dropped) at (l, t)
+    b_enc = np.asarray(ts.params.b_enc).copy()
+    b_enc[l, outside] += (pre[l, t, inside] - pre[l, t, outside]) * (1 - 1e-7) - 1e-6  # just under the k-th
+    moved = dataclasses.replace(ts, params=dataclasses.replace(ts.params, b_enc=jnp.asarray(b_enc)))
+    ro = replace(model, moved, TOKENS).round_off
+    rows = [tuple(r) for r in ro.features.tolist()]
+    assert (l, t, inside) in rows and (l, t, outside) in rows
+    ki, ko = rows.index((l, t, inside)), rows.index((l, t, outside))
+    assert ro.active[ki] and not ro.active[ko]
+    assert ro.threshold[ki] == ro.pre[ko] and ro.threshold[ko] == ro.pre[ki]  # each against the other

@@ -35,6 +35,8 @@ def _run(argv, capsys) -> tuple[int, str]:
         (["attribute", *PROMPT, "--max-feature-nodes", "-5"], "--max-feature-nodes"),
         (["attribute", *PROMPT, "--desired-logit-prob", "nan"], "--desired-logit-prob"),
         (["attribute", *PROMPT, "--transcoders", "x"], "--transcoders needs --model"),
+        (["attribute", *PROMPT, "--active-features", "{tmp}/missing.safetensors"], "is not a graph file"),
+        (["attribute", *PROMPT, "--active-features", "{tmp}/afile"], "cannot read"),
         (["serve", "--graph-dir", "{tmp}", "--port", "70000"], "0 to 65535"),
         (["serve", "--graph-dir", "{tmp}", "--port", "-1"], "0 to 65535"),
         (["serve", "--graph-dir", "{tmp}/missing"], "does not exist"),
