@@ -42,14 +42,13 @@ def _state_of_context(example: dict) -> set[str]:
 
 def _features_of(state: str) -> list[tuple[int, int]]:
     out = json.loads((ROOT / "experiments" / "two_hop" / "results.json").read_text())
-    feats = {(r["layer"], r["feature"]) for r in out["top_features"] if r["state_feature_of"] == state}
-    return sorted(feats)
+    return sorted({(r["layer"], r["feature"]) for r in out["state_features"][state] if r["pos"] == "last"})
 
 
 def test_the_texas_state_features_of_the_two_hop_circuit_fire_on_texas_contexts():
     store = default_features()
-    texas = _features_of("texas")
-    assert len(texas) >= 2, texas  # e.g. layer 2 features 305 and 201
+    texas = _features_of("texas")  # the state features at the last position: layer 2 features 201 and 305
+    assert len(texas) >= 2, texas
     for layer, f in texas:
         rec = store.feature(layer, f)
         top = rec["examples_quantiles"][0]
@@ -63,6 +62,6 @@ def test_the_texas_state_features_of_the_two_hop_circuit_fire_on_texas_contexts(
         assert band["quantile_name"].startswith("Quantile 4/4"), band["quantile_name"]
         assert all(_state_of_context(e) == {"texas"} for e in band["examples"]), (layer, f, band)
     # the California features of the same circuit read as California, not Texas: the check tells states apart
-    for layer, f in _features_of("california") or [(2, 30)]:
+    for layer, f in _features_of("california"):  # layer 2 feature 30, layer 3 feature 150
         top = store.feature(layer, f)["examples_quantiles"][0]["examples"]
         assert all(_state_of_context(e) == {"california"} for e in top), (layer, f)
