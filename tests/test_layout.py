@@ -82,3 +82,14 @@ def test_converters_import_without_jax_or_torch():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
+
+
+def test_package_data_covers_every_file_of_the_embedded_default():
+    from fnmatch import fnmatch
+
+    globs = _pyproject()["tool"]["setuptools"]["package-data"]["jcircuits.default"]
+    root = ROOT / "jcircuits" / "default"
+    files = [p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()]
+    data = [f for f in files if not f.endswith((".py", ".pyc"))]
+    assert "features/index.json.gz" in data and "features/layer_0.bin" in data
+    assert [f for f in data if not any(fnmatch(f, g) for g in globs)] == []

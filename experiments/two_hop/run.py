@@ -11,7 +11,8 @@ Steps:
    transcoder activations at the city position and the last position. A feature is a state-S feature at
    (layer, position) when it is active on >= 80% of S's cities and on <= 10% of the other states' cities.
 3. Show that the graph's most influential features are Texas features (influence on the logits, from the
-   graph's adjacency matrix).
+   graph's adjacency matrix). Every feature listed is named by the shipped feature dashboards
+   (``jcircuits.default.default_features()``): its automatic label and the sentence of its top activation.
 4. Intervene (``jcircuits.intervention.feature_intervention``; attention patterns frozen, later layers live): turn
    the Texas features off and set California's features to their mean activation on California prompts, at one
    layer at a time and at all layers; report p(austin), p(sacramento) and the top token. Then do the same swap for
@@ -36,7 +37,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent.parent))
 
 from jcircuits.attribution import attribute  # noqa: E402
-from jcircuits.default import DEFAULT_DIR, default_model, default_transcoders  # noqa: E402
+from jcircuits.default import DEFAULT_DIR, default_features, default_model, default_transcoders  # noqa: E402
 from jcircuits.graph import compute_node_influence  # noqa: E402
 from jcircuits.intervention import feature_intervention  # noqa: E402
 from jcircuits.training.corpus import STATES  # noqa: E402
@@ -127,6 +128,15 @@ def main() -> int:
     acts = {c: clean_acts(model, ts, c) for _, (_, cities) in STATES.items() for c in cities}
     feats, mean = state_features(acts, positions)
     n_feats = {s: int(feats[s].sum()) for s in STATES}
+    store = default_features()
+    where = {city_pos: "city", last_pos: "last"}
+    state_list = {
+        s: [
+            {"layer": int(l), "pos": where[positions[pi]], "feature": int(f), **dashboard(store, int(l), int(f))}
+            for l, pi, f in zip(*np.nonzero(feats[s]), strict=True)
+        ]
+        for s in STATES
+    }
 
     # 3. which graph features matter, and are they state features?
     infl = np.asarray(compute_node_influence(graph.adjacency_matrix, graph.logit_weights()))
@@ -149,6 +159,7 @@ def main() -> int:
                 "activation": float(vals[i]),
                 "influence": float(infl[i]),
                 "state_feature_of": owner,
+                **dashboard(store, l, f),
             }
         )
     row = np.asarray(graph.adjacency_matrix)[graph.logit_slice][0]  # direct effects on the top logit
@@ -261,6 +272,7 @@ def main() -> int:
             "logits": dict(zip(graph.logit_labels, map(float, graph.logit_probabilities), strict=True)),
         },
         "state_feature_counts": n_feats,
+        "state_features": state_list,
         "top_features": top_rows,
         "direct_effects_on_top_logit": direct,
         "texas_share_of_top10_influence": tx_share / sum(r["influence"] for r in top_rows),
@@ -273,6 +285,20 @@ def main() -> int:
     (HERE / "results.md").write_text(_markdown(out, record))
     print(_markdown(out, record))
     return 0
+
+
+def dashboard(store, layer: int, feature: int) -> dict:
+    """A feature's name from its dashboard: the automatic label and the sentence of its top activation (from the
+    last full stop before the position, the position's token in brackets)."""
+    rec = store.feature(layer, feature)
+    top = next((q["examples"][0] for q in rec["examples_quantiles"] if q["examples"]), None)
+    context = ""
+    if top is not None:
+        before = top["tokens"][: top["train_token_ind"]]
+        stops = [i for i, t in enumerate(before) if t == "."]
+        words = before[stops[-1] + 1 if stops else 0 :]
+        context = " ".join([*words, f"[{top['tokens'][top['train_token_ind']]}]"])
+    return {"label": store.label(layer, feature)["label"], "top_context": context}
 
 
 def _summ(p: np.ndarray, cap_id: dict[str, int], tok) -> dict:
@@ -309,13 +335,16 @@ def _markdown(out: dict, record: dict) -> str:
         "",
         "## Most influential features in the graph",
         "",
-        "| layer | position | feature | activation | influence | state feature of |",
-        "|---|---|---|---|---|---|",
+        "Each feature is named by the shipped dashboards (`jcircuits.default.default_features()`): its automatic "
+        "label (*fires on → promotes*) and the sentence of its top activation over the model's corpus.",
+        "",
+        "| layer | position | feature | activation | influence | state feature of | automatic label | top activation |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in out["top_features"]:
         lines.append(
             f"| {r['layer']} | {r['pos']} ({r['token']}) | {r['feature']} | {r['activation']:.2f} | "
-            f"{r['influence']:.3f} | {r['state_feature_of']} |"
+            f"{r['influence']:.3f} | {r['state_feature_of']} | {r['label']} | {r['top_context']} |"
         )
     lines += [
         "",
@@ -325,6 +354,23 @@ def _markdown(out: dict, record: dict) -> str:
         + ". Two paths reach the answer: the city's own features at the city position (a memorised "
         "city -> capital shortcut, moved to the last position by attention) and state features at the last "
         "position.",
+        "",
+        "## The state features, by their dashboards",
+        "",
+        "Every state feature found above (layer/feature at the city or last position), with its automatic label "
+        "and the sentence of its top activation over the model's corpus. The automatic label names the token a "
+        "feature fires on (for state features, the final `is`), so a state feature's meaning shows in its "
+        "contexts, not in its label.",
+        "",
+        "| state | feature | position | automatic label | top activation |",
+        "|---|---|---|---|---|",
+    ]
+    for st, fs in out["state_features"].items():
+        for r in fs:
+            lines.append(
+                f"| {st} | {r['layer']}/{r['feature']} | {r['pos']} | {r['label']} | {r['top_context']} |"
+            )
+    lines += [
         "",
         "## Swapping the state feature (dallas prompt)",
         "",

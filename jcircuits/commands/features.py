@@ -102,6 +102,9 @@ def cmd_features(args) -> int:
         transcoders,
         tokens,
         n_top=args.n_top,
+        n_per_quantile=args.n_per_quantile,
+        n_bins=args.n_bins,
+        digits=args.digits,
         context=args.context,
         batch_size=args.batch_size,
         mesh=mesh_of(args.mesh),
@@ -134,6 +137,17 @@ def register(sub) -> None:
         "--context", type=positive_int, default=64, help="tokens shown around each example (default: %(default)s)"
     )
     a.add_argument("--n-top", type=positive_int, default=16, help="top examples per feature (default: %(default)s)")
+    a.add_argument(
+        "--n-per-quantile", type=positive_int, default=4,
+        help="examples per quantile band (4 bands; default: %(default)s)",
+    )
+    a.add_argument(
+        "--n-bins", type=positive_int, default=64, help="activation histogram bins (default: %(default)s)"
+    )
+    a.add_argument(
+        "--digits", type=positive_int, default=6,
+        help="significant digits of the activations written (default: %(default)s)",
+    )
     a.add_argument(
         "--batch-size", type=positive_int, default=32, help="sequences per device batch (default: %(default)s)"
     )

@@ -78,9 +78,10 @@ class DashboardSettings:
     context: int = 64
     seed: int = 0
     ignore_pad: bool = True
+    digits: int = 6
 
     def __post_init__(self):
-        for k in ("n_top", "n_quantiles", "n_per_quantile", "n_reservoir", "n_bins", "n_logits", "context"):
+        for k in ("n_top", "n_quantiles", "n_per_quantile", "n_reservoir", "n_bins", "n_logits", "context", "digits"):
             v = getattr(self, k)
             if not isinstance(v, int | np.integer) or v < 1:
                 raise ValueError(f"{k} must be a whole number >= 1, got {v!r}")
@@ -245,8 +246,14 @@ class _Strings:
         return self.cache[i]
 
 
-def _r(x: float) -> float:
-    return float(f"{float(x):.6g}")
+def _rounder(digits: int):
+    """Floats written with ``digits`` significant digits (the records' activations and quantile values)."""
+    fmt = f".{int(digits)}g"
+
+    def r(x: float) -> float:
+        return float(format(float(x), fmt))
+
+    return r
 
 
 # ------------------------------------------------------------------------------------------------ main
@@ -270,6 +277,7 @@ def build_dashboards(
     resume: bool = True,
     seed: int = 0,
     ignore_pad: bool = True,
+    digits: int = 6,
     scan: str | None = None,
     save_every_s: float = 60.0,
     on_batch=None,
@@ -278,13 +286,16 @@ def build_dashboards(
     write them to ``out_dir`` in circuit-tracer's layout (``jcircuits.features.format``). Returns ``out_dir``.
 
     ``mesh``: a ``(data, model)`` mesh; each batch's rows are split over ``data`` (``batch_size`` must divide by
-    it). ``on_batch(i)`` is called after batch ``i`` is merged (a test's way to stop a run part way).
+    it). ``digits``: significant digits of the activations written in the records (4 keeps the records small and
+    is plenty to read a dashboard). ``on_batch(i)`` is called after batch ``i`` is merged (a test's way to stop a run part way).
     """
     from jcircuits.common.runtime import show_progress
 
     cfg, tcfg = model.cfg, transcoders.cfg
     check_compatible(cfg, tcfg)
-    s = DashboardSettings(n_top, n_quantiles, n_per_quantile, n_reservoir, n_bins, 10, context, seed, ignore_pad)
+    s = DashboardSettings(
+        n_top, n_quantiles, n_per_quantile, n_reservoir, n_bins, 10, context, seed, ignore_pad, digits
+    )
     if not isinstance(batch_size, int | np.integer) or batch_size < 1:
         raise ValueError(f"batch_size must be a whole number >= 1, got {batch_size!r}")
     tokens = np.asarray(tokens_NS)
@@ -307,9 +318,7 @@ def build_dashboards(
         raise ValueError(f"{N} x {S} positions is more than int32 global indices hold; split the corpus")
     B = int(batch_size)
     if mesh is not None:
-        from jcircuits.scale.sharding import DATA
-
-        d = int(mesh.shape[DATA])
+        d = int(mesh.shape[_data_axis(mesh)])
         if B % d:
             raise ValueError(f"batch_size {B} must be a multiple of the mesh's data axis ({d})")
     out = Path(out_dir)
@@ -349,9 +358,7 @@ def build_dashboards(
         from jax.sharding import NamedSharding
         from jax.sharding import PartitionSpec as P
 
-        from jcircuits.scale.sharding import DATA
-
-        rows, rep = NamedSharding(mesh, P(DATA, None)), NamedSharding(mesh, P())
+        rows, rep = NamedSharding(mesh, P(_data_axis(mesh), None)), NamedSharding(mesh, P())
 
         def on_mesh(tree):
             def leaf(x):
@@ -410,6 +417,12 @@ def build_dashboards(
     _finish(model, transcoders, tokens, valid_all, host, n_counted, s, B, out, scan, mesh)
     (out / STATE_NAME).unlink(missing_ok=True)
     return out
+
+
+def _data_axis(mesh) -> str:
+    """The mesh axis a batch's rows are split over: ``"data"`` of ``jcircuits.scale.make_mesh``'s ``(data, model)``
+    mesh (named here rather than imported, so that this package sits below ``default``, which ships dashboards)."""
+    return "data" if "data" in mesh.axis_names else mesh.axis_names[0]
 
 
 def _context_start(p: int, length: int, C: int) -> int:
@@ -483,6 +496,7 @@ def _finish(model, transcoders, tokens, valid_all, st, n_counted, s: DashboardSe
                 windows[r] = (int(rs[k]), got[k])
 
     tok_str = _Strings(model)
+    _r = _rounder(s.digits)
     name = scan or tcfg.scan or model.name
     entries, auto_labels = [], {}
     for l in range(L):
@@ -533,7 +547,7 @@ def _finish(model, transcoders, tokens, valid_all, st, n_counted, s: DashboardSe
         offsets = write_layer(out / layer_filename(l), records())
         entries.append(dict(filename=layer_filename(l), offsets=offsets))
     write_index(out, entries)
-    (out / AUTO_LABELS_NAME).write_text(json.dumps(auto_labels, indent=0, ensure_ascii=False))
+    (out / AUTO_LABELS_NAME).write_text(json.dumps(auto_labels, separators=(",", ":"), ensure_ascii=False))
     meta = dict(
         format="circuit-tracer features (index.json.gz + length-prefixed zlib JSON records)",
         model=model.name,
