@@ -174,6 +174,8 @@ def worker_ours(case_dir: Path, out_npz: Path, cache_dir: str | None) -> None:
         jax.config.update("jax_compilation_cache_dir", cache_dir)
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
         jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    else:  # a truly cold run: attribute() would otherwise use the default persistent cache
+        os.environ["JCIRCUITS_CACHE_DIR"] = ""
     compile_events: dict[str, float] = {}
 
     def on_duration(event, duration, **_):
