@@ -1,7 +1,7 @@
 """jcircuits: JAX-native circuit tracing (attribution graphs over transcoder replacement models).
 
 The names a user needs are here; each is imported on first use, so ``import jcircuits`` (and ``jcircuits
---help``) stays fast. Layers, bottom up: ``common`` → ``models`` → ``transcoders`` → ``default`` → ``scale`` →
+--help``) stays fast. Layers, bottom up: ``common`` → ``models`` → ``transcoders`` → ``features`` → ``default`` → ``scale`` →
 ``replacement`` → ``graph`` → ``attribution`` → ``intervention`` → ``view`` → ``training`` → ``commands`` →
 ``cli`` (enforced by import-linter; see ``docs/architecture.md``).
 """
@@ -21,6 +21,9 @@ _PUBLIC = {
     "load_transcoders": "jcircuits.transcoders",
     "default_model": "jcircuits.default",
     "default_transcoders": "jcircuits.default",
+    "default_features": "jcircuits.default",
+    "FeatureStore": "jcircuits.features",
+    "build_dashboards": "jcircuits.features",
     "attribute": "jcircuits.attribution",
     "Graph": "jcircuits.graph",
     "prune_graph": "jcircuits.graph",
@@ -33,11 +36,14 @@ _PUBLIC = {
 }
 
 __all__ = [
+    "FeatureStore",
     "Graph",
     "Model",
     "Tokenizer",
     "TranscoderSet",
     "attribute",
+    "build_dashboards",
+    "default_features",
     "default_model",
     "default_transcoders",
     "export_graph_json",
@@ -53,7 +59,8 @@ __all__ = [
 
 if TYPE_CHECKING:  # for readers and type checkers; at run time the names resolve lazily below
     from jcircuits.attribution import attribute
-    from jcircuits.default import default_model, default_transcoders
+    from jcircuits.default import default_features, default_model, default_transcoders
+    from jcircuits.features import FeatureStore, build_dashboards
     from jcircuits.graph import Graph, prune_graph
     from jcircuits.intervention import feature_intervention, generate
     from jcircuits.models import Model, Tokenizer, load_model
