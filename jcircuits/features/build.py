@@ -6,11 +6,17 @@ the device and never grow with the corpus:
 
 - the top ``n_top`` activations with their global position (``sequence * seq_len + position``), merged with the
   batch by one ``lax.top_k`` over ``[running | batch]``;
-- a uniform reservoir of ``n_reservoir`` active occurrences (a top-k over random keys drawn per batch and layer
-  from ``seed``; so a resumed run draws the same keys), from which the quantile bands take their examples;
+- a uniform reservoir of ``n_reservoir`` active occurrences (a top-k over random keys that hash the occurrence's
+  layer, feature, global position and ``seed``: the same for any batch size, and for a resumed run), from which the
+  quantile bands take their examples;
 - the number of active positions (activation frequency = active / counted positions), the min and max activation;
 - a histogram of the active values over ``n_bins`` equal bins of ``[0, 2^e)``, ``e`` per feature growing as the
   maximum does (bins are merged by powers of two, so the counts stay exact for those edges).
+
+The update works from each feature's few largest activations of the batch (one ``top_k`` along positions holds
+every active entry of a feature that fired only a few times: transcoders fire on well under 1 % of their features
+per token) and from the rows of the features that fired most, taken whole; a batch with more busy features than
+that takes the dense update over every ``(feature, position)`` instead, which gives the same state.
 
 Counted positions: every position but 0 (the BOS, excluded as in attribution) and, with ``ignore_pad``, those
 holding the model's pad token. After the pass, one more forward over just the sequences the kept examples come from
@@ -52,7 +58,7 @@ from jcircuits.features.format import (
     write_index,
     write_layer,
 )
-from jcircuits.features.labels import auto_label
+from jcircuits.features.labels import auto_label, token_text
 from jcircuits.models import forward_fn
 from jcircuits.models.model import Model
 from jcircuits.models.transformer import check_tokens, unembed_matrix
@@ -110,40 +116,155 @@ def _merge_topk(vals_FK, idx_FK, new_FP, new_idx_FP, k):
     return top, jnp.take_along_axis(i, pos, axis=1), pos
 
 
-def _layer_update(st: dict, a_PF, valid_P, gidx_P, key, s: DashboardSettings):
-    """One layer's statistics updated with a batch's activations ``a [P, F]`` (P = batch positions)."""
-    P, F = a_PF.shape
-    active = valid_P[:, None] & (a_PF > 0)
-    aT = jnp.where(active, a_PF, -jnp.inf).T  # [F, P]
-    gi = jnp.broadcast_to(gidx_P[None, :], (F, P))
-    top_v, top_i, _ = _merge_topk(st["top_v"], st["top_i"], aT, gi, s.n_top)
-    u = jax.random.uniform(key, (F, P), jnp.float32)
-    keys = jnp.where(active.T, u, -jnp.inf)
-    kk = jnp.concatenate([st["res_k"], keys], axis=1)
-    res_k, pos = jax.lax.top_k(kk, s.n_reservoir)
-    res_v = jnp.take_along_axis(jnp.concatenate([st["res_v"], jnp.where(active.T, a_PF.T, 0.0)], 1), pos, 1)
-    res_i = jnp.take_along_axis(jnp.concatenate([st["res_i"], gi], 1), pos, 1)
-    count = st["count"] + active.sum(axis=0, dtype=jnp.int32)
-    amax = jnp.maximum(st["amax"], jnp.where(valid_P[:, None], a_PF, -jnp.inf).max(axis=0))
-    amin = jnp.minimum(st["amin"], jnp.where(valid_P[:, None], a_PF, jnp.inf).min(axis=0))
-    # histogram over [0, 2^e): grow e to cover the new max, merging bins by 2^(e_new - e_old)
-    bmax = jnp.where(active, a_PF, 0.0).max(axis=0)
+def _reservoir_keys(seed, layer, f, g):
+    """Uniform ``[0, 1)`` keys of occurrences (feature ``f`` at global position ``g`` of ``layer``): a counter-based
+    hash (murmur3's finaliser), so an occurrence's key depends on nothing but itself and the seed: not on the batch
+    size, the batch it falls in or the order occurrences are visited (the dense and sparse updates agree)."""
+    u32 = jnp.uint32
+    x = (g.astype(u32) * u32(0x9E3779B1)) ^ (f.astype(u32) * u32(0x85EBCA77)) ^ (layer.astype(u32) * u32(0xC2B2AE3D))
+    x = x ^ seed.astype(u32)
+    for shift, mul in ((16, 0x85EBCA6B), (13, 0xC2B2AE35)):
+        x = (x ^ (x >> shift)) * u32(mul)
+    x = x ^ (x >> 16)
+    return (x >> 8).astype(jnp.float32) * jnp.float32(2.0**-24)
+
+
+def _stream_stats(st, a_FP, valid_P, active):
+    """The dense update's per-feature reductions: counts, extremes and the histogram's new range (``hist`` re-binned
+    to it); and the bins' widths."""
+    count = st["count"] + active.sum(axis=1, dtype=jnp.int32)
+    amax = jnp.maximum(st["amax"], jnp.where(valid_P[None, :], a_FP, -jnp.inf).max(axis=1))
+    amin = jnp.minimum(st["amin"], jnp.where(valid_P[None, :], a_FP, jnp.inf).min(axis=1))
+    bmax = jnp.where(active, a_FP, 0.0).max(axis=1)
     _, ex = jnp.frexp(jnp.maximum(bmax, 2.0**_E_MIN))  # bmax < 2^ex
     e_new = jnp.maximum(st["hexp"], ex.astype(jnp.int32))
-    shift = jnp.minimum(e_new - st["hexp"], 31)
-    src = jnp.right_shift(jnp.arange(s.n_bins, dtype=jnp.int32)[None, :], shift[:, None])  # [F, NB]
-    hist = jax.vmap(lambda h, ix: jnp.zeros_like(h).at[ix].add(h))(st["hist"], src)
-    width = jnp.exp2(e_new.astype(jnp.float32)) / s.n_bins
-    b = jnp.clip(jnp.floor(a_PF / width[None, :]).astype(jnp.int32), 0, s.n_bins - 1)  # [P, F]
-    hist = hist.at[jnp.broadcast_to(jnp.arange(F)[None, :], (P, F)), b].add(active.astype(jnp.int32))
-    return dict(
-        top_v=top_v, top_i=top_i, res_k=res_k, res_v=res_v, res_i=res_i, count=count,
-        amax=amax, amin=amin, hist=hist, hexp=e_new,
+    hist, width = _rebin(st["hist"], st["hexp"], e_new)
+    return dict(count=count, amax=amax, amin=amin, hexp=e_new, hist=hist), width
+
+
+def _rebin(hist, e_old, e_new):
+    """The histograms over ``[0, 2^e_old)`` re-binned to ``[0, 2^e_new)`` (bins merged by ``2^(e_new - e_old)``, so
+    the counts stay exact), and the new bins' widths."""
+    shift = jnp.minimum(e_new - e_old, 31)
+    n_bins = hist.shape[1]
+    src = jnp.right_shift(jnp.arange(n_bins, dtype=jnp.int32)[None, :], shift[:, None])  # [F, NB]
+    hist = jax.vmap(lambda h, ix: jnp.zeros_like(h).at[ix].add(h))(hist, src)
+    return hist, jnp.exp2(e_new.astype(jnp.float32)) / n_bins
+
+
+def _bins(v, width, n_bins):
+    return jnp.clip(jnp.floor(v / width).astype(jnp.int32), 0, n_bins - 1)
+
+
+def _reservoir_merge(st_k, st_v, st_i, keys, vals, gidx, n):
+    """The ``n`` largest keys of ``[running | candidates]`` with their values and positions (running first on
+    ties, then the candidates in their order)."""
+    res_k, pos = jax.lax.top_k(jnp.concatenate([st_k, keys], 1), n)
+    res_v = jnp.take_along_axis(jnp.concatenate([st_v, vals], 1), pos, 1)
+    res_i = jnp.take_along_axis(jnp.concatenate([st_i, gidx], 1), pos, 1)
+    return res_k, res_v, res_i
+
+
+def _layer_update_dense(st: dict, a_FP, valid_P, gidx_P, seed, layer, s: DashboardSettings):
+    """One layer's statistics updated with a batch's activations ``a [F, P]`` (P = batch positions) over every
+    ``(feature, position)``: the reference ``_layer_update_sparse`` agrees with, and its fallback."""
+    F, P = a_FP.shape
+    active = valid_P[None, :] & (a_FP > 0)
+    out, width = _stream_stats(st, a_FP, valid_P, active)
+    gi = jnp.broadcast_to(gidx_P[None, :], (F, P))
+    top_v, top_i, _ = _merge_topk(st["top_v"], st["top_i"], jnp.where(active, a_FP, -jnp.inf), gi, s.n_top)
+    keys = jnp.where(active, _reservoir_keys(seed, layer, jnp.arange(F)[:, None], gi), -jnp.inf)
+    res = _reservoir_merge(st["res_k"], st["res_v"], st["res_i"], keys, jnp.where(active, a_FP, 0.0), gi, s.n_reservoir)
+    rows = jnp.broadcast_to(jnp.arange(F)[:, None], (F, P))
+    hist = out["hist"].at[rows, _bins(a_FP, width[:, None], s.n_bins)].add(active.astype(jnp.int32))
+    return dict(out, top_v=top_v, top_i=top_i, res_k=res[0], res_v=res[1], res_i=res[2], hist=hist)
+
+
+def _layer_update_sparse(st: dict, a_FP, valid_P, gidx_P, seed, layer, s: DashboardSettings, kc: int, m: int):
+    """The same update as ``_layer_update_dense`` from one pass over the batch: each feature's ``kc`` largest active
+    entries (a ``top_k`` along positions), which are all of them for a feature that fired fewer than ``kc`` times
+    (nearly every feature: transcoders fire on well under 1 % of their features per token); the features whose
+    table is full are taken whole from their rows, which covers them as long as there are at most ``m`` (the caller
+    checks, and takes the dense update otherwise). Needs activations >= 0 (inactive entries are then exactly 0, so
+    the extremes follow from the active ones). Returns the state and the number of full tables."""
+    F, P = a_FP.shape
+    tv, tp = jax.lax.top_k(jnp.where(valid_P[None, :] & (a_FP > 0), a_FP, -jnp.inf), kc)  # value order; ties: earlier
+    # (the barrier keeps XLA from turning this top_k, whose first columns are sliced below, into a full sort)
+    tv, tp = jax.lax.optimization_barrier((tv, tp))
+    real = tv > -jnp.inf
+    tg = jnp.where(real, gidx_P[tp], -1)
+    full = real[:, -1]
+    n_full = full.sum(dtype=jnp.int32)
+    _, sel = jax.lax.top_k(full.astype(jnp.int32), m)  # the full tables first (lowest feature first)
+    pick = full[sel]
+    a_m = a_FP[sel]
+    act_m = valid_P[None, :] & (a_m > 0)
+
+    # counts and extremes (inactive valid entries are 0)
+    n_valid = valid_P.sum(dtype=jnp.int32)
+    n_b = real.sum(axis=1, dtype=jnp.int32)
+    n_b = n_b.at[sel].set(jnp.where(pick, act_m.sum(axis=1, dtype=jnp.int32), n_b[sel]))
+    top1 = jnp.where(real[:, 0], tv[:, 0], 0.0)
+    lo = jnp.min(jnp.where(real, tv, jnp.inf), axis=1)
+    lo = lo.at[sel].set(jnp.where(pick, jnp.min(jnp.where(act_m, a_m, jnp.inf), axis=1), lo[sel]))
+    b_max = jnp.where(n_valid > 0, top1, -jnp.inf)
+    b_min = jnp.where(n_valid == 0, jnp.inf, jnp.where(n_b < n_valid, 0.0, lo))
+    _, ex = jnp.frexp(jnp.maximum(top1, 2.0**_E_MIN))
+    e_new = jnp.maximum(st["hexp"], ex.astype(jnp.int32))
+    hist, width = _rebin(st["hist"], st["hexp"], e_new)
+    out = dict(
+        count=st["count"] + n_b, amax=jnp.maximum(st["amax"], b_max), amin=jnp.minimum(st["amin"], b_min),
+        hexp=e_new,
     )
 
+    top_v, top_i, _ = _merge_topk(st["top_v"], st["top_i"], tv[:, : s.n_top], tg[:, : s.n_top], s.n_top)
 
-@partial(jax.jit, static_argnums=(0, 1, 2), donate_argnums=(5,))
-def _step(cfg, tcfg, s, params, tc, state, tokens_BS, valid_BS, gidx_BS, key):
+    # the reservoir and histogram from the tables (their entries put back in position order, so that ties between
+    # keys break as in the dense update) ...
+    order = jnp.argsort(jnp.where(real, tp, P), axis=1, stable=True)
+    tv, tg, real = (jnp.take_along_axis(x, order, 1) for x in (tv, tg, real))
+    f_col = jnp.arange(F)[:, None]
+    keys = jnp.where(real, _reservoir_keys(seed, layer, f_col, tg), -jnp.inf)
+    res_k, res_v, res_i = _reservoir_merge(
+        st["res_k"], st["res_v"], st["res_i"], keys, jnp.where(real, tv, 0.0), tg, s.n_reservoir
+    )
+    fits = real & ~full[:, None]
+    hist = hist.at[jnp.broadcast_to(f_col, (F, kc)), _bins(tv, width[:, None], s.n_bins)].add(fits.astype(jnp.int32))
+
+    # ... and for the full tables, from their rows
+    g_m = jnp.broadcast_to(gidx_P[None, :], (m, P))
+    keys_m = jnp.where(act_m, _reservoir_keys(seed, layer, sel[:, None], g_m), -jnp.inf)
+    rk, rv, ri = _reservoir_merge(
+        st["res_k"][sel], st["res_v"][sel], st["res_i"][sel], keys_m, jnp.where(act_m, a_m, 0.0), g_m, s.n_reservoir
+    )
+    res_k = res_k.at[sel].set(jnp.where(pick[:, None], rk, res_k[sel]))
+    res_v = res_v.at[sel].set(jnp.where(pick[:, None], rv, res_v[sel]))
+    res_i = res_i.at[sel].set(jnp.where(pick[:, None], ri, res_i[sel]))
+    rows_m = jnp.broadcast_to(sel[:, None], (m, P))
+    hist = hist.at[rows_m, _bins(a_m, width[sel][:, None], s.n_bins)].add((act_m & pick[:, None]).astype(jnp.int32))
+    new = dict(out, top_v=top_v, top_i=top_i, res_k=res_k, res_v=res_v, res_i=res_i, hist=hist)
+    return new, n_full
+
+
+def _layer_update(st: dict, a_FP, valid_P, gidx_P, seed, layer, s: DashboardSettings, kc: int, m: int):
+    """One layer's statistics updated with a batch's activations ``a [F, P]``: the sparse update when at most ``m``
+    features fired ``kc`` times or more in the batch, else the dense one (the two give the same state;
+    ``kc == 0``: always dense). Returns ``(state, number of full tables)``."""
+    if kc <= 0:
+        return _layer_update_dense(st, a_FP, valid_P, gidx_P, seed, layer, s), jnp.int32(0)
+    new, n_full = _layer_update_sparse(st, a_FP, valid_P, gidx_P, seed, layer, s, kc, m)
+    new = jax.lax.cond(
+        n_full <= m,
+        lambda: new,
+        lambda: _layer_update_dense(st, a_FP, valid_P, gidx_P, seed, layer, s),
+    )
+    return new, n_full
+
+
+@partial(jax.jit, static_argnums=(0, 1, 2, 3, 4), donate_argnums=(7,))
+def _step(cfg, tcfg, s, kc, m, params, tc, state, tokens_BS, valid_BS, gidx_BS, seed):
+    """One batch: forward, every layer's encoder, the statistics merged. Returns ``(state, the most full tables of
+    one layer)`` (features that fired ``kc`` times or more)."""
     _, inter, _ = forward_fn(params, cfg, tokens_BS, capture=True)
     x_L = inter.hook(tcfg.input_hook)  # [L, B, S, D]
     B, S = tokens_BS.shape
@@ -151,10 +272,11 @@ def _step(cfg, tcfg, s, params, tc, state, tokens_BS, valid_BS, gidx_BS, key):
 
     def one(args):
         l, st = args
-        a = encode_layer(tcfg, tc, l, x_L[l].reshape(B * S, -1))
-        return _layer_update(st, a, valid, gidx, jax.random.fold_in(key, l), s)
+        a = encode_layer(tcfg, tc, l, x_L[l].reshape(B * S, -1)).T  # [F, P]
+        return _layer_update(st, a, valid, gidx, seed, l, s, kc, m)
 
-    return jax.lax.map(one, (jnp.arange(tcfg.n_layers), state))
+    state, n_full = jax.lax.map(one, (jnp.arange(tcfg.n_layers), state))
+    return state, n_full.max()
 
 
 @partial(jax.jit, static_argnums=(0, 1, 2))
@@ -205,7 +327,7 @@ def _fingerprint(model: Model, tcfg: TranscoderConfig, tokens: np.ndarray, s: Da
     h = hashlib.sha256()
     h.update(np.ascontiguousarray(tokens).tobytes())
     h.update(str(tokens.shape).encode())
-    h.update(json.dumps([model.name, repr(model.cfg), repr(tcfg), dataclasses.asdict(s), B]).encode())
+    h.update(json.dumps(["state v2", model.name, repr(model.cfg), repr(tcfg), dataclasses.asdict(s), B]).encode())
     return h.hexdigest()[:24]
 
 
@@ -374,7 +496,8 @@ def build_dashboards(
         def put(x):
             return jax.device_put(x, rows)
 
-    root_key = jax.random.key(seed)
+    seed_u32 = jnp.uint32(int(seed) % 2**32)
+    (kc, m), prev_n = _sparse_shape(B * S, F, transcoders), None
     from tqdm.auto import tqdm
 
     bar = tqdm(
@@ -395,10 +518,13 @@ def build_dashboards(
             tb[: hi - lo], vb[: hi - lo] = tokens[lo:hi], valid_all[lo:hi]
             gb = (np.arange(lo, lo + B, dtype=np.int64)[:, None] * S + np.arange(S)[None, :])
             gb = np.where(vb, gb, -1).astype(np.int32)
-            state = _step(
-                cfg, tcfg, s, params, tc, state, put(jnp.asarray(tb)), put(jnp.asarray(vb)),
-                put(jnp.asarray(gb)), jax.random.fold_in(root_key, i),
+            state, n_full = _step(
+                cfg, tcfg, s, kc, m, params, tc, state, put(jnp.asarray(tb)), put(jnp.asarray(vb)),
+                put(jnp.asarray(gb)), seed_u32,
             )
+            if prev_n is not None:  # the batch before's count (read one batch late, so the device never waits)
+                kc = _next_kc(kc, m, int(prev_n), B * S)
+            prev_n = n_full
             n_counted += int(vb.sum())
             done = i + 1
             bar.update((hi - lo) * S)
@@ -417,6 +543,25 @@ def build_dashboards(
     _finish(model, transcoders, tokens, valid_all, host, n_counted, s, B, out, scan, mesh)
     (out / STATE_NAME).unlink(missing_ok=True)
     return out
+
+
+def _sparse_shape(P: int, F: int, transcoders: TranscoderSet) -> tuple[int, int]:
+    """``(kc, m)`` of the sparse update for ``P`` positions a batch and ``F`` features: each feature's 32 largest
+    entries and the 256 busiest features whole; ``(0, 0)`` (the dense update) where activations can be negative (a
+    JumpReLU threshold below 0, TopK), which the sparse update's extremes assume they cannot."""
+    c = transcoders.cfg
+    th = transcoders.params.threshold
+    nonneg = c.activation == "relu" or (c.activation == "jumprelu" and th is not None and float(jnp.min(th)) >= 0)
+    return (min(P, 32), min(F, 256)) if nonneg else (0, 0)
+
+
+def _next_kc(kc: int, m: int, n_full: int, P: int) -> int:
+    """``kc`` for the next batches after one with ``n_full`` full tables in a layer (features that fired ``kc``
+    times or more): doubled when they were more than ``m`` (so the dense fallback runs once rather than every
+    batch); 0 (always dense) once it would pass a quarter of the positions, where the dense update is as cheap."""
+    if kc <= 0 or n_full <= m:
+        return kc
+    return 0 if 2 * kc > P // 4 else 2 * kc
 
 
 def _data_axis(mesh) -> str:
@@ -498,6 +643,15 @@ def _finish(model, transcoders, tokens, valid_all, st, n_counted, s: DashboardSe
     tok_str = _Strings(model)
     _r = _rounder(s.digits)
     name = scan or tcfg.scan or model.name
+    # each token's share of the counted positions, by its text (the automatic labels' sense of a common token)
+    ids, n_ids = np.unique(tokens[valid_all], return_counts=True)
+    token_frequency: dict[str, float] = {}
+    for i, c in zip(ids.tolist(), n_ids.tolist(), strict=True):
+        t = token_text(tok_str(i))
+        token_frequency[t] = token_frequency.get(t, 0.0) + c / max(1, n_counted)
+    for special in (cfg.bos_token_id, cfg.pad_token_id):  # never a label's context
+        if special is not None:
+            token_frequency[token_text(tok_str(special))] = 1.0
     entries, auto_labels = [], {}
     for l in range(L):
         top_ids, _, bot_ids, _ = top_bottom_logits(model, transcoders, l, s.n_logits)
@@ -541,7 +695,7 @@ def _finish(model, transcoders, tokens, valid_all, st, n_counted, s: DashboardSe
                     histogram=[int(h) for h in hist],
                     activation_frequency=float(count / n_counted) if n_counted else 0.0,
                 )
-                auto_labels[f"{l}/{f}"] = {"label": auto_label(rec), "label_source": "auto"}
+                auto_labels[f"{l}/{f}"] = {"label": auto_label(rec, token_frequency=token_frequency), "label_source": "auto"}
                 yield rec
 
         offsets = write_layer(out / layer_filename(l), records())

@@ -120,11 +120,12 @@ def write_layer(path: Path, records) -> list[int]:
 
 
 def write_index(out_dir: Path, entries: list[dict]) -> Path:
-    """``index.json.gz``: a list indexed by layer of ``{"filename", "offsets"}``."""
+    """``index.json.gz``: a list indexed by layer of ``{"filename", "offsets"}`` (byte-reproducible)."""
     path = Path(out_dir) / INDEX_NAME
     tmp = path.with_name(path.name + ".tmp")
-    with gzip.open(tmp, "wt", encoding="utf-8") as f:
-        json.dump(entries, f, separators=(",", ":"))
+    data = json.dumps(entries, separators=(",", ":")).encode("utf-8")
+    # no time stamp or file name in the gzip header: the same dashboards give the same bytes
+    tmp.write_bytes(gzip.compress(data, mtime=0))
     os.replace(tmp, path)
     return path
 

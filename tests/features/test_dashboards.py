@@ -208,3 +208,43 @@ def test_bad_inputs_say_what_is_wrong(tmp_path):
 
     with pytest.raises(ValueError, match="multiple of the mesh's data axis"):
         build_dashboards(model, tcs, tokens, batch_size=3, mesh=make_mesh(4, 2), **kw)
+
+
+@pytest.mark.parametrize("kc,m,path", [(16, 40, "sparse"), (4, 20, "dense")])
+def test_the_sparse_update_equals_the_dense_one_and_falls_back_when_it_cannot(kc, m, path):
+    """The per-batch update from each feature's ``kc`` largest entries (plus the ``m`` busiest features whole) gives
+    exactly the dense update's state when at most ``m`` tables are full; ``_layer_update`` takes the dense one
+    otherwise, so its state is the dense one's in every case (ties and a feature firing everywhere included)."""
+    import jax
+    import jax.numpy as jnp
+
+    import jcircuits.features.build as fb
+
+    rng = np.random.default_rng(kc)
+    P, Fs = 96, 40
+    s = fb.DashboardSettings(4, 4, 2, 8, 16, 10, 8)
+    st = jax.tree.map(lambda x: x[0], fb._init_state(1, Fs, s))
+    valid = rng.random(P) > 0.1
+    g = np.where(valid, np.arange(P) + 1000, -1).astype(np.int32)
+    seed, layer = jnp.uint32(3), jnp.int32(2)
+    sparse_equal = fallbacks = 0
+    for it in range(4):
+        a = np.maximum(rng.standard_normal((Fs, P)) - 1.6, 0) * rng.uniform(0.5, 3, Fs)[:, None]
+        a[:3] = np.maximum(rng.standard_normal((3, P)), 0)  # busy features
+        a[3] = np.abs(rng.standard_normal(P)) + 0.1  # fires at every position
+        a[:, 5] = a[:, 7]  # ties between positions
+        args = (jnp.asarray(a, jnp.float32), jnp.asarray(valid), jnp.asarray(g + it * P), seed, layer, s)
+        dense = fb._layer_update_dense(st, *args)
+        sparse, n_full = fb._layer_update_sparse(st, *args, kc, m)
+        chosen, _ = fb._layer_update(st, *args, kc, m)
+        for k in dense:
+            assert np.array_equal(np.asarray(chosen[k]), np.asarray(dense[k])), k
+        same = all(np.array_equal(np.asarray(sparse[k]), np.asarray(dense[k])) for k in dense)
+        if int(n_full) <= m:
+            assert same, it
+            sparse_equal += 1
+        else:
+            fallbacks += 1
+        st = dense
+    assert int(np.asarray(st["count"]).sum()) > 0
+    assert (sparse_equal, fallbacks) == ((4, 0) if path == "sparse" else (0, 4))  # the path meant was exercised

@@ -65,3 +65,23 @@ def test_the_texas_state_features_of_the_two_hop_circuit_fire_on_texas_contexts(
     for layer, f in _features_of("california"):  # layer 2 feature 30, layer 3 feature 150
         top = store.feature(layer, f)["examples_quantiles"][0]["examples"]
         assert all(_state_of_context(e) == {"california"} for e in top), (layer, f)
+
+
+def test_the_automatic_labels_of_the_state_features_name_their_state():
+    """A state feature fires on the ``is`` that ends "the state containing dallas is": its label names the context
+    (``is after lubbock → …``), and that context is the state itself or one of its cities, for every state feature
+    of the two-hop run at the last position."""
+    out = json.loads((ROOT / "experiments" / "two_hop" / "results.json").read_text())
+    store = default_features()
+    checked = 0
+    for state, rows in out["state_features"].items():
+        names = {state, *STATES[state][1]}
+        for r in rows:
+            if r["pos"] != "last":
+                continue
+            label = store.label(r["layer"], r["feature"])["label"]
+            fires, _, rest = label.partition(" after ")
+            context = {t.strip() for t in rest.split(" → ")[0].split(",")}
+            assert fires.split(",")[0] == "is" and context & names, (state, r, label)
+            checked += 1
+    assert checked >= 15

@@ -120,6 +120,21 @@ def test_labels_are_automatic_apart_from_peoples(out):
     }
     assert auto_label(rec) == "dallas, houston → austin, texas"
     assert auto_label({"examples_quantiles": [], "top_logits": ["a"]}) == "(never active) → a"
+    # a feature firing on a common token is named by the rare tokens before it in several of its top examples
+    ctx = {
+        "examples_quantiles": [{"quantile_name": "Top activations", "examples": [
+            {"tokens": ["the", "state", "of", "waco", "is"], "train_token_ind": 4},
+            {"tokens": ["in", "lubbock", "is"], "train_token_ind": 2},
+            {"tokens": ["waco", ".", "the", "state", "of", "lubbock", "is", "waco"], "train_token_ind": 6},
+            {"tokens": ["rome", "is"], "train_token_ind": 1}]}],
+        "top_logits": ["texas", "austin"],
+    }
+    freq = {"is": 0.1, "the": 0.1, "state": 0.05, "of": 0.05, ".": 0.1, "in": 0.02, "waco": 0.001,
+            "lubbock": 0.002, "rome": 0.001}
+    # waco twice before the firing token (its third time is after it), lubbock twice, rome once (too few)
+    assert auto_label(ctx, token_frequency=freq) == "is after waco, lubbock → texas, austin"
+    assert auto_label(ctx) == "is → texas, austin"  # no corpus counts: no context
+    assert auto_label(rec, token_frequency=freq) == "dallas, houston → austin, texas"  # rare: named by itself
     (out / "labels.json").write_text(json.dumps({"0/0": "my label"}))
     try:
         assert FeatureStore(out).label(0, 0) == {"label": "my label", "label_source": "human"}
