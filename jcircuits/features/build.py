@@ -368,14 +368,27 @@ class _Strings:
         return self.cache[i]
 
 
-def _rounder(digits: int):
-    """Floats written with ``digits`` significant digits (the records' activations and quantile values)."""
+def _round_sig(x, digits: int) -> np.ndarray:
+    """``x`` rounded to ``digits`` significant digits, elementwise, as float64 (whose shortest repr, the JSON the
+    records hold, then has at most ``digits`` digits): the records' activations and quantile values."""
+    x = np.asarray(x, np.float64)
+    out = x.copy()
+    nz = np.isfinite(x) & (x != 0)
+    v = x[nz]
+    k = int(digits) - 1 - np.floor(np.log10(np.abs(v))).astype(np.int64)  # decimals to keep
+    up = k >= 0
+    scale = 10.0 ** np.abs(k)  # exact for |k| <= 22
+    y = np.where(up, v * scale, v / scale)
+    r = np.round(y)
+    r = np.where(up, r / scale, r * scale)
+    # near a half the scaled product's own round-off can decide: those few go through Python's correctly rounded
+    # formatting, so that every value is the one ``format(x, ".{digits}g")`` gives
+    near = np.nonzero(np.abs(np.abs(y - np.floor(y)) - 0.5) < 1e-6)[0]
     fmt = f".{int(digits)}g"
-
-    def r(x: float) -> float:
-        return float(format(float(x), fmt))
-
-    return r
+    for i in near.tolist():
+        r[i] = float(format(float(v[i]), fmt))
+    out[nz] = r
+    return out
 
 
 # ------------------------------------------------------------------------------------------------ main
@@ -636,12 +649,17 @@ def _finish(model, transcoders, tokens, valid_all, st, n_counted, s: DashboardSe
             for k, (bi, (sq, l, f, p)) in enumerate(rows):
                 rl[k], rb[k], rf[k], rs[k] = l, bi, f, _context_start(p, int(lengths[sq]), C)
             args = map(jnp.asarray, (tb, vb, rl, rb, rf, rs))
-            got = np.asarray(_windows(cfg, tcfg, C, params, tc, *args))
+            got = _round_sig(np.asarray(_windows(cfg, tcfg, C, params, tc, *args)), s.digits)
             for k, (_, r) in enumerate(rows):
                 windows[r] = (int(rs[k]), got[k])
 
     tok_str = _Strings(model)
-    _r = _rounder(s.digits)
+    tok_arr = np.empty(max(cfg.vocab_size, int(tokens.max()) + 1), dtype=object)  # id -> text, for the ids used
+    for i in np.unique(tokens).tolist():
+        tok_arr[i] = tok_str(i)
+
+    def _r(x: float) -> float:
+        return float(_round_sig(x, s.digits))
     name = scan or tcfg.scan or model.name
     # each token's share of the counted positions, by its text (the automatic labels' sense of a common token)
     ids, n_ids = np.unique(tokens[valid_all], return_counts=True)
@@ -656,7 +674,9 @@ def _finish(model, transcoders, tokens, valid_all, st, n_counted, s: DashboardSe
     for l in range(L):
         top_ids, _, bot_ids, _ = top_bottom_logits(model, transcoders, l, s.n_logits)
 
-        def records(l=l, top_ids=top_ids, bot_ids=bot_ids):
+        qv_r = _round_sig(quantile_values[l], s.digits)
+
+        def records(l=l, top_ids=top_ids, bot_ids=bot_ids, qv_r=qv_r):
             for f in range(F):
                 seen: set[int] = set()
                 eq = []
@@ -668,10 +688,10 @@ def _finish(model, transcoders, tokens, valid_all, st, n_counted, s: DashboardSe
                         end = min(st0 + C, int(lengths[sq]))
                         exs.append(
                             dict(
-                                tokens_acts_list=[_r(a) for a in acts[: end - st0]],
+                                tokens_acts_list=acts[: end - st0].tolist(),
                                 train_token_ind=int(p - st0),
                                 is_repeated_datapoint=bool(sq in seen),
-                                tokens=[tok_str(t) for t in tokens[sq, st0:end]],
+                                tokens=tok_arr[tokens[sq, st0:end]].tolist(),
                             )
                         )
                         seen.add(sq)
@@ -691,7 +711,7 @@ def _finish(model, transcoders, tokens, valid_all, st, n_counted, s: DashboardSe
                     bottom_logits=[tok_str(t) for t in bot_ids[f]],
                     act_min=_r(amin if np.isfinite(amin) else 0.0),
                     act_max=_r(amax if np.isfinite(amax) else 0.0),
-                    quantile_values=[_r(v) for v in quantile_values[l, f]],
+                    quantile_values=qv_r[f].tolist(),
                     histogram=[int(h) for h in hist],
                     activation_frequency=float(count / n_counted) if n_counted else 0.0,
                 )

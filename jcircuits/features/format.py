@@ -87,13 +87,21 @@ def layer_filename(layer: int) -> str:
     return f"layer_{layer}.bin"
 
 
-def encode_record(record: dict) -> bytes:
-    """One record: 4-byte little-endian length, then zlib-compressed compact JSON."""
+def _record_json(record: dict) -> bytes:
     missing = [k for k in RECORD_FIELDS if k not in record]
     if missing:
         raise ValueError(f"feature record lacks the fields {missing}")
-    body = zlib.compress(json.dumps(record, separators=(",", ":"), ensure_ascii=False).encode(), 6)
+    return json.dumps(record, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def _framed(body_json: bytes) -> bytes:
+    body = zlib.compress(body_json, 6)
     return struct.pack("<I", len(body)) + body
+
+
+def encode_record(record: dict) -> bytes:
+    """One record: 4-byte little-endian length, then zlib-compressed compact JSON."""
+    return _framed(_record_json(record))
 
 
 def decode_record(data: bytes) -> dict:
@@ -108,13 +116,24 @@ def decode_record(data: bytes) -> dict:
 
 def write_layer(path: Path, records) -> list[int]:
     """Write one layer's records (in feature order) to ``path``; returns the ``F + 1`` byte offsets."""
+    from concurrent.futures import ThreadPoolExecutor
+    from itertools import islice
+
     offsets = [0]
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        for rec in records:
-            b = encode_record(rec)
-            f.write(b)
-            offsets.append(offsets[-1] + len(b))
+    it = iter(records)
+    # zlib runs outside the GIL: a pool compresses one chunk of records while this thread builds the next one's
+    with open(tmp, "wb") as f, ThreadPoolExecutor(max(1, min(4, os.cpu_count() or 1))) as pool:
+        pending: list = []
+        while True:
+            chunk = [_record_json(r) for r in islice(it, 256)]
+            for fut in pending:
+                b = fut.result()
+                f.write(b)
+                offsets.append(offsets[-1] + len(b))
+            if not chunk:
+                break
+            pending = [pool.submit(_framed, c) for c in chunk]
     os.replace(tmp, path)
     return offsets
 

@@ -248,3 +248,16 @@ def test_the_sparse_update_equals_the_dense_one_and_falls_back_when_it_cannot(kc
         st = dense
     assert int(np.asarray(st["count"]).sum()) > 0
     assert (sparse_equal, fallbacks) == ((4, 0) if path == "sparse" else (0, 4))  # the path meant was exercised
+
+
+def test_records_round_like_pythons_format():
+    """The vectorised rounding of the records' numbers gives exactly ``float(format(x, ".{d}g"))``, halves and
+    float32 values included."""
+    from jcircuits.features.build import _round_sig
+
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal(20000) * 10.0 ** rng.integers(-12, 12, 20000)).astype(np.float32).astype(np.float64)
+    x = np.concatenate([x, np.arange(1, 4000) * 2.0**-13, np.arange(1, 4000) * 0.0005, [0.0, -0.0]])
+    for d in (4, 6):
+        want = np.array([float(format(float(v), f".{d}g")) for v in x])
+        assert np.array_equal(_round_sig(x, d), want)
