@@ -177,8 +177,9 @@ def run_worker(side: str, case_dir: Path, n_seq: int, args, tmp: Path, finish: b
     cmd = [sys.executable, __file__, "--worker", side, str(case_dir), str(n_seq), str(out),
            "--seq-len", str(args.seq_len), "--batch", str(args.batch), *(["--finish"] if finish else [])]
     env = dict(os.environ, JCIRCUITS_CACHE_DIR="")  # cold compiles, reported apart
+    load0 = os.getloadavg()[0]
     subprocess.run(cmd, check=True, env=env)
-    return json.loads(out.read_text())
+    return dict(json.loads(out.read_text()), load=(load0, os.getloadavg()[0]))
 
 
 def main(argv=None) -> int:
@@ -263,6 +264,11 @@ def main(argv=None) -> int:
         "- peak RSS is each fresh process's `ru_maxrss` (model, transcoders, runtime and the run) at the end of "
         "the pass; going from 1x to the larger corpus it should stay flat: the running statistics have a fixed "
         f"size. With the finish, ours peaks at {big['peak_rss_finish_mb']:.0f} MB.",
+        "- machine load (1-minute load average at the start and end of each run; 2 means both cores busy with "
+        "other work): " + "; ".join(
+            f"{side} {n * args.seq_len} tokens {res[(side, n)]['load'][0]:.1f} -> {res[(side, n)]['load'][1]:.1f}"
+            for n in sizes for side in ("ours", "torch")
+        ) + ".",
     ]
     text = "\n".join(lines) + "\n"
     print(text)
