@@ -26,6 +26,10 @@ CASES = [
     ("gemma2", "plt", "relu", True, "mlp.hook_in", "mlp.hook_out"),
     ("gemma2", "clt", "jumprelu", False, "hook_resid_mid", "mlp.hook_out"),
     ("llama", "clt", "relu", True, "ln2.hook_normalized", "hook_mlp_out"),
+    ("qwen3", "plt", "jumprelu", True, "mlp.hook_in", "mlp.hook_out"),
+    ("qwen3", "clt", "relu", False, "hook_resid_mid", "mlp.hook_out"),
+    ("gemma3", "plt", "relu", False, "ln2.hook_normalized", "hook_mlp_out"),
+    ("gemma3", "clt", "jumprelu", True, "mlp.hook_in", "mlp.hook_out"),
 ]
 TOKENS = np.array([1, 5, 9, 33, 7, 2, 60, 11, 4, 8, 17])
 
