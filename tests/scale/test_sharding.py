@@ -53,6 +53,20 @@ def _hf_config(arch: str) -> dict:
     )
     if arch == "llama":
         return dict(common, model_type="llama", hidden_act="silu", tie_word_embeddings=False)
+    if arch == "qwen3":  # QK-norm weights [L, head_dim] are replicated (head_dim has no mesh axis)
+        return dict(common, model_type="qwen3", hidden_act="silu", tie_word_embeddings=False)
+    if arch == "gemma3":
+        return dict(
+            common,
+            model_type="gemma3_text",
+            hidden_activation="gelu_pytorch_tanh",
+            query_pre_attn_scalar=8,
+            sliding_window=4,
+            sliding_window_pattern=2,
+            rope_local_base_freq=1000.0,
+            rope_scaling={"rope_type": "linear", "factor": 2.0},
+            tie_word_embeddings=True,
+        )
     return dict(
         common,
         model_type="gemma2",
@@ -131,7 +145,9 @@ def test_make_mesh_is_auto_and_checks_sizes():
 
 
 @needs8
-@pytest.mark.parametrize("arch,dtype", [("llama", "F32"), ("gemma2", "BF16")])
+@pytest.mark.parametrize(
+    "arch,dtype", [("llama", "F32"), ("gemma2", "BF16"), ("qwen3", "BF16"), ("gemma3", "F32")]
+)
 def test_sharded_model_loading_reads_only_shards_and_equals_plain_loading(tmp_path, arch, dtype):
     hf = _hf_config(arch)
     cfg = config_from_hf(hf)
@@ -156,6 +172,9 @@ def test_sharded_model_loading_reads_only_shards_and_equals_plain_loading(tmp_pa
     assert q_reads and all(shape == (32, 1, 8) for shape in q_reads), q_reads
     embed_reads = [shape for name, shape in reads if name == "model.embed_tokens.weight"]
     assert embed_reads and all(shape == (128 // 4, 32) for shape in embed_reads)
+    if cfg.qk_norm:  # replicated: each layer's whole [head_dim] vector, read once for all devices
+        norm_reads = [shape for name, shape in reads if name.endswith(("q_norm.weight", "k_norm.weight"))]
+        assert len(norm_reads) == 2 * cfg.n_layers and all(shape == (8,) for shape in norm_reads)
 
 
 @pytest.mark.parametrize("bad", ["unexpected tensor", "tied lm_head differs"])
