@@ -88,7 +88,7 @@ def llama_config(n_kv_heads: int = 2, tied: bool = False, **overrides) -> LlamaC
 
 
 def qwen3_config(n_kv_heads: int = 2, tied: bool = False, sliding: bool = True, **overrides) -> Qwen3Config:
-    """head_dim 16 != 48 / 4; with ``sliding`` layers 0 and 2 see only the last 6 keys (prompts are 40 long)."""
+    """head_dim 16 != 48 / 4; with ``sliding`` the even layers see only the last 6 keys (prompts are 40 long)."""
     kw = dict(
         vocab_size=VOCAB,
         hidden_size=48,
@@ -102,12 +102,13 @@ def qwen3_config(n_kv_heads: int = 2, tied: bool = False, sliding: bool = True, 
         tie_word_embeddings=tied,
         use_sliding_window=sliding,
         sliding_window=6 if sliding else None,
-        layer_types=["sliding_attention", "full_attention", "sliding_attention"] if sliding else None,
         bos_token_id=1,
         eos_token_id=2,
         attn_implementation="eager",
     )
     kw.update(overrides)
+    if sliding and "layer_types" not in overrides:  # even layers slide
+        kw["layer_types"] = [("sliding_attention", "full_attention")[i % 2] for i in range(kw["num_hidden_layers"])]
     return Qwen3Config(**kw)
 
 

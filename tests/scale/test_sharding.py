@@ -409,7 +409,9 @@ def test_dry_run_prints_mesh_and_shardings_and_refuses_what_cannot_fit(local_mod
     assert main(run + ["--device-memory", "400KiB"]) == 2
 
 
-@pytest.mark.parametrize("name", ["gemma-2-9b", "llama-3.1-8b"])
+@pytest.mark.parametrize(
+    "name", ["gemma-2-9b", "llama-3.1-8b", "qwen3-8b", "qwen3-14b", "gemma-3-12b-it", "gemma-3-27b-it"]
+)
 def test_tpu_config_dry_runs_fit_and_a_long_prompt_is_refused(name, capsys):
     import importlib.util
     from pathlib import Path
