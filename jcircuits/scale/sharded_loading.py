@@ -108,8 +108,8 @@ def load_model_sharded(
     revision: str | None = None,
     reads: list | None = None,
 ) -> tuple[Params, ModelConfig]:
-    """Load an HF Gemma-2/Gemma-3/Llama-3/Qwen3 checkpoint straight into ``Params`` laid out on ``mesh`` (``param_axes`` +
-    ``RULES``). Each process reads only the slices its devices hold. Returns ``(params, cfg)``; the values equal
+    """Load an HF Gemma-2/Gemma-3/Llama-3/Qwen3 checkpoint straight into ``Params`` laid out on ``mesh``
+    (``param_axes`` + ``RULES``). Each process reads only the slices its devices hold. Returns ``(params, cfg)``; the values equal
     ``loading.load_model``'s exactly."""
     model_dir = resolve_model_dir(path_or_repo, revision=revision)
     cfg = config_from_hf(model_dir)
