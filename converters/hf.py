@@ -44,7 +44,9 @@ from .safetensors_io import open_checkpoint, save_file, save_sharded
 
 __all__ = [
     "ConversionError",
+    "GEMMA3_TEXT_DEFAULTS",
     "TextTower",
+    "text_config",
     "text_only_config",
     "text_view",
     "check_finite",
@@ -83,12 +85,12 @@ class Dims:
 
     @classmethod
     def from_hf(cls, hf: Mapping[str, Any]) -> Dims:
-        hf = _text_config(hf)
+        hf = text_config(hf)
         arch = _ARCH_OF.get(hf.get("model_type"), hf.get("model_type"))
         if arch not in RULES:
             raise ConversionError(f"unsupported model_type {arch!r}; converters know {sorted(RULES)}")
         if arch == "gemma3":
-            hf = {**_GEMMA3_DIMS, **hf}
+            hf = {**GEMMA3_TEXT_DEFAULTS, **hf}
         d = int(hf["hidden_size"])
         h = int(hf["num_attention_heads"])
         return cls(
@@ -229,8 +231,9 @@ RULES: dict[str, list[Rule]] = {
     "qwen3": _common(r"post_attention_layernorm\.weight") + _QK_NORM,
 }
 _ARCH_OF = {"gemma3_text": "gemma3"}  # HF model_type -> our rules table, where the names differ
-# Gemma3TextConfig's defaults for the sizes (published Gemma-3 configs omit those left at them).
-_GEMMA3_DIMS = {
+# Gemma3TextConfig's defaults: published Gemma-3 configs omit the keys they leave at these values (the sizes are
+# needed here, the rest by ``jcircuits.models.config``).
+GEMMA3_TEXT_DEFAULTS = {
     "vocab_size": 262_208,
     "hidden_size": 2304,
     "intermediate_size": 9216,
@@ -238,12 +241,20 @@ _GEMMA3_DIMS = {
     "num_attention_heads": 8,
     "num_key_value_heads": 4,
     "head_dim": 256,
+    "max_position_embeddings": 131_072,
+    "rms_norm_eps": 1e-6,
+    "query_pre_attn_scalar": 256,
+    "sliding_window": 4096,
+    "bos_token_id": 2,
+    "eos_token_id": 1,
+    "pad_token_id": 0,
+    "tie_word_embeddings": True,
 }
 
 
-def _text_config(hf: Mapping[str, Any]) -> Mapping[str, Any]:
+def text_config(hf: Mapping[str, Any]) -> Mapping[str, Any]:
     """The text tower's config: ``hf``, or a multimodal Gemma-3 config's ``text_config`` (inheriting the
-    wrapper's ``tie_word_embeddings`` when it sets none)."""
+    wrapper's ``tie_word_embeddings`` when it sets none; ``model_type`` defaults to ``gemma3_text``)."""
     if hf.get("model_type") != "gemma3":
         return hf
     text = hf.get("text_config")
@@ -260,7 +271,7 @@ def text_only_config(hf: Mapping[str, Any]) -> dict[str, Any]:
     its ``text_config`` as a ``Gemma3ForCausalLM`` config."""
     if hf.get("model_type") != "gemma3":
         return dict(hf)
-    return {**_text_config(hf), "architectures": ["Gemma3ForCausalLM"]}
+    return {**text_config(hf), "architectures": ["Gemma3ForCausalLM"]}
 
 
 # text-tower prefixes of a multimodal Gemma-3 checkpoint -> the Gemma3ForCausalLM names

@@ -22,6 +22,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from jcircuits_converters import hf as hf_conv
+
 __all__ = ["ModelConfig", "RopeScaling", "ConfigError", "config_from_hf", "load_hf_config", "text_config_of"]
 
 
@@ -231,24 +233,6 @@ _GEMMA3_WRAPPER_KEYS = frozenset(
         "eoi_token_id",
     }
 )
-# Gemma3TextConfig's defaults (published Gemma-3 configs omit the keys they leave at these values).
-_GEMMA3_DEFAULTS = {
-    "vocab_size": 262_208,
-    "hidden_size": 2304,
-    "intermediate_size": 9216,
-    "num_hidden_layers": 26,
-    "num_attention_heads": 8,
-    "num_key_value_heads": 4,
-    "head_dim": 256,
-    "max_position_embeddings": 131_072,
-    "rms_norm_eps": 1e-6,
-    "query_pre_attn_scalar": 256,
-    "sliding_window": 4096,
-    "bos_token_id": 2,
-    "eos_token_id": 1,
-    "pad_token_id": 0,
-    "tie_word_embeddings": True,
-}
 _LAYER_TYPES = ("sliding_attention", "full_attention")
 
 
@@ -363,14 +347,11 @@ def text_config_of(hf: dict[str, Any]) -> dict[str, Any]:
             f"gemma3 (multimodal) config has attributes jcircuits does not understand: {unknown}. "
             "Refusing to guess what they change; remove them if they are metadata, or file an issue."
         )
-    text = hf.get("text_config")
-    if not isinstance(text, dict):
+    if not isinstance(hf.get("text_config"), dict):
         raise ConfigError("gemma3 (multimodal) config has no text_config: pass the checkpoint's config.json")
-    text = dict(text)
-    if text.setdefault("model_type", "gemma3_text") != "gemma3_text":
+    text = dict(hf_conv.text_config(hf))
+    if text["model_type"] != "gemma3_text":
         raise ConfigError(f"gemma3 text_config has model_type {text['model_type']!r}, expected 'gemma3_text'")
-    if "tie_word_embeddings" not in text and "tie_word_embeddings" in hf:
-        text["tie_word_embeddings"] = hf["tie_word_embeddings"]
     if text.get("final_logit_softcapping") is not None:
         raise ConfigError(
             "gemma3 (multimodal) text_config sets final_logit_softcapping, which transformers' "
@@ -443,7 +424,7 @@ def config_from_hf(hf: dict[str, Any] | str | Path) -> ModelConfig:
             "Refusing to guess what they change; remove them if they are metadata, or file an issue."
         )
     if model_type == "gemma3_text":
-        hf = {**_GEMMA3_DEFAULTS, **hf}
+        hf = {**hf_conv.GEMMA3_TEXT_DEFAULTS, **hf}
     if hf.get("attention_bias"):
         raise ConfigError("attention_bias=True is not implemented")
     d_model = int(hf["hidden_size"])
