@@ -82,8 +82,9 @@ def _hf_config(arch: str) -> dict:
 # ------------------------------------------------------------------------------------------------ the table
 
 
-def test_every_param_and_transcoder_axis_has_a_rule():
-    cfg = tiny.tiny_config("gemma2")
+@pytest.mark.parametrize("arch", ["gemma2", "gemma3", "qwen3"])
+def test_every_param_and_transcoder_axis_has_a_rule(arch):
+    cfg = tiny.tiny_config(arch)
     names = set()
     for tree in (param_axes(cfg), shd.transcoder_axes(tiny.tiny_transcoders(cfg, skip=True).cfg)):
         for ax in jax.tree.leaves(tree, is_leaf=shd.is_axes):
@@ -259,12 +260,12 @@ def test_sharded_gemmascope_npz_loading_reads_slices_and_equals_plain_loading(tm
 
 
 @needs8
-@pytest.mark.parametrize("arch", ["llama", "gemma2"])
+@pytest.mark.parametrize("arch", ["llama", "gemma2", "gemma3"])
 def test_sharded_forward_equals_single_device_on_every_mesh(arch):
     model = tiny.tiny_model(arch, vocab_size=128, n_heads=4, n_kv_heads=2, d_mlp=64)
     tokens = np.asarray(jax.random.randint(jax.random.key(1), (8, 12), 0, 128), np.int32)
     want_logits, want_inter = forward(model.params, model.cfg, tokens, capture=True)
-    for shape in MESHES if arch == "llama" else [(2, 4)]:  # every mesh once; Gemma's extras on one
+    for shape in MESHES if arch == "llama" else [(2, 4)]:  # every mesh once; the others' extras on one
         mesh = shd.make_mesh(*shape)
         params = shd.shard_params(model.params, model.cfg, mesh)
         toks = shd.put(tokens, jax.sharding.NamedSharding(mesh, PartitionSpec("data")))
