@@ -361,9 +361,6 @@ def text_config_of(hf: dict[str, Any]) -> dict[str, Any]:
     return text
 
 
-_KNOWN_KEYS = {"gemma2": _GEMMA2_KEYS, "gemma3_text": _GEMMA3_KEYS, "llama": _LLAMA_KEYS, "qwen3": _QWEN3_KEYS}
-
-
 def _layer_types(types: Any, n_layers: int) -> list[str]:
     if len(types) != n_layers:
         raise ConfigError(f"layer_types has {len(types)} entries for {n_layers} layers")
@@ -400,6 +397,137 @@ def _gemma3_ropes(hf: dict[str, Any]) -> tuple[float, RopeScaling | None, float]
     return theta, scaling, local_theta
 
 
+def _common_fields(hf: dict[str, Any], rope: tuple[float, RopeScaling | None]) -> dict[str, Any]:
+    """The ``ModelConfig`` fields every family reads the same way."""
+    d_model, n_heads = int(hf["hidden_size"]), int(hf["num_attention_heads"])
+    return dict(
+        vocab_size=int(hf["vocab_size"]),
+        d_model=d_model,
+        n_layers=int(hf["num_hidden_layers"]),
+        n_heads=n_heads,
+        n_kv_heads=int(hf.get("num_key_value_heads") or n_heads),
+        head_dim=int(hf.get("head_dim") or d_model // n_heads),
+        d_mlp=int(hf["intermediate_size"]),
+        max_position_embeddings=int(hf.get("max_position_embeddings", 8192)),
+        rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
+        rope_theta=rope[0],
+        rope_scaling=rope[1],
+        bos_token_id=_first_id(hf.get("bos_token_id")),
+        eos_token_id=_first_id(hf.get("eos_token_id")),
+        pad_token_id=_first_id(hf.get("pad_token_id")),
+    )
+
+
+_GEMMA_FLAGS = dict(activation="gelu_tanh", embed_scale=True, post_norms=True, norm_offset=1.0)
+_SILU_FLAGS = dict(
+    activation="silu", attn_softcap=None, final_softcap=None, embed_scale=False, post_norms=False, norm_offset=0.0
+)
+
+
+def _gemma2(hf: dict[str, Any]) -> ModelConfig:
+    _gemma_activation(hf, "gemma2")
+    common = _common_fields(hf, _rope(hf))
+    if common["rope_scaling"] is not None:
+        raise ConfigError("gemma2 with rope scaling is not a known checkpoint layout")
+    n_layers = common["n_layers"]
+    window = hf.get("sliding_window", hf.get("sliding_window_size", 4096))
+    types = _layer_types(hf.get("layer_types") or [_LAYER_TYPES[i % 2] for i in range(n_layers)], n_layers)
+    return ModelConfig(
+        arch="gemma2",
+        **common,
+        **_GEMMA_FLAGS,
+        tie_embeddings=bool(hf.get("tie_word_embeddings", True)),
+        attn_scale=float(hf.get("query_pre_attn_scalar", common["head_dim"])) ** -0.5,
+        attn_softcap=_opt_float(hf.get("attn_logit_softcapping")),
+        final_softcap=_opt_float(hf.get("final_logit_softcapping")),
+        layer_windows=tuple(int(window) if t == "sliding_attention" and window else None for t in types),
+    )
+
+
+def _gemma3(hf: dict[str, Any]) -> ModelConfig:
+    hf = {**hf_conv.GEMMA3_TEXT_DEFAULTS, **hf}
+    _gemma_activation(hf, "gemma3")
+    if hf.get("attn_logit_softcapping") is not None:
+        raise ConfigError(
+            "gemma3 config sets attn_logit_softcapping, which transformers' Gemma-3 attention never applies "
+            "(QK-norm replaced it): set it to null, as the published Gemma-3 configs do"
+        )
+    theta, scaling, local_theta = _gemma3_ropes(hf)
+    common = _common_fields(hf, (theta, scaling))
+    n_layers = common["n_layers"]
+    pattern = int(hf.get("sliding_window_pattern", hf.get("_sliding_window_pattern", 6)))
+    types = _layer_types(
+        hf.get("layer_types") or [_LAYER_TYPES[int((i + 1) % pattern == 0)] for i in range(n_layers)], n_layers
+    )
+    window = hf.get("sliding_window")
+    if "sliding_attention" in types and not window:
+        raise ConfigError("gemma3 has sliding_attention layers but no sliding_window")
+    return ModelConfig(
+        arch="gemma3",
+        **common,
+        **_GEMMA_FLAGS,
+        tie_embeddings=bool(hf.get("tie_word_embeddings", True)),
+        attn_scale=float(hf["query_pre_attn_scalar"]) ** -0.5,
+        attn_softcap=None,
+        final_softcap=_opt_float(hf.get("final_logit_softcapping")),
+        layer_windows=tuple(int(window) if t == "sliding_attention" else None for t in types),
+        qk_norm=True,
+        local_rope_theta=local_theta,
+    )
+
+
+def _silu(hf: dict[str, Any], model_type: str) -> None:
+    act = hf.get("hidden_act", "silu")
+    if act != "silu":
+        raise ConfigError(f"{model_type} hidden_act {act!r} is not implemented (expected silu)")
+
+
+def _qwen3(hf: dict[str, Any]) -> ModelConfig:
+    _silu(hf, "qwen3")
+    common = _common_fields(hf, _rope(hf))
+    n_layers = common["n_layers"]
+    window = hf.get("sliding_window") if hf.get("use_sliding_window") else None
+    first_sliding = int(hf.get("max_window_layers", 28)) if window is not None else n_layers
+    types = _layer_types(
+        hf.get("layer_types") or [_LAYER_TYPES[int(i < first_sliding)] for i in range(n_layers)], n_layers
+    )
+    return ModelConfig(
+        arch="qwen3",
+        **common,
+        **_SILU_FLAGS,
+        tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
+        attn_scale=common["head_dim"] ** -0.5,
+        layer_windows=tuple(int(window) if t == "sliding_attention" and window else None for t in types),
+        qk_norm=True,
+    )
+
+
+def _llama(hf: dict[str, Any]) -> ModelConfig:
+    _silu(hf, "llama")
+    if hf.get("mlp_bias"):
+        raise ConfigError("mlp_bias=True is not implemented")
+    if hf.get("pretraining_tp", 1) not in (1, None):
+        raise ConfigError("pretraining_tp != 1 changes the numerics of the MLP and is not implemented")
+    common = _common_fields(hf, _rope(hf))
+    return ModelConfig(
+        arch="llama",
+        **common,
+        **_SILU_FLAGS,
+        tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
+        attn_scale=common["head_dim"] ** -0.5,
+        layer_windows=(None,) * common["n_layers"],
+    )
+
+
+# HF model_type -> (the keys it may carry, its reader)
+_FAMILIES = {
+    "gemma2": (_GEMMA2_KEYS, _gemma2),
+    "gemma3_text": (_GEMMA3_KEYS, _gemma3),
+    "llama": (_LLAMA_KEYS, _llama),
+    "qwen3": (_QWEN3_KEYS, _qwen3),
+}
+
+
 def config_from_hf(hf: dict[str, Any] | str | Path) -> ModelConfig:
     """Translate a Hugging Face config (dict, ``config.json`` path or model directory) into a ``ModelConfig``.
 
@@ -411,143 +539,21 @@ def config_from_hf(hf: dict[str, Any] | str | Path) -> ModelConfig:
         hf = load_hf_config(hf)
     hf = text_config_of(hf)
     model_type = hf.get("model_type")
-    if model_type not in _KNOWN_KEYS:
+    if model_type not in _FAMILIES:
         raise ConfigError(
             f"unsupported model_type {model_type!r}: jcircuits implements 'gemma2', 'gemma3' / 'gemma3_text', "
             "'llama' (Llama 3.x) and 'qwen3'"
         )
-    known = _KNOWN_KEYS[model_type]
+    known, read = _FAMILIES[model_type]
     unknown = sorted(k for k in hf if k not in known and k not in _METADATA_KEYS)
     if unknown:
         raise ConfigError(
             f"{model_type} config has attributes jcircuits does not understand: {unknown}. "
             "Refusing to guess what they change; remove them if they are metadata, or file an issue."
         )
-    if model_type == "gemma3_text":
-        hf = {**hf_conv.GEMMA3_TEXT_DEFAULTS, **hf}
     if hf.get("attention_bias"):
         raise ConfigError("attention_bias=True is not implemented")
-    d_model = int(hf["hidden_size"])
-    n_heads = int(hf["num_attention_heads"])
-    n_layers = int(hf["num_hidden_layers"])
-    head_dim = int(hf.get("head_dim") or d_model // n_heads)
-    if model_type == "gemma3_text":
-        theta, scaling, local_theta = _gemma3_ropes(hf)
-    else:
-        (theta, scaling), local_theta = _rope(hf), None
-    common = dict(
-        vocab_size=int(hf["vocab_size"]),
-        d_model=d_model,
-        n_layers=n_layers,
-        n_heads=n_heads,
-        n_kv_heads=int(hf.get("num_key_value_heads") or n_heads),
-        head_dim=head_dim,
-        d_mlp=int(hf["intermediate_size"]),
-        max_position_embeddings=int(hf.get("max_position_embeddings", 8192)),
-        rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
-        rope_theta=theta,
-        rope_scaling=scaling,
-        bos_token_id=_first_id(hf.get("bos_token_id")),
-        eos_token_id=_first_id(hf.get("eos_token_id")),
-        pad_token_id=_first_id(hf.get("pad_token_id")),
-    )
-    if model_type == "gemma2":
-        _gemma_activation(hf, "gemma2")
-        if scaling is not None:
-            raise ConfigError("gemma2 with rope scaling is not a known checkpoint layout")
-        window = hf.get("sliding_window", hf.get("sliding_window_size", 4096))
-        types = _layer_types(
-            hf.get("layer_types") or [_LAYER_TYPES[i % 2] for i in range(n_layers)], n_layers
-        )
-        windows = tuple(int(window) if t == "sliding_attention" and window else None for t in types)
-        qpas = hf.get("query_pre_attn_scalar", head_dim)
-        return ModelConfig(
-            arch="gemma2",
-            **common,
-            tie_embeddings=bool(hf.get("tie_word_embeddings", True)),
-            activation="gelu_tanh",
-            attn_scale=float(qpas) ** -0.5,
-            attn_softcap=_opt_float(hf.get("attn_logit_softcapping")),
-            final_softcap=_opt_float(hf.get("final_logit_softcapping")),
-            layer_windows=windows,
-            embed_scale=True,
-            post_norms=True,
-            norm_offset=1.0,
-        )
-    if model_type == "gemma3_text":
-        _gemma_activation(hf, "gemma3")
-        pattern = hf.get("sliding_window_pattern", hf.get("_sliding_window_pattern", 6))
-        types = hf.get("layer_types") or [
-            "sliding_attention" if (i + 1) % int(pattern) else "full_attention" for i in range(n_layers)
-        ]
-        types = _layer_types(types, n_layers)
-        if hf.get("attn_logit_softcapping") is not None:
-            raise ConfigError(
-                "gemma3 config sets attn_logit_softcapping, which transformers' Gemma-3 attention never applies "
-                "(QK-norm replaced it): set it to null, as the published Gemma-3 configs do"
-            )
-        window = hf.get("sliding_window")
-        if "sliding_attention" in types and not window:
-            raise ConfigError("gemma3 has sliding_attention layers but no sliding_window")
-        windows = tuple(int(window) if t == "sliding_attention" else None for t in types)
-        return ModelConfig(
-            arch="gemma3",
-            **common,
-            tie_embeddings=bool(hf.get("tie_word_embeddings", True)),
-            activation="gelu_tanh",
-            attn_scale=float(hf["query_pre_attn_scalar"]) ** -0.5,
-            attn_softcap=None,
-            final_softcap=_opt_float(hf.get("final_logit_softcapping")),
-            layer_windows=windows,
-            embed_scale=True,
-            post_norms=True,
-            norm_offset=1.0,
-            qk_norm=True,
-            local_rope_theta=local_theta,
-        )
-    act = hf.get("hidden_act", "silu")
-    if act != "silu":
-        raise ConfigError(f"{model_type} hidden_act {act!r} is not implemented (expected silu)")
-    if model_type == "qwen3":
-        window = hf.get("sliding_window") if hf.get("use_sliding_window") else None
-        types = hf.get("layer_types") or [
-            "sliding_attention" if window is not None and i >= int(hf.get("max_window_layers", 28))
-            else "full_attention"
-            for i in range(n_layers)
-        ]
-        types = _layer_types(types, n_layers)
-        windows = tuple(int(window) if t == "sliding_attention" and window else None for t in types)
-        return ModelConfig(
-            arch="qwen3",
-            **common,
-            tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
-            activation="silu",
-            attn_scale=head_dim**-0.5,
-            attn_softcap=None,
-            final_softcap=None,
-            layer_windows=windows,
-            embed_scale=False,
-            post_norms=False,
-            norm_offset=0.0,
-            qk_norm=True,
-        )
-    if hf.get("mlp_bias"):
-        raise ConfigError("mlp_bias=True is not implemented")
-    if hf.get("pretraining_tp", 1) not in (1, None):
-        raise ConfigError("pretraining_tp != 1 changes the numerics of the MLP and is not implemented")
-    return ModelConfig(
-        arch="llama",
-        **common,
-        tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
-        activation="silu",
-        attn_scale=head_dim**-0.5,
-        attn_softcap=None,
-        final_softcap=None,
-        layer_windows=(None,) * n_layers,
-        embed_scale=False,
-        post_norms=False,
-        norm_offset=0.0,
-    )
+    return read(hf)
 
 
 def _opt_float(v: Any) -> float | None:
