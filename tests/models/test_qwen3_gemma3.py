@@ -318,3 +318,30 @@ def test_memory_estimator_counts_the_qk_norm_weights():
     assert with_norms.device["params"] - without.device["params"] == 2 * cfg.n_layers * cfg.head_dim * 4
     half = estimate_attribution(cfg, ts.cfg, n_tokens=12, mesh=(1, 1), dtype=jnp.bfloat16)
     assert half.device["params"] * 2 == with_norms.device["params"]
+
+
+def test_cli_attribute_traces_the_multimodal_text_tower_like_the_api(dirs, tmp_path):
+    """``jcircuits attribute --model`` on a ``Gemma3ForConditionalGeneration`` folder: exit 0, and the graph
+    equals the library's on the same loaded model and transcoders."""
+    import tiny
+
+    from jcircuits.attribution import attribute
+    from jcircuits.cli import main
+    from jcircuits.graph import Graph
+    from jcircuits.transcoders.io import load_transcoders, transcoder_set_to_numpy
+    from jcircuits_converters.transcoders import write_plt_files
+
+    directory, _ = dirs["gemma3_mm"]
+    cfg = config_from_hf(directory)
+    write_plt_files(transcoder_set_to_numpy(tiny.tiny_transcoders(cfg, skip=True)), tmp_path / "tc")
+    out = tmp_path / "graph.safetensors"
+    tokens = [2, 17, 42, 5, 63, 8, 29, 77]
+    args = ["attribute", "--model", str(directory), "--transcoders", str(tmp_path / "tc")]
+    assert main(args + ["--tokens", ",".join(map(str, tokens)), "--batch-size", "16", "-q", "-o", str(out)]) == 0
+    got = Graph.load(out)
+    want = attribute(load_model(directory), load_transcoders(tmp_path / "tc"), np.asarray(tokens), batch_size=16)
+    np.testing.assert_array_equal(got.selected_features, want.selected_features)
+    np.testing.assert_array_equal(got.logit_token_ids, want.logit_token_ids)
+    a_max = np.abs(want.adjacency_matrix).max()
+    assert a_max > 0
+    np.testing.assert_allclose(got.adjacency_matrix, want.adjacency_matrix, atol=1e-6 * a_max, rtol=0)
