@@ -1,11 +1,13 @@
-"""Hugging Face Gemma-2 / Llama-3 safetensors checkpoints <-> our plain nested dict of numpy arrays.
+"""Hugging Face Gemma-2 / Gemma-3 / Llama-3 / Qwen3 safetensors checkpoints <-> our plain nested dict of numpy
+arrays.
 
 Our layout (the ``jcircuits.models.transformer.Params`` tree, as nested dicts, layers stacked on a leading
 ``L``)::
 
     embed [V, D]
     layers: ln1 [L, D], wq [L, D, H, E], wk/wv [L, D, K, E], wo [L, H, E, D], ln2 [L, D],
-            w_gate/w_up [L, D, F], w_down [L, F, D], (Gemma-2) post_attn_norm/post_mlp_norm [L, D]
+            w_gate/w_up [L, D, F], w_down [L, F, D], (Gemma-2/3) post_attn_norm/post_mlp_norm [L, D],
+            (Qwen3, Gemma-3) q_norm/k_norm [L, E]
     final_norm [D]
     unembed [D, V]            (absent when the embeddings are tied)
 
@@ -14,7 +16,14 @@ the transforms both ways. torch ``Linear`` weights are ``[out, in]``, ours are `
 transposes. Norm weights are copied raw (Gemma's ``1 + w`` is applied by the model). Note the norm names: in
 Gemma-2 ``post_attention_layernorm`` is the norm *after attention* (our ``post_attn_norm``) and
 ``pre_feedforward_layernorm`` is the MLP's input norm (our ``ln2``); in Llama ``post_attention_layernorm`` is
-the MLP's input norm.
+the MLP's input norm. Gemma-3 uses Gemma-2's names plus ``self_attn.q_norm``/``k_norm``; Qwen3 uses Llama's
+plus the same two.
+
+A multimodal ``Gemma3ForConditionalGeneration`` checkpoint (``model_type: gemma3``) holds the text tower under
+``language_model.model.*`` (as ``save_pretrained`` writes it) or ``model.language_model.*`` (transformers>=5
+module names), beside the vision tower and projector: ``TextTower`` shows only the text tower under the
+``Gemma3ForCausalLM`` names, so the same rules read it; the vision weights are never read. Writing such a model
+back gives a text-only ``Gemma3ForCausalLM`` checkpoint (``text_only_config``).
 
 Loading streams tensor by tensor from memory-mapped files into preallocated stacked arrays, so peak host
 memory is about one copy of the model plus one tensor. This module never imports jcircuits, jax or torch.
@@ -35,6 +44,11 @@ from .safetensors_io import open_checkpoint, save_file, save_sharded
 
 __all__ = [
     "ConversionError",
+    "GEMMA3_TEXT_DEFAULTS",
+    "TextTower",
+    "text_config",
+    "text_only_config",
+    "text_view",
     "check_finite",
     "Dims",
     "check_checkpoint",
@@ -71,9 +85,12 @@ class Dims:
 
     @classmethod
     def from_hf(cls, hf: Mapping[str, Any]) -> Dims:
-        arch = hf.get("model_type")
+        hf = text_config(hf)
+        arch = _ARCH_OF.get(hf.get("model_type"), hf.get("model_type"))
         if arch not in RULES:
             raise ConversionError(f"unsupported model_type {arch!r}; converters know {sorted(RULES)}")
+        if arch == "gemma3":
+            hf = {**GEMMA3_TEXT_DEFAULTS, **hf}
         d = int(hf["hidden_size"])
         h = int(hf["num_attention_heads"])
         return cls(
@@ -85,7 +102,7 @@ class Dims:
             head_dim=int(hf.get("head_dim") or d // h),
             d_mlp=int(hf["intermediate_size"]),
             vocab_size=int(hf["vocab_size"]),
-            tied=bool(hf.get("tie_word_embeddings", arch == "gemma2")),
+            tied=bool(hf.get("tie_word_embeddings", arch in ("gemma2", "gemma3"))),
         )
 
 
@@ -147,6 +164,10 @@ def _vec(d: Dims) -> tuple[int, ...]:
     return (d.d_model,)
 
 
+def _head_vec(d: Dims) -> tuple[int, ...]:
+    return (d.head_dim,)
+
+
 _LAYER = r"model\.layers\.(\d+)\."
 
 
@@ -195,14 +216,122 @@ def _common(mlp_norm_key: str) -> list[Rule]:
     ]
 
 
+_GEMMA_POST = [
+    Rule(_LAYER + r"post_attention_layernorm\.weight", ("layers", "post_attn_norm"), _vec, _same, _same),
+    Rule(_LAYER + r"post_feedforward_layernorm\.weight", ("layers", "post_mlp_norm"), _vec, _same, _same),
+]
+_QK_NORM = [
+    Rule(_LAYER + r"self_attn\.q_norm\.weight", ("layers", "q_norm"), _head_vec, _same, _same),
+    Rule(_LAYER + r"self_attn\.k_norm\.weight", ("layers", "k_norm"), _head_vec, _same, _same),
+]
 RULES: dict[str, list[Rule]] = {
-    "gemma2": _common(r"pre_feedforward_layernorm\.weight")
-    + [
-        Rule(_LAYER + r"post_attention_layernorm\.weight", ("layers", "post_attn_norm"), _vec, _same, _same),
-        Rule(_LAYER + r"post_feedforward_layernorm\.weight", ("layers", "post_mlp_norm"), _vec, _same, _same),
-    ],
+    "gemma2": _common(r"pre_feedforward_layernorm\.weight") + _GEMMA_POST,
+    "gemma3": _common(r"pre_feedforward_layernorm\.weight") + _GEMMA_POST + _QK_NORM,
     "llama": _common(r"post_attention_layernorm\.weight"),
+    "qwen3": _common(r"post_attention_layernorm\.weight") + _QK_NORM,
 }
+_ARCH_OF = {"gemma3_text": "gemma3"}  # HF model_type -> our rules table, where the names differ
+# Gemma3TextConfig's defaults: published Gemma-3 configs omit the keys they leave at these values (the sizes are
+# needed here, the rest by ``jcircuits.models.config``).
+GEMMA3_TEXT_DEFAULTS = {
+    "vocab_size": 262_208,
+    "hidden_size": 2304,
+    "intermediate_size": 9216,
+    "num_hidden_layers": 26,
+    "num_attention_heads": 8,
+    "num_key_value_heads": 4,
+    "head_dim": 256,
+    "max_position_embeddings": 131_072,
+    "rms_norm_eps": 1e-6,
+    "query_pre_attn_scalar": 256,
+    "sliding_window": 4096,
+    "bos_token_id": 2,
+    "eos_token_id": 1,
+    "pad_token_id": 0,
+    "tie_word_embeddings": True,
+}
+
+
+def text_config(hf: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The text tower's config: ``hf``, or a multimodal Gemma-3 config's ``text_config`` (inheriting the
+    wrapper's ``tie_word_embeddings`` when it sets none; ``model_type`` defaults to ``gemma3_text``)."""
+    if hf.get("model_type") != "gemma3":
+        return hf
+    text = hf.get("text_config")
+    if not isinstance(text, Mapping):
+        raise ConversionError("gemma3 (multimodal) config has no text_config")
+    text = {"model_type": "gemma3_text", **text}
+    if "tie_word_embeddings" not in text and "tie_word_embeddings" in hf:
+        text["tie_word_embeddings"] = hf["tie_word_embeddings"]
+    return text
+
+
+def text_only_config(hf: Mapping[str, Any]) -> dict[str, Any]:
+    """The config a text-only checkpoint of this model carries: ``hf`` itself, or for a multimodal Gemma-3
+    its ``text_config`` as a ``Gemma3ForCausalLM`` config."""
+    if hf.get("model_type") != "gemma3":
+        return dict(hf)
+    return {**text_config(hf), "architectures": ["Gemma3ForCausalLM"]}
+
+
+# text-tower prefixes of a multimodal Gemma-3 checkpoint -> the Gemma3ForCausalLM names
+_TOWER_PREFIXES = (
+    ("language_model.model.", "model."),
+    ("language_model.lm_head.", "lm_head."),
+    ("model.language_model.", "model."),
+)
+_NOT_TEXT = ("vision_tower.", "multi_modal_projector.", "model.vision_tower.", "model.multi_modal_projector.")
+
+
+class TextTower(Mapping):
+    """A multimodal checkpoint's text tower under the ``Gemma3ForCausalLM`` tensor names, over an open
+    ``SafeFile``/``ShardedCheckpoint``: the methods the loaders use (``shape``, ``get``, ``get_slice``,
+    ``dtype_name``) are forwarded under the file's own names; vision and projector tensors are hidden.
+    Tensors of neither kind keep their names, so ``check_checkpoint`` reports them as unexpected."""
+
+    def __init__(self, ckpt: Any):
+        self.ckpt = ckpt
+        self.where = getattr(ckpt, "where", None) or getattr(ckpt, "path", "checkpoint")
+        self._names: dict[str, str] = {}
+        for key in ckpt:
+            if key.startswith(_NOT_TEXT):
+                continue
+            ours = next((new + key[len(old) :] for old, new in _TOWER_PREFIXES if key.startswith(old)), key)
+            if ours in self._names:
+                raise ConversionError(f"{self.where}: {key} and {self._names[ours]} are the same text-tower tensor")
+            self._names[ours] = key
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return self.ckpt[self._names[name]]
+
+    def __iter__(self):
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._names
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return self.ckpt.shape(self._names[name])
+
+    def dtype_name(self, name: str) -> str:
+        return self.ckpt.dtype_name(self._names[name])
+
+    def get_slice(self, name: str):
+        return self.ckpt.get_slice(self._names[name])
+
+    def get(self, name: str, **kwargs) -> np.ndarray:
+        return self.ckpt.get(self._names[name], **kwargs)
+
+    def close(self) -> None:
+        self.ckpt.close()
+
+
+def text_view(ckpt: Any, hf: Mapping[str, Any]) -> Any:
+    """``ckpt`` as the rules read it: itself, or its ``TextTower`` for a multimodal Gemma-3 config."""
+    return TextTower(ckpt) if hf.get("model_type") == "gemma3" else ckpt
 
 
 def _our_shape(rule: Rule, dims: Dims) -> tuple[int, ...]:
@@ -309,6 +438,7 @@ def hf_to_params(ckpt: Any, hf_config: Mapping[str, Any], *, dtype: Any = np.flo
     """
     dims = Dims.from_hf(hf_config)
     rules = RULES[dims.arch]
+    ckpt = text_view(ckpt, hf_config)
     check_checkpoint(ckpt, dims)
     out: dict[str, Any] = {}
     for rule in rules:
@@ -377,8 +507,8 @@ def save_hf_checkpoint(
     max_shard_bytes: int | None = None,
 ) -> Path:
     """Write ``params`` as an HF checkpoint directory (``config.json`` + safetensors, sharded with an index
-    when
-    ``max_shard_bytes`` is given and exceeded). ``dtype`` ("F32", "BF16", …) converts floating tensors."""
+    when ``max_shard_bytes`` is given and exceeded). ``dtype`` ("F32", "BF16", …) converts floating tensors.
+    A multimodal Gemma-3 config gives a text-only ``Gemma3ForCausalLM`` checkpoint (``text_only_config``)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     state = params_to_hf(params, hf_config)
@@ -388,5 +518,5 @@ def save_hf_checkpoint(
     else:
         save_sharded(state, directory, max_shard_bytes=max_shard_bytes, metadata=meta, dtype=dtype)
     with open(directory / "config.json", "w") as f:
-        json.dump(dict(hf_config), f, indent=2, sort_keys=True)
+        json.dump(text_only_config(hf_config), f, indent=2, sort_keys=True)
     return directory

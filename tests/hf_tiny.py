@@ -1,9 +1,11 @@
-"""Seeded tiny random Hugging Face models (Gemma-2, Llama-3) for parity and converter tests.
+"""Seeded tiny random Hugging Face models (Gemma-2, Gemma-3, Llama-3, Qwen3) for parity and converter tests.
 
 The configs are chosen to exercise the code paths that are easy to get wrong: Gemma-2 sliding windows shorter
 than the test prompts, both soft-caps biting, ``query_pre_attn_scalar`` != ``head_dim``; Llama-3
 ``rope_scaling`` with ``original_max_position_embeddings`` below the prompt length and factors that put RoPE
-frequencies in all three bands (kept, interpolated, scaled). Weights are redrawn with a large std and norm
+frequencies in all three bands (kept, interpolated, scaled); Qwen3 and Gemma-3 with ``head_dim`` != d_model /
+n_heads, GQA, sliding windows shorter than the prompt, QK-norm gains far from 1, and (Gemma-3) local and global
+layers with different RoPE bases, the global one linearly scaled. Weights are redrawn with a large std and norm
 gains far from identity so that a wrong transpose, head order or norm placement shows up in the logits.
 """
 
@@ -13,7 +15,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import Gemma2Config, Gemma2ForCausalLM, LlamaConfig, LlamaForCausalLM
+from transformers import (
+    Gemma2Config,
+    Gemma2ForCausalLM,
+    Gemma3Config,
+    Gemma3ForCausalLM,
+    Gemma3ForConditionalGeneration,
+    Gemma3TextConfig,
+    LlamaConfig,
+    LlamaForCausalLM,
+    Qwen3Config,
+    Qwen3ForCausalLM,
+)
 
 VOCAB = 96
 LONG_PROMPT = 40  # > sliding_window (5) and > original_max_position_embeddings (32)
@@ -74,17 +87,90 @@ def llama_config(n_kv_heads: int = 2, tied: bool = False, **overrides) -> LlamaC
     return LlamaConfig(**kw)
 
 
+def qwen3_config(n_kv_heads: int = 2, tied: bool = False, sliding: bool = True, **overrides) -> Qwen3Config:
+    """head_dim 16 != 48 / 4; with ``sliding`` the even layers see only the last 6 keys (prompts are 40 long)."""
+    kw = dict(
+        vocab_size=VOCAB,
+        hidden_size=48,
+        intermediate_size=80,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=n_kv_heads,
+        head_dim=16,
+        rope_theta=10000.0,
+        max_position_embeddings=64,
+        tie_word_embeddings=tied,
+        use_sliding_window=sliding,
+        sliding_window=6 if sliding else None,
+        bos_token_id=1,
+        eos_token_id=2,
+        attn_implementation="eager",
+    )
+    kw.update(overrides)
+    if sliding and "layer_types" not in overrides:  # even layers slide
+        kw["layer_types"] = [("sliding_attention", "full_attention")[i % 2] for i in range(kw["num_hidden_layers"])]
+    return Qwen3Config(**kw)
+
+
+# Gemma-3: local layers RoPE base 1e3, global ones 1e5 with linear scaling by 4; every third layer global.
+GEMMA3_ROPE = dict(rope_theta=1e5, rope_local_base_freq=1e3, rope_scaling={"rope_type": "linear", "factor": 4.0})
+
+
+def gemma3_config(n_kv_heads: int = 2, **overrides) -> Gemma3TextConfig:
+    """head_dim 24 != 64 / 4, query_pre_attn_scalar 20, window 5, layers local, local, global, local."""
+    kw = dict(
+        vocab_size=VOCAB,
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=n_kv_heads,
+        head_dim=24,
+        sliding_window=5,
+        sliding_window_pattern=3,
+        query_pre_attn_scalar=20,
+        max_position_embeddings=64,
+        bos_token_id=2,
+        eos_token_id=1,
+        pad_token_id=0,
+        attn_implementation="eager",
+        **GEMMA3_ROPE,
+    )
+    kw.update(overrides)
+    return Gemma3TextConfig(**kw)
+
+
+def gemma3_multimodal_config(**text_overrides) -> Gemma3Config:
+    """A ``Gemma3ForConditionalGeneration`` config: the tiny Gemma-3 text tower plus a tiny SigLIP tower."""
+    text = gemma3_config(**text_overrides).to_dict()
+    vision = dict(
+        hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=28, patch_size=14
+    )
+    return Gemma3Config(
+        text_config=text,
+        vision_config=vision,
+        mm_tokens_per_image=4,
+        boi_token_index=VOCAB - 3,
+        eoi_token_index=VOCAB - 2,
+        image_token_index=VOCAB - 1,
+        attn_implementation="eager",
+    )
+
+
 def randomize_(model: torch.nn.Module, seed: int, std: float = 0.2) -> torch.nn.Module:
     """Redraw every weight: matrices N(0, std²), norm weights around the identity gain (Gemma stores ``w``
     with gain ``1 + w``; Llama stores the gain), embeddings N(0, 1) for Gemma (which scales them by √d) and
     N(0, 0.5²)
     for Llama (with std 1 a tied Llama puts nearly all probability on the last input token)."""
     g = torch.Generator().manual_seed(seed)
-    gemma = model.config.model_type == "gemma2"
+    gemma = model.config.model_type in ("gemma2", "gemma3", "gemma3_text")
     with torch.no_grad():
         for name, p in model.named_parameters():
             noise = torch.randn(p.shape, generator=g, dtype=torch.float32)
-            if "norm" in name:
+            if "q_norm" in name or "k_norm" in name:  # QK-norm gains spread over about [0.3, 3]
+                gain = torch.exp(0.6 * noise)
+                value = gain - 1.0 if gemma else gain
+            elif "norm" in name:
                 value = 0.3 * noise if gemma else 1.0 + 0.3 * noise
             elif "embed_tokens" in name:
                 value = noise if gemma else 0.5 * noise
@@ -94,10 +180,24 @@ def randomize_(model: torch.nn.Module, seed: int, std: float = 0.2) -> torch.nn.
     return model
 
 
+_CLASSES = {
+    "gemma2": Gemma2ForCausalLM,
+    "gemma3_text": Gemma3ForCausalLM,
+    "gemma3": Gemma3ForConditionalGeneration,
+    "llama": LlamaForCausalLM,
+    "qwen3": Qwen3ForCausalLM,
+}
+
+
 def build(config, seed: int = 0) -> torch.nn.Module:
     torch.manual_seed(seed)
-    cls = Gemma2ForCausalLM if config.model_type == "gemma2" else LlamaForCausalLM
-    return randomize_(cls(config).eval(), seed)
+    return randomize_(_CLASSES[config.model_type](config).eval(), seed)
+
+
+def text_layers(model: torch.nn.Module):
+    """The decoder layers of a causal LM or of a multimodal model's language model."""
+    inner = model.model
+    return getattr(inner, "language_model", inner).layers
 
 
 def save(model: torch.nn.Module, directory: Path, **kwargs) -> Path:

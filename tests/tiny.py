@@ -40,6 +40,37 @@ def tiny_config(arch: str = "llama", **kw) -> ModelConfig:
             norm_offset=1.0,
             layer_windows=tuple(4 if i % 2 == 0 else None for i in range(kw.get("n_layers", 3))),
         )
+    elif arch == "gemma3":  # QK-norm, head_dim 12 != 32 / 4, local layers on their own unscaled RoPE base
+        base.update(
+            head_dim=12,
+            rope_scaling=RopeScaling(4.0, rope_type="linear"),
+            local_rope_theta=1000.0,
+            qk_norm=True,
+            tie_embeddings=True,
+            activation="gelu_tanh",
+            attn_scale=10**-0.5,
+            attn_softcap=None,
+            final_softcap=15.0,
+            embed_scale=True,
+            post_norms=True,
+            norm_offset=1.0,
+            layer_windows=tuple(None if i % 3 == 2 else 4 for i in range(kw.get("n_layers", 3))),
+        )
+    elif arch == "qwen3":  # QK-norm, head_dim 12 != 32 / 4, the middle layer slides
+        base.update(
+            head_dim=12,
+            rope_scaling=None,
+            qk_norm=True,
+            tie_embeddings=False,
+            activation="silu",
+            attn_scale=12**-0.5,
+            attn_softcap=None,
+            final_softcap=None,
+            embed_scale=False,
+            post_norms=False,
+            norm_offset=0.0,
+            layer_windows=tuple(5 if i % 2 else None for i in range(kw.get("n_layers", 3))),
+        )
     else:
         base.update(
             rope_scaling=RopeScaling(8.0, 1.0, 4.0, 16),
@@ -57,6 +88,9 @@ def tiny_config(arch: str = "llama", **kw) -> ModelConfig:
     return ModelConfig(arch=arch, **base)
 
 
+_NORMS = ("ln1", "ln2", "post_attn_norm", "post_mlp_norm", "q_norm", "k_norm")
+
+
 def tiny_model(arch: str = "llama", seed: int = 0, **kw) -> Model:
     cfg = tiny_config(arch, **kw)
     params = init_params(cfg, jax.random.key(seed), scale=1.0)
@@ -66,7 +100,7 @@ def tiny_model(arch: str = "llama", seed: int = 0, **kw) -> Model:
     jitter = lambda a: a + jnp.asarray(rng.normal(0, 0.2, a.shape), a.dtype)  # noqa: E731
     lay = type(lay)(
         **{
-            k: (jitter(v) if k in ("ln1", "ln2", "post_attn_norm", "post_mlp_norm") and v is not None else v)
+            k: (jitter(v) if k in _NORMS and v is not None else v)
             for k, v in vars(lay).items()
         }
     )

@@ -1,7 +1,7 @@
 """``jcircuits attribute``: compute and save the attribution graph of one prompt.
 
 With no ``--model`` it traces the built-in default (``jcircuits.default``) and says so. With ``--model PATH|REPO
---transcoders PATH|REPO`` it loads a Hugging Face Gemma-2/Llama-3 checkpoint and a circuit-tracer transcoder set
+--transcoders PATH|REPO`` it loads a Hugging Face Gemma-2/Gemma-3/Llama-3/Qwen3 checkpoint and a circuit-tracer transcoder set
 (local paths or the hub, offline mode respected).
 """
 

@@ -1,5 +1,6 @@
-"""Pure-function decoder models (Gemma-2, Llama-3) over plain pytrees: the strict HF config reader, the layers,
-the decoder, KV-cache decoding, the tokenizer with its BOS rule, checkpoint loading and the ``Model`` type."""
+"""Pure-function decoder models (Gemma-2, Gemma-3 text, Llama-3, Qwen3) over plain pytrees: the strict HF config
+reader, the layers, the decoder, KV-cache decoding, the tokenizer with its BOS rule, checkpoint loading and the
+``Model`` type."""
 
 from jcircuits.models.config import ConfigError, ModelConfig, RopeScaling, config_from_hf, load_hf_config
 from jcircuits.models.loading import load_model, load_params

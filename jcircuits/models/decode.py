@@ -7,9 +7,10 @@ the cache ``[L, B, S, K, E]`` (S = prompt length + new tokens, fixed, so one com
 
 The decode step reuses the block pieces of ``transformer.py`` (``embed``, ``block_mlp_points``, ``unembed``) and the
 attention of ``layers.py`` (projections, ``softmax_pattern``, ``mix_values``, ``attention_mask`` at the step's
-position) with one query row against the cache; only the cache bookkeeping is written here. Gemma-2's sliding
-windows (per-layer, scanned with the weights), attention and final soft-caps, and post-norms are therefore the
-full forward's own code, so cached decoding equals full recomputation up to float round-off.
+position) with one query row against the cache; only the cache bookkeeping is written here. Sliding windows and
+RoPE bases (per-layer, scanned with the weights: Gemma-2/3, Qwen3), QK-norm (Qwen3, Gemma-3), soft-caps and
+post-norms are therefore the full forward's own code, so cached decoding equals full recomputation up to float
+round-off.
 
 MLP seam: ``decode_step`` takes the same ``mlp_fn(layer, points, state) -> (write, state)`` as ``forward_fn``
 (``points`` are ``[B, 1, D]``). The loop takes ``mlp_fn_for(pos) -> mlp_fn``, called inside the trace with the
@@ -40,6 +41,7 @@ from jcircuits.models.transformer import (
     check_tokens,
     embed,
     forward_fn,
+    layer_rope_array,
     layer_windows_array,
     unembed,
 )
@@ -64,9 +66,10 @@ class KVCache:
     v: jax.Array
 
 
-def _project_kv(lp: LayerParams, h_BTD: jax.Array, cos_TE: jax.Array, sin_TE: jax.Array):
-    """Roped keys and values ``[B, T, K, E]`` of the ln1-normalised block input ``h``."""
-    return nn.project_keys(h_BTD, lp.wk, cos_TE, sin_TE), nn.project_values(h_BTD, lp.wv)
+def _project_kv(lp: LayerParams, cfg: ModelConfig, h_BTD: jax.Array, cos_TE: jax.Array, sin_TE: jax.Array):
+    """Roped (and QK-normed, where the model has it) keys and values ``[B, T, K, E]`` of the ln1-normalised
+    block input ``h``."""
+    return nn.project_keys(h_BTD, lp.wk, cos_TE, sin_TE, lp.k_norm, cfg), nn.project_values(h_BTD, lp.wv)
 
 
 def kv_cache_from_intermediates(
@@ -79,12 +82,14 @@ def kv_cache_from_intermediates(
     L, B, T, _ = inter.resid[:-1].shape
     if max_len < T:
         raise ValueError(f"cache length {max_len} is shorter than the prefilled prompt ({T} tokens)")
-    cos, sin = nn.rope_cos_sin(jnp.arange(T), cfg)
+    cos_all, sin_all = nn.rope_cos_sin(jnp.arange(T), cfg)
 
-    def one(lp, x, s):
-        return _project_kv(lp, nn.apply_rms(x, s, lp.ln1, cfg.norm_offset), cos, sin)
+    def one(lp, rope, x, s):
+        cos, sin = nn.layer_rope(cos_all, sin_all, rope)
+        return _project_kv(lp, cfg, nn.apply_rms(x, s, lp.ln1, cfg.norm_offset), cos, sin)
 
-    k, v = jax.vmap(one)(params.layers, inter.resid[:-1], inter.ln1_scale)  # [L, B, T, K, E]
+    ropes = jnp.asarray(layer_rope_array(cfg))
+    k, v = jax.vmap(one)(params.layers, ropes, inter.resid[:-1], inter.ln1_scale)  # [L, B, T, K, E]
     pad = [(0, 0), (0, 0), (0, max_len - T), (0, 0), (0, 0)]
     return KVCache(jnp.pad(k, pad), jnp.pad(v, pad))
 
@@ -102,10 +107,10 @@ def _cached_attention(lp: LayerParams, cfg: ModelConfig, x_B1D, window, pos, cos
     Returns ``(attention output added to the residual [B, 1, D], k, v)``."""
     ln1_s = nn.rms_scale(x_B1D, cfg.rms_norm_eps)
     h = nn.apply_rms(x_B1D, ln1_s, lp.ln1, cfg.norm_offset)
-    k_new, v_new = _project_kv(lp, h, cos, sin)
+    k_new, v_new = _project_kv(lp, cfg, h, cos, sin)
     k_BSKE = jax.lax.dynamic_update_slice_in_dim(k_BSKE, k_new.astype(k_BSKE.dtype), pos, axis=1)
     v_BSKE = jax.lax.dynamic_update_slice_in_dim(v_BSKE, v_new.astype(v_BSKE.dtype), pos, axis=1)
-    q = nn.project_queries(h, lp.wq, cos, sin)
+    q = nn.project_queries(h, lp.wq, cos, sin, lp.q_norm, cfg)
     mask = nn.attention_mask(1, k_BSKE.shape[1], window, q_start=pos)  # [1, S]
     pattern = nn.softmax_pattern(q, k_BSKE, mask, cfg, x_B1D.dtype)
     a = nn.mix_values(pattern, v_BSKE, lp.wo, cfg)
@@ -131,12 +136,14 @@ def decode_step(
     ``mlp_fn``/``mlp_at`` mean what they mean in ``transformer.forward_fn`` (no frozen constants here: every
     scale and pattern of a new token is live)."""
     x = embed(params, cfg, tokens_B[:, None])
-    cos, sin = nn.rope_cos_sin(jnp.reshape(pos, (1,)), cfg)
+    cos_all, sin_all = nn.rope_cos_sin(jnp.reshape(pos, (1,)), cfg)
     windows = jnp.asarray(layer_windows_array(cfg))
+    ropes = jnp.asarray(layer_rope_array(cfg))
 
     def step(carry, xs):
         x, state, k_all, v_all = carry
-        lp, window, layer = xs
+        lp, window, rope, layer = xs
+        cos, sin = nn.layer_rope(cos_all, sin_all, rope)
         a, k, v = _cached_attention(lp, cfg, x, window, pos, cos, sin, k_all[layer], v_all[layer])
         k_all, v_all = k_all.at[layer].set(k), v_all.at[layer].set(v)
         mid = x + a
@@ -153,7 +160,7 @@ def decode_step(
 
     carry = (x, mlp_state, cache.k, cache.v)
     (x, state, k_all, v_all), _ = jax.lax.scan(
-        step, carry, (params.layers, windows, jnp.arange(cfg.n_layers))
+        step, carry, (params.layers, windows, ropes, jnp.arange(cfg.n_layers))
     )
     logits, _, _ = unembed(params, cfg, x)
     return logits[:, 0], KVCache(k_all, v_all), state

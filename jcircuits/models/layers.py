@@ -1,5 +1,5 @@
-"""Building blocks shared by every architecture: RMSNorm, RoPE (incl. llama3 scaling), GQA attention with
-sliding windows and soft-capping, gated MLPs.
+"""Building blocks shared by every architecture: RMSNorm, RoPE (incl. llama3 and linear scaling, and per-layer
+bases), QK-norm, GQA attention with sliding windows and soft-capping, gated MLPs.
 
 Einsum legend: B batch, T query positions, S key positions, D model, H query heads, K kv heads,
 G query heads per kv head (H = K·G), E head dim, F MLP hidden.
@@ -42,11 +42,13 @@ def apply_rms(x_BTD: jax.Array, scale_BT1: jax.Array, weight_D: jax.Array, offse
 
 def rope_inv_freq(head_dim: int, theta: float, scaling: RopeScaling | None) -> np.ndarray:
     """Inverse frequencies ``[E/2]`` in float32, computed from an integer arange exactly as HF does
-    (including the llama3 NTK-by-parts scaling)."""
+    (including the llama3 NTK-by-parts and the linear scaling)."""
     exponent = np.arange(0, head_dim, 2, dtype=np.int64).astype(np.float32) / np.float32(head_dim)
     inv = (np.float32(1.0) / (np.float32(theta) ** exponent)).astype(np.float32)
     if scaling is None:
         return inv
+    if scaling.rope_type == "linear":
+        return (inv / np.float32(scaling.factor)).astype(np.float32)
     f, lo, hi = np.float32(scaling.factor), scaling.low_freq_factor, scaling.high_freq_factor
     old = scaling.original_max_position_embeddings
     low_wavelen, high_wavelen = old / lo, old / hi
@@ -59,11 +61,26 @@ def rope_inv_freq(head_dim: int, theta: float, scaling: RopeScaling | None) -> n
 
 
 def rope_cos_sin(positions_T: jax.Array, cfg: ModelConfig) -> tuple[jax.Array, jax.Array]:
-    """cos/sin tables ``[T, E]`` in float32 for the (rotate-half) RoPE convention of HF Gemma/Llama."""
-    inv = jnp.asarray(rope_inv_freq(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling))
-    freqs = positions_T.astype(jnp.float32)[:, None] * inv[None, :]
+    """cos/sin tables ``[R, T, E]`` in float32 for the (rotate-half) RoPE convention of HF Gemma/Llama/Qwen, one
+    per entry of ``cfg.rope_bases`` (R = 1, or 2 for Gemma-3's global and local bases); layer ``l`` uses table
+    ``cfg.layer_rope_index[l]`` (``layer_rope``)."""
+    inv = jnp.asarray(np.stack([rope_inv_freq(cfg.head_dim, t, s) for t, s in cfg.rope_bases]))  # [R, E/2]
+    freqs = positions_T.astype(jnp.float32)[None, :, None] * inv[:, None, :]
     emb = jnp.concatenate([freqs, freqs], axis=-1)
     return jnp.cos(emb), jnp.sin(emb)
+
+
+def layer_rope(cos_RTE: jax.Array, sin_RTE: jax.Array, index) -> tuple[jax.Array, jax.Array]:
+    """The ``[T, E]`` tables of one layer (``index``: its entry of ``cfg.layer_rope_index``, may be traced)."""
+    return cos_RTE[index], sin_RTE[index]
+
+
+def qk_normalize(x_BTNE: jax.Array, weight_E: jax.Array | None, cfg: ModelConfig) -> jax.Array:
+    """QK-norm (Qwen3, Gemma-3): RMSNorm over the head dim of every head, gain ``cfg.norm_offset + w``;
+    the identity when ``weight_E`` is ``None`` (models without it)."""
+    if weight_E is None:
+        return x_BTNE
+    return apply_rms(x_BTNE, rms_scale(x_BTNE, cfg.rms_norm_eps), weight_E, cfg.norm_offset)
 
 
 def apply_rope(x_BTNE: jax.Array, cos_TE: jax.Array, sin_TE: jax.Array) -> jax.Array:
@@ -92,14 +109,20 @@ def attention_mask(t_q: int, t_k: int, window: jax.Array | int | None, q_start=N
     return mask
 
 
-def project_queries(x_BTD: jax.Array, wq_DHE: jax.Array, cos_TE: jax.Array, sin_TE: jax.Array) -> jax.Array:
-    """Roped queries ``[B, T, H, E]``."""
-    return apply_rope(jnp.einsum("btd,dhe->bthe", x_BTD, wq_DHE), cos_TE, sin_TE)
+def project_queries(
+    x_BTD: jax.Array, wq_DHE: jax.Array, cos_TE: jax.Array, sin_TE: jax.Array, norm_E=None, cfg=None
+) -> jax.Array:
+    """Roped queries ``[B, T, H, E]`` (QK-normed before RoPE when ``norm_E`` is given, with ``cfg``)."""
+    q = jnp.einsum("btd,dhe->bthe", x_BTD, wq_DHE)
+    return apply_rope(q if norm_E is None else qk_normalize(q, norm_E, cfg), cos_TE, sin_TE)
 
 
-def project_keys(x_BSD: jax.Array, wk_DKE: jax.Array, cos_SE: jax.Array, sin_SE: jax.Array) -> jax.Array:
-    """Roped keys ``[B, S, K, E]``."""
-    return apply_rope(jnp.einsum("bsd,dke->bske", x_BSD, wk_DKE), cos_SE, sin_SE)
+def project_keys(
+    x_BSD: jax.Array, wk_DKE: jax.Array, cos_SE: jax.Array, sin_SE: jax.Array, norm_E=None, cfg=None
+) -> jax.Array:
+    """Roped keys ``[B, S, K, E]`` (QK-normed before RoPE when ``norm_E`` is given, with ``cfg``)."""
+    k = jnp.einsum("bsd,dke->bske", x_BSD, wk_DKE)
+    return apply_rope(k if norm_E is None else qk_normalize(k, norm_E, cfg), cos_SE, sin_SE)
 
 
 def project_values(x_BSD: jax.Array, wv_DKE: jax.Array) -> jax.Array:
@@ -136,10 +159,13 @@ def attention_pattern(
     sin_TE: jax.Array,
     mask_TS: jax.Array,
     cfg: ModelConfig,
+    q_norm_E: jax.Array | None = None,
+    k_norm_E: jax.Array | None = None,
 ) -> jax.Array:
-    """Post-softmax attention pattern ``[B, H, T, S]`` in the activation dtype (softmax in float32)."""
-    q = project_queries(x_BTD, wq_DHE, cos_TE, sin_TE)
-    k = project_keys(x_BTD, wk_DKE, cos_TE, sin_TE)
+    """Post-softmax attention pattern ``[B, H, T, S]`` in the activation dtype (softmax in float32); with QK-norm
+    weights, queries and keys are normalised per head before RoPE."""
+    q = project_queries(x_BTD, wq_DHE, cos_TE, sin_TE, q_norm_E, cfg)
+    k = project_keys(x_BTD, wk_DKE, cos_TE, sin_TE, k_norm_E, cfg)
     return softmax_pattern(q, k, mask_TS, cfg, x_BTD.dtype)
 
 

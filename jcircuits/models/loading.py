@@ -130,7 +130,7 @@ def params_to_numpy(params: Params) -> dict[str, Any]:
 def load_params(
     path_or_repo: str | os.PathLike, *, dtype: Any = jnp.float32, revision: str | None = None
 ) -> tuple[Params, ModelConfig]:
-    """Load an HF Gemma-2 / Llama-3 checkpoint from a local directory, ``org/repo`` or
+    """Load an HF Gemma-2 / Gemma-3 / Llama-3 / Qwen3 checkpoint from a local directory, ``org/repo`` or
     ``hf://org/repo?revision=``.
 
     Returns ``(params, cfg)``. Weights are converted tensor by tensor into ``dtype`` on the host (bf16 checkpoints

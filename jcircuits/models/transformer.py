@@ -1,4 +1,4 @@
-"""The decoder: pure functions over a params pytree, shared by Gemma-2 and Llama-3.
+"""The decoder: pure functions over a params pytree, shared by Gemma-2, Gemma-3, Llama-3 and Qwen3.
 
 ``forward(params, cfg, tokens)`` is the model. Two optional arguments make it the object of interpretability:
 
@@ -16,7 +16,8 @@ a traced int (layers run under ``lax.scan``); ``state`` is threaded through the 
 carries its pending writes there). Models know nothing of transcoders: this argument is the only seam.
 
 Layers are stacked (every weight has a leading ``L`` axis) and run under ``jax.lax.scan``, so compile time does not
-grow with depth; per-layer sliding windows are scanned alongside the weights.
+grow with depth; per-layer sliding windows and RoPE table indices (Gemma-3's local and global bases) are scanned
+alongside the weights.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ __all__ = [
     "param_shapes",
     "param_axes",
     "layer_windows_array",
+    "layer_rope_array",
     "embed",
     "unembed",
     "block_attention",
@@ -71,8 +73,10 @@ class LayerParams:
     w_gate: jax.Array  # [D, F]
     w_up: jax.Array  # [D, F]
     w_down: jax.Array  # [F, D]
-    post_attn_norm: jax.Array | None = None  # [D] (Gemma-2)
-    post_mlp_norm: jax.Array | None = None  # [D] (Gemma-2)
+    post_attn_norm: jax.Array | None = None  # [D] (Gemma-2, Gemma-3)
+    post_mlp_norm: jax.Array | None = None  # [D] (Gemma-2, Gemma-3)
+    q_norm: jax.Array | None = None  # [E] QK-norm of queries (Qwen3, Gemma-3)
+    k_norm: jax.Array | None = None  # [E] QK-norm of keys (Qwen3, Gemma-3)
 
 
 @pytree_dataclass
@@ -177,6 +181,7 @@ def param_specs(cfg: ModelConfig) -> Params:
     post = cfg.post_norms
     gain, dense, emb = _gain(cfg), _normal(D), _normal(D if cfg.embed_scale else 1)
     norm = ArrayInfo((L, D), ("layers", "embed"), gain)
+    head_norm = ArrayInfo((L, E), ("layers", "head_dim"), gain) if cfg.qk_norm else None
     return Params(
         embed=ArrayInfo((V, D), ("vocab", "embed"), emb),
         layers=LayerParams(
@@ -191,6 +196,8 @@ def param_specs(cfg: ModelConfig) -> Params:
             w_down=ArrayInfo((L, F, D), ("layers", "mlp", "embed"), _normal(F)),
             post_attn_norm=norm if post else None,
             post_mlp_norm=norm if post else None,
+            q_norm=head_norm,
+            k_norm=head_norm,
         ),
         final_norm=ArrayInfo((D,), ("embed",), gain),
         unembed=None if cfg.tie_embeddings else ArrayInfo((D, V), ("embed", "vocab"), emb),
@@ -218,6 +225,12 @@ def init_params(cfg: ModelConfig, key: jax.Array, dtype=jnp.float32, scale: floa
 def layer_windows_array(cfg: ModelConfig) -> np.ndarray:
     """Per-layer sliding windows as int32 (0 = global), scanned alongside the layer weights."""
     return np.array([w or 0 for w in cfg.layer_windows], dtype=np.int32)
+
+
+def layer_rope_array(cfg: ModelConfig) -> np.ndarray:
+    """Per-layer index into the RoPE tables of ``layers.rope_cos_sin`` as int32, scanned alongside the
+    weights."""
+    return np.array(cfg.layer_rope_index, dtype=np.int32)
 
 
 # ------------------------------------------------------------------------------------------------ pieces
@@ -255,7 +268,8 @@ def block_attention(lp: LayerParams, cfg: ModelConfig, x, window, cos, sin, froz
     ln1_s = nn.rms_scale(x, cfg.rms_norm_eps) if frozen is None or frozen[0] is None else frozen[0]
     h = nn.apply_rms(x, ln1_s, lp.ln1, cfg.norm_offset)
     if frozen is None or frozen[1] is None:
-        pattern = nn.attention_pattern(h, lp.wq, lp.wk, cos, sin, nn.attention_mask(T, T, window), cfg)
+        mask = nn.attention_mask(T, T, window)
+        pattern = nn.attention_pattern(h, lp.wq, lp.wk, cos, sin, mask, cfg, lp.q_norm, lp.k_norm)
     else:
         pattern = frozen[1]
     a = nn.attention_values(h, pattern, lp.wv, lp.wo, cfg)
@@ -371,9 +385,10 @@ def forward_fn(
     ``"mlp_out_raw"`` (the MLP's own output; Gemma-2's post-MLP norm is applied to it, with the frozen scale
     when ``frozen`` is given)."""
     T = tokens.shape[1]
-    cos, sin = nn.rope_cos_sin(jnp.arange(T), cfg)
+    cos_all, sin_all = nn.rope_cos_sin(jnp.arange(T), cfg)
     x = embed(params, cfg, tokens)
     windows = jnp.asarray(layer_windows_array(cfg))
+    ropes = jnp.asarray(layer_rope_array(cfg))
     layer_ids = jnp.arange(cfg.n_layers)
     if frozen is not None:
         fz = (
@@ -388,7 +403,8 @@ def forward_fn(
 
     def step(carry, xs):
         x, state = carry
-        lp, window, layer, fzl = xs
+        lp, window, rope, layer, fzl = xs
+        cos, sin = nn.layer_rope(cos_all, sin_all, rope)
         mid, (ln1_s, pattern, post_a, a) = block_attention(
             lp, cfg, x, window, cos, sin, None if fzl is None else fzl[:3]
         )
@@ -418,7 +434,7 @@ def forward_fn(
             )
         return (out, state), ys
 
-    (x_final, state), ys = jax.lax.scan(step, (x, mlp_state), (params.layers, windows, layer_ids, fz))
+    (x_final, state), ys = jax.lax.scan(step, (x, mlp_state), (params.layers, windows, ropes, layer_ids, fz))
     logits, normed, fscale = unembed(params, cfg, x_final, None if frozen is None else frozen.final_scale)
     inter = None
     if capture:

@@ -108,14 +108,16 @@ def load_model_sharded(
     revision: str | None = None,
     reads: list | None = None,
 ) -> tuple[Params, ModelConfig]:
-    """Load an HF Gemma-2/Llama-3 checkpoint straight into ``Params`` laid out on ``mesh`` (``param_axes`` +
-    ``RULES``). Each process reads only the slices its devices hold. Returns ``(params, cfg)``; the values equal
+    """Load an HF Gemma-2/Gemma-3/Llama-3/Qwen3 checkpoint straight into ``Params`` laid out on ``mesh``
+    (``param_axes`` + ``RULES``). Each process reads only the slices its devices hold. Returns ``(params, cfg)``; the values equal
     ``loading.load_model``'s exactly."""
     model_dir = resolve_model_dir(path_or_repo, revision=revision)
     cfg = config_from_hf(model_dir)
-    dims = hf_conv.Dims.from_hf(hf_conv.read_hf_config(model_dir))
+    hf_config = hf_conv.read_hf_config(model_dir)
+    dims = hf_conv.Dims.from_hf(hf_config)
     axes = param_axes(cfg)
-    ck = open_checkpoint(model_dir)  # memory maps; kept open by the callbacks' closures until loading ends
+    # memory maps; kept open by the callbacks' closures until loading ends (a multimodal Gemma-3: its text tower)
+    ck = hf_conv.text_view(open_checkpoint(model_dir), hf_config)
     hf_conv.check_checkpoint(ck, dims)  # the checks (and messages) of host loading, before anything is read
     out: dict[str, Any] = {}
     layer_out: dict[str, Any] = {}

@@ -116,7 +116,7 @@ class TrainConfig:
             ),
             (
                 not (self.activation == "topk" and self.kind == "clt"),
-                "TopK cross-layer transcoders are not supported by the loaders; use relu or jumprelu",
+                "training TopK cross-layer transcoders is not implemented (they load and trace); use relu or jumprelu",
             ),
             (
                 self.decoder_norm in ("penalty", "unit"),

@@ -73,8 +73,6 @@ class TranscoderConfig:
             raise TranscoderError(f"activation must be one of {ACTIVATIONS}, got {self.activation!r}")
         if self.activation == "topk" and not (self.top_k and self.top_k > 0):
             raise TranscoderError("a TopK transcoder needs top_k >= 1")
-        if self.activation == "topk" and self.kind == "clt":
-            raise TranscoderError("TopK cross-layer transcoders are not supported (ReLU or JumpReLU)")
         if self.input_hook not in HOOKS_IN:
             raise TranscoderError(f"unknown feature_input_hook {self.input_hook!r}; known: {list(HOOKS_IN)}")
         if self.output_hook not in HOOKS_OUT:

@@ -26,6 +26,10 @@ CASES = [
     ("gemma2", "plt", "relu", True, "mlp.hook_in", "mlp.hook_out"),
     ("gemma2", "clt", "jumprelu", False, "hook_resid_mid", "mlp.hook_out"),
     ("llama", "clt", "relu", True, "ln2.hook_normalized", "hook_mlp_out"),
+    ("qwen3", "plt", "jumprelu", True, "mlp.hook_in", "mlp.hook_out"),
+    ("qwen3", "clt", "topk", False, "hook_resid_mid", "mlp.hook_out"),
+    ("gemma3", "plt", "topk", False, "ln2.hook_normalized", "hook_mlp_out"),
+    ("gemma3", "clt", "jumprelu", True, "mlp.hook_in", "mlp.hook_out"),
 ]
 TOKENS = np.array([1, 5, 9, 33, 7, 2, 60, 11, 4, 8, 17])
 
@@ -124,7 +128,8 @@ def _assert_columns_match_perturbations(model, ts, g, rep, cols):
 def test_adjacency_columns_equal_frozen_perturbation_effects(case):
     arch, kind, act, skip, ih, oh = case
     model = tiny_model(arch)
-    ts = tiny_transcoders(model.cfg, kind, act, skip, input_hook=ih, output_hook=oh)
+    top_k = 5 if act == "topk" else None
+    ts = tiny_transcoders(model.cfg, kind, act, skip, input_hook=ih, output_hook=oh, top_k=top_k)
     g = attribute(model, ts, TOKENS, batch_size=64)
     rep = replace(model, ts, TOKENS)
     L, T = model.cfg.n_layers, len(TOKENS)

@@ -22,6 +22,8 @@ KINDS = [
     ("gemma2", "clt", "jumprelu", False, "hook_resid_mid", "mlp.hook_out"),
     ("llama", "clt", "relu", True, "mlp.hook_in", "hook_mlp_out"),
     ("llama", "plt", "topk", False, "mlp.hook_in", "mlp.hook_out"),
+    ("qwen3", "clt", "topk", True, "hook_resid_mid", "mlp.hook_out"),
+    ("gemma3", "plt", "topk", False, "ln2.hook_normalized", "hook_mlp_out"),
 ]
 
 

@@ -44,6 +44,22 @@ def test_kv_cache_generation_equals_full_recompute(arch):
     assert len(set(ref_toks.tolist())) > 1  # not a degenerate repeat of one token
 
 
+@pytest.mark.parametrize("arch", ["qwen3", "gemma3"])
+def test_kv_cache_logits_equal_one_forward_over_the_generated_sequence(arch):
+    """Qwen3 / Gemma-3 (QK-norm on cached keys, windows shorter than prompt + new tokens, Gemma-3's two RoPE bases):
+    every cached step's logits equal those of one full forward over the prompt and the generated tokens at the
+    same position; compared as continuous values on the cache's own tokens, so no argmax tie can decide it."""
+    model = tiny_model(arch)
+    cfg = model.cfg
+    assert cfg.qk_norm and max(w or 0 for w in cfg.layer_windows) < len(PROMPT) + N
+    new, logits = generate_plain(model.params, cfg, PROMPT[None], N)
+    seq = np.concatenate([PROMPT, np.asarray(new)[0]])
+    full = np.asarray(forward(model.params, cfg, seq[None])[0])  # [T + N, V]
+    T = len(PROMPT)
+    np.testing.assert_allclose(np.asarray(logits)[0], full[T - 1 : T + N - 1], atol=1e-4)
+    assert len(set(np.asarray(new)[0].tolist())) > 1  # not a degenerate repeat of one token
+
+
 GEN_CASES = [
     ("llama", "plt", "jumprelu", False, "mlp.hook_in", "mlp.hook_out"),
     ("llama", "plt", "relu", True, "mlp.hook_in", "mlp.hook_out"),

@@ -33,12 +33,18 @@ TINY = [
     ("llama", "clt", "relu", True, "ln2.hook_normalized", "hook_mlp_out"),
 ]
 TINY_IDS = [f"{a}-{k}-{f}{'-skip' if s else ''}" for a, k, f, s, *_ in TINY]
+QK_NORM = [  # Qwen3 and Gemma-3 (QK-norm, Gemma-3's two RoPE bases), a TopK CLT among them
+    ("qwen3", "plt", "jumprelu", True, "mlp.hook_in", "mlp.hook_out"),
+    ("gemma3", "clt", "topk", False, "hook_resid_mid", "hook_mlp_out"),
+]
+QK_NORM_IDS = [f"{a}-{k}-{f}{'-skip' if s else ''}" for a, k, f, s, *_ in QK_NORM]
 
 
 def _tiny(case):
     arch, kind, act, skip, ih, oh = case
     model = tiny_model(arch)
-    return model, tiny_transcoders(model.cfg, kind, act, skip, input_hook=ih, output_hook=oh)
+    top_k = 5 if act == "topk" else None
+    return model, tiny_transcoders(model.cfg, kind, act, skip, input_hook=ih, output_hook=oh, top_k=top_k)
 
 
 # ----------------------------------------------------------------------------------- circuit-tracer parity
@@ -95,7 +101,7 @@ def _pre_softcap(logits, cap):
     return x if cap is None else cap * np.arctanh(x / cap)
 
 
-@pytest.mark.parametrize("case", TINY, ids=TINY_IDS)
+@pytest.mark.parametrize("case", TINY + QK_NORM, ids=TINY_IDS + QK_NORM_IDS)
 def test_doubling_a_feature_with_all_layers_constrained_moves_every_target_by_its_edge(case):
     model, ts = _tiny(case)
     cfg = model.cfg

@@ -3,7 +3,7 @@
 Seeded tiny random models (``hf_tiny``) are saved with ``save_pretrained``, loaded through ``load_model`` (so
 the converter is part of what is tested) and run on several prompts. Tolerances:
 
-* float32 logits: max-abs ≤ 1e-4 (measured: Gemma-2 ≤ 7e-6, Llama-3 ≤ 4e-5).
+* float32 logits: max-abs ≤ 1e-4 (measured: Gemma-2 ≤ 7e-6, Llama-3 ≤ 4e-5, Qwen3 ≤ 2e-5, Gemma-3 ≤ 3e-5).
 * float32 intermediates: attention patterns max-abs ≤ 1e-5; residual stream, MLP input/output, final-normed
   residual max-abs ≤ 1e-5 · max(1, max|reference|) — float32 rounding grows with the magnitude of the stream
   (these random models reach |x| ≈ 30), so the bound is relative to it (measured ≤ 3e-6 relative; attention
@@ -15,6 +15,8 @@ the converter is part of what is tested) and run on several prompts. Tolerances:
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import hf_tiny
 import jax
@@ -32,6 +34,11 @@ CASES = {
     "gemma2_mha": lambda: hf_tiny.gemma2_config(n_kv_heads=4),
     "llama3_gqa_untied": lambda: hf_tiny.llama_config(n_kv_heads=2, tied=False),
     "llama3_mha_tied": lambda: hf_tiny.llama_config(n_kv_heads=4, tied=True),
+    "qwen3_gqa_sliding_untied": lambda: hf_tiny.qwen3_config(n_kv_heads=2, tied=False, sliding=True),
+    "qwen3_mha_tied": lambda: hf_tiny.qwen3_config(n_kv_heads=4, tied=True, sliding=False),
+    "gemma3_gqa_final_softcap": lambda: hf_tiny.gemma3_config(n_kv_heads=2, final_logit_softcapping=30.0),
+    # transformers' multimodal Gemma-3 applies no final soft-cap (config_from_hf refuses one there)
+    "gemma3_multimodal_mqa": lambda: hf_tiny.gemma3_multimodal_config(n_kv_heads=1),
 }
 L_LONG = hf_tiny.LONG_PROMPT
 
@@ -47,12 +54,13 @@ def _hf_run(model, tokens):
         return hook
 
     hooks = []
-    for layer in model.model.layers:
+    layers = hf_tiny.text_layers(model)
+    for layer in layers:
         hooks.append(layer.mlp.register_forward_hook(keep("mlp_in", "in")))
         hooks.append(layer.mlp.register_forward_hook(keep("mlp_out_raw", "out")))
         if hasattr(layer, "post_feedforward_layernorm"):
             hooks.append(layer.post_feedforward_layernorm.register_forward_hook(keep("mlp_out", "out")))
-    hooks.append(model.model.layers[-1].register_forward_hook(keep("last", "out")))
+    hooks.append(layers[-1].register_forward_hook(keep("last", "out")))
     try:
         with torch.no_grad():
             out = model(
@@ -83,7 +91,7 @@ def case(request, tmp_path_factory):
     model = hf_tiny.build(conf, seed=len(request.param))
     directory = hf_tiny.save(model, tmp_path_factory.mktemp(request.param))
     params, cfg = load_params(directory)
-    bos = conf.bos_token_id
+    bos = conf.get_text_config().bos_token_id
     prompts = {
         "batch3_long": hf_tiny.prompts(1, 3, L_LONG, bos),
         "batch1_short": hf_tiny.prompts(2, 1, 9, bos),
@@ -125,9 +133,40 @@ def test_float32_logits_and_intermediates_match_transformers(case):
             assert err <= bound, f"{case['name']} {prompt_name} {key}: max-abs error {err:.3g} > {bound:.3g}"
 
 
+def test_qwen3_and_gemma3_details_matter_on_the_test_prompt(case):
+    """Each Qwen3 / Gemma-3 detail changes the logits on the long prompt by far more than the parity tolerance:
+    QK-norm gains (reset to the identity), head_dim != d_model / n_heads, sliding windows shorter than the prompt
+    (removed), and for Gemma-3 the local RoPE base and the global linear scaling (each replaced by the other
+    layers')."""
+    cfg, params = case["cfg"], case["params"]
+    if cfg.arch not in ("qwen3", "gemma3"):
+        pytest.skip("Qwen3 / Gemma-3 details only")
+    tokens = case["prompts"]["batch3_long"]
+    want = _hf_run(case["model"], tokens)["logits"]
+    assert cfg.qk_norm and cfg.head_dim * cfg.n_heads != cfg.d_model
+    identity = jnp.full_like(params.layers.q_norm, 1.0 - cfg.norm_offset)
+    variants = {
+        "qk_norm identity": (
+            cfg,
+            dataclasses.replace(params, layers=dataclasses.replace(params.layers, q_norm=identity, k_norm=identity)),
+        ),
+    }
+    if any(cfg.layer_windows):
+        assert max(w or 0 for w in cfg.layer_windows) < L_LONG
+        variants["no windows"] = (cfg.replace(layer_windows=(None,) * cfg.n_layers), params)
+    if cfg.arch == "gemma3":
+        assert cfg.local_rope_theta != cfg.rope_theta and cfg.rope_scaling.rope_type == "linear"
+        assert 0 < sum(w is None for w in cfg.layer_windows) < cfg.n_layers  # local and global layers
+        variants["local base = global"] = (cfg.replace(local_rope_theta=None), params)
+        variants["global unscaled"] = (cfg.replace(rope_scaling=None), params)
+    for name, (c, p) in variants.items():
+        err = np.abs(np.asarray(forward(p, c, tokens)) - want).max()
+        assert err > 1e-2, f"{case['name']}: {name} moves the logits by only {err:.3g}"
+
+
 def test_sliding_window_layers_ignore_keys_beyond_the_window(case):
-    if case["cfg"].arch != "gemma2":
-        pytest.skip("only Gemma-2 has sliding windows")
+    if not any(case["cfg"].layer_windows):
+        pytest.skip("no sliding windows")
     tokens = case["prompts"]["batch3_long"]
     _, inter = forward(case["params"], case["cfg"], tokens, capture=True)
     pattern = np.asarray(inter.attn_pattern)  # [L, B, H, T, S]

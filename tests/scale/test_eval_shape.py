@@ -1,6 +1,5 @@
-"""``jax.eval_shape`` over ``init_params`` and ``forward`` for the published Gemma-2 / Llama-3 configs (no
-memory
-is allocated): output shapes and parameter counts match the released models."""
+"""``jax.eval_shape`` over ``init_params`` and ``forward`` for the published Gemma-2 / Llama-3 / Qwen3 configs (no
+memory is allocated): output shapes and parameter counts match the released models."""
 
 from __future__ import annotations
 
@@ -19,6 +18,7 @@ PUBLISHED_PARAMS = {  # as reported by the releases (embeddings counted once whe
     "gemma-2-9b": 9.24e9,
     "llama-3.2-1b": 1.24e9,
     "llama-3.1-8b": 8.03e9,
+    "qwen3-8b": 8.19e9,  # the model card: 8.2B, 6.95B without the (untied) embeddings
 }
 
 
@@ -38,4 +38,5 @@ def test_eval_shape_of_init_and_forward_for_published_configs(name):
     assert inter.resid.shape == (L + 1, 2, 16, D)
     assert inter.attn_pattern.shape == (L, 2, H, 16, 16)
     assert inter.mlp_out.shape == (L, 2, 16, D)
-    assert (inter.post_mlp_scale is not None) == (cfg.arch == "gemma2")
+    assert (inter.post_mlp_scale is not None) == (cfg.arch in ("gemma2", "gemma3"))
+    assert (params.layers.q_norm is not None) == cfg.qk_norm

@@ -53,6 +53,20 @@ def _hf_config(arch: str) -> dict:
     )
     if arch == "llama":
         return dict(common, model_type="llama", hidden_act="silu", tie_word_embeddings=False)
+    if arch == "qwen3":  # QK-norm weights [L, head_dim] are replicated (head_dim has no mesh axis)
+        return dict(common, model_type="qwen3", hidden_act="silu", tie_word_embeddings=False)
+    if arch == "gemma3":
+        return dict(
+            common,
+            model_type="gemma3_text",
+            hidden_activation="gelu_pytorch_tanh",
+            query_pre_attn_scalar=8,
+            sliding_window=4,
+            sliding_window_pattern=2,
+            rope_local_base_freq=1000.0,
+            rope_scaling={"rope_type": "linear", "factor": 2.0},
+            tie_word_embeddings=True,
+        )
     return dict(
         common,
         model_type="gemma2",
@@ -68,8 +82,9 @@ def _hf_config(arch: str) -> dict:
 # ------------------------------------------------------------------------------------------------ the table
 
 
-def test_every_param_and_transcoder_axis_has_a_rule():
-    cfg = tiny.tiny_config("gemma2")
+@pytest.mark.parametrize("arch", ["gemma2", "gemma3", "qwen3"])
+def test_every_param_and_transcoder_axis_has_a_rule(arch):
+    cfg = tiny.tiny_config(arch)
     names = set()
     for tree in (param_axes(cfg), shd.transcoder_axes(tiny.tiny_transcoders(cfg, skip=True).cfg)):
         for ax in jax.tree.leaves(tree, is_leaf=shd.is_axes):
@@ -131,7 +146,9 @@ def test_make_mesh_is_auto_and_checks_sizes():
 
 
 @needs8
-@pytest.mark.parametrize("arch,dtype", [("llama", "F32"), ("gemma2", "BF16")])
+@pytest.mark.parametrize(
+    "arch,dtype", [("llama", "F32"), ("gemma2", "BF16"), ("qwen3", "BF16"), ("gemma3", "F32")]
+)
 def test_sharded_model_loading_reads_only_shards_and_equals_plain_loading(tmp_path, arch, dtype):
     hf = _hf_config(arch)
     cfg = config_from_hf(hf)
@@ -156,6 +173,9 @@ def test_sharded_model_loading_reads_only_shards_and_equals_plain_loading(tmp_pa
     assert q_reads and all(shape == (32, 1, 8) for shape in q_reads), q_reads
     embed_reads = [shape for name, shape in reads if name == "model.embed_tokens.weight"]
     assert embed_reads and all(shape == (128 // 4, 32) for shape in embed_reads)
+    if cfg.qk_norm:  # replicated: each layer's whole [head_dim] vector, read once for all devices
+        norm_reads = [shape for name, shape in reads if name.endswith(("q_norm.weight", "k_norm.weight"))]
+        assert len(norm_reads) == 2 * cfg.n_layers and all(shape == (8,) for shape in norm_reads)
 
 
 @pytest.mark.parametrize("bad", ["unexpected tensor", "tied lm_head differs"])
@@ -240,12 +260,12 @@ def test_sharded_gemmascope_npz_loading_reads_slices_and_equals_plain_loading(tm
 
 
 @needs8
-@pytest.mark.parametrize("arch", ["llama", "gemma2"])
+@pytest.mark.parametrize("arch", ["llama", "gemma2", "gemma3"])
 def test_sharded_forward_equals_single_device_on_every_mesh(arch):
     model = tiny.tiny_model(arch, vocab_size=128, n_heads=4, n_kv_heads=2, d_mlp=64)
     tokens = np.asarray(jax.random.randint(jax.random.key(1), (8, 12), 0, 128), np.int32)
     want_logits, want_inter = forward(model.params, model.cfg, tokens, capture=True)
-    for shape in MESHES if arch == "llama" else [(2, 4)]:  # every mesh once; Gemma's extras on one
+    for shape in MESHES if arch == "llama" else [(2, 4)]:  # every mesh once; the others' extras on one
         mesh = shd.make_mesh(*shape)
         params = shd.shard_params(model.params, model.cfg, mesh)
         toks = shd.put(tokens, jax.sharding.NamedSharding(mesh, PartitionSpec("data")))
@@ -390,7 +410,9 @@ def test_dry_run_prints_mesh_and_shardings_and_refuses_what_cannot_fit(local_mod
     assert main(run + ["--device-memory", "400KiB"]) == 2
 
 
-@pytest.mark.parametrize("name", ["gemma-2-9b", "llama-3.1-8b"])
+@pytest.mark.parametrize(
+    "name", ["gemma-2-9b", "llama-3.1-8b", "qwen3-8b", "qwen3-14b", "gemma-3-12b-it", "gemma-3-27b-it"]
+)
 def test_tpu_config_dry_runs_fit_and_a_long_prompt_is_refused(name, capsys):
     import importlib.util
     from pathlib import Path

@@ -126,6 +126,7 @@ def test_bf16_files_roundtrip_bitwise(tmp_path):
         ("clt", "jumprelu", False, "gemmascope-2"),
         ("plt", "jumprelu", False, "gemmascope"),
         ("plt", "topk", False, "circuit-tracer"),
+        ("clt", "topk", True, "circuit-tracer"),
     ],
 )
 def test_save_load_transcoders(tmp_path, kind, activation, skip, fmt):
