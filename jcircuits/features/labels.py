@@ -27,14 +27,14 @@ def token_text(tok: str) -> str:
 
 
 def _context(examples: list[dict], fired: set[str], freq, n_context: int) -> list[str]:
-    """The rare tokens seen shortly before the firing token in at least two (and a quarter) of ``examples``, the
+    """The rare tokens seen shortly before the firing token in at least two (and 3/8) of ``examples``, the
     most often seen first (then the rarer in the corpus)."""
     seen: Counter[str] = Counter()
     for e in examples:
         i = e["train_token_ind"]
         before = {token_text(t) for t in e["tokens"][max(0, i - LOOK_BACK) : i]}
         seen.update(t for t in before if t not in fired and freq(t) < COMMON)
-    need = max(2, -(-len(examples) // 4))
+    need = max(2, -(-3 * len(examples) // 8))
     ranked = sorted((t for t, n in seen.items() if n >= need), key=lambda t: (-seen[t], freq(t), t))
     return ranked[:n_context]
 
