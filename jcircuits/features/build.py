@@ -658,8 +658,10 @@ def _finish(model, transcoders, tokens, valid_all, st, n_counted, s: DashboardSe
     for i in np.unique(tokens).tolist():
         tok_arr[i] = tok_str(i)
 
-    def _r(x: float) -> float:
-        return float(_round_sig(x, s.digits))
+    fmt = f".{int(s.digits)}g"
+
+    def _r(x: float) -> float:  # one number (the extremes); arrays go through _round_sig, which gives the same
+        return float(format(float(x), fmt))
     name = scan or tcfg.scan or model.name
     # each token's share of the counted positions, by its text (the automatic labels' sense of a common token)
     ids, n_ids = np.unique(tokens[valid_all], return_counts=True)
