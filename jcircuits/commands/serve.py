@@ -1,17 +1,54 @@
-"""``jcircuits serve``: the local graph viewer for the graph JSON files of one directory (127.0.0.1 only)."""
+"""``jcircuits serve``: the local graph viewer for the graph JSON files of one directory (127.0.0.1 only), with
+the feature dashboards of the transcoders traced (``--features DIR``, repeatable; the default model's always)."""
 
 from __future__ import annotations
 
-__all__ = ["register"]
+import sys
+from pathlib import Path
+
+__all__ = ["register", "feature_stores", "add_features_argument"]
+
+
+def feature_stores(features: list[str] | None, *, model: str | None = None, transcoders: str | None = None):
+    """The `FeatureStore` s the viewer serves: each ``--features`` folder (ours, circuit-tracer's, or a hub
+    repo's ``features/``), else those found beside the transcoders traced: the embedded default's when no
+    ``--model`` was given, a local transcoder folder's ``features/`` when it has one. A hub transcoder repo is
+    not searched (its ``features/`` can be gigabytes): name it with ``--features``."""
+    from jcircuits.features.format import INDEX_NAME, FeatureStore
+
+    if features:
+        return [FeatureStore(f) for f in features]
+    if model is None:
+        from jcircuits.default import default_features
+
+        return [default_features()]
+    if transcoders is not None:
+        base = Path(transcoders)
+        base = base.parent if base.is_file() else base
+        if (base / "features" / INDEX_NAME).is_file():
+            return [FeatureStore(base / "features")]
+    return []
+
+
+def add_features_argument(parser) -> None:
+    parser.add_argument(
+        "--features",
+        action="append",
+        metavar="DIR|REPO",
+        help="feature dashboards to show in the viewer: a folder holding index.json.gz (jcircuits features "
+        "build, or circuit-tracer's) or a hub repo with a features/ folder; repeat for several transcoder sets "
+        "(default: the default model's, or a local --transcoders folder's features/)",
+    )
 
 
 def cmd_serve(args) -> int:
-    import sys
-
+    from jcircuits.default import default_features
     from jcircuits.view.server import serve
 
+    # the default model's dashboards too: the viewer uses a store only for graphs of its transcoder set
+    stores = feature_stores(args.features, model="given") + [default_features()]
     try:
-        serve(args.graph_dir, args.port, slug=args.graph)
+        serve(args.graph_dir, args.port, slug=args.graph, features=stores)
     except OSError as e:  # no such directory, port in use, permission denied
         print(f"jcircuits serve: error: {e}", file=sys.stderr)
         return 2
@@ -30,4 +67,5 @@ def register(sub) -> None:
         "--port", type=port_number, default=DEFAULT_PORT, help=f"port on 127.0.0.1 (default {DEFAULT_PORT})"
     )
     a.add_argument("--graph", help="slug of the graph to open first")
+    add_features_argument(a)
     a.set_defaults(func=cmd_serve)
