@@ -46,7 +46,7 @@ from jcircuits.features.labels import auto_label
 from jcircuits.view import DEFAULT_PORT, HOST
 from jcircuits.view.export import INDEX_NAME, validate_graph_json, validate_qparams, write_json_atomic
 
-__all__ = ["make_server", "serve", "STATIC_DIR", "DEFAULT_PORT", "HOST"]
+__all__ = ["make_server", "serve", "pick_store", "STATIC_DIR", "DEFAULT_PORT", "HOST"]
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 GZIP_ABOVE = 1024**2  # bytes, as circuit-tracer's local server
@@ -309,14 +309,13 @@ def _store_info(store: FeatureStore) -> dict:
     return {"scan": store.meta.get("scan"), "n_layers": store.n_layers, "source": str(store.root)}
 
 
-def _pick_store(stores: list[FeatureStore], scan: str | None) -> FeatureStore:
+def pick_store(stores: list[FeatureStore], scan: str | None) -> FeatureStore:
     """The store made for transcoder set ``scan`` (the graph's ``metadata.scan``). Failing that, a store that
     records no transcoder set (circuit-tracer's folders do not) stands in when it is the only such store, as
-    does the only store when the graph names none (``"local"``): dashboards of another set are never shown."""
+    does the only store when the graph names none (``"local"``): dashboards of another set are never shown.
+    LookupError says what is missing."""
     if not stores:
-        raise _HTTPError(
-            HTTPStatus.NOT_FOUND, "this server has no feature dashboards (start it with --features DIR)"
-        )
+        raise LookupError("no feature dashboards were given (--features DIR)")
     named = [s for s in stores if scan and s.meta.get("scan") == scan]
     if named:
         return named[0]
@@ -325,11 +324,17 @@ def _pick_store(stores: list[FeatureStore], scan: str | None) -> FeatureStore:
         return anonymous[0]
     if len(stores) == 1 and scan in (None, "", "local"):
         return stores[0]
-    raise _HTTPError(
-        HTTPStatus.NOT_FOUND,
-        f"no feature dashboards for transcoders {scan!r} (have {[_store_info(s)['scan'] for s in stores]}); "
-        "start the viewer with --features DIR for them",
+    have = [_store_info(s)["scan"] for s in stores]
+    raise LookupError(
+        f"no feature dashboards for transcoders {scan!r} (have {have}); give them with --features DIR"
     )
+
+
+def _pick_store(stores: list[FeatureStore], scan: str | None) -> FeatureStore:
+    try:
+        return pick_store(stores, scan)
+    except LookupError as e:
+        raise _HTTPError(HTTPStatus.NOT_FOUND, str(e)) from None
 
 
 class _dir_lock:  # noqa: N801 (used like a function)

@@ -298,3 +298,37 @@ def test_subgraph_lays_out_pins_by_layer_and_pinned_order_and_saves_dragged_posi
     assert again["x"] == pytest.approx(after["x"], abs=0.5) and again["y"] == pytest.approx(
         after["y"], abs=0.5
     )
+
+
+def test_shared_html_opens_from_disk_read_only_with_its_dashboards(page, graph_dir, store, tmp_path):
+    doc = json.loads((graph_dir / "texas.json").read_text())
+    node = features_by_influence(doc)[0]
+    other = features_by_influence(doc)[1]
+    out = tmp_path / "texas.html"
+    assert cli_main(["share", str(graph_dir / "texas.json"), "-o", str(out)]) == 0
+    requests: list[str] = []
+    page.on("request", lambda r: requests.append(r.url))
+    page.goto(f"{out.as_uri()}?graph=texas&pinnedIds={other['node_id']}")
+    page.wait_for_function("window.jcViewer && (window.jcViewer.state.ready || window.jcViewer.state.error)")
+    assert page.evaluate("window.jcViewer.state.error") is None
+    assert all(u.startswith(("file:", "data:")) for u in requests), requests  # no server, no network
+    assert page.evaluate("window.jcViewer.state.nodes.length") == len(doc["nodes"])
+    assert page.evaluate("window.jcViewer.state.pinned") == [other["node_id"]]  # URL state works from disk
+    assert page.locator("#save").is_hidden()
+
+    rec = store.feature(*layer_index(node))
+    click_node(page, node["node_id"])
+    panel = page.locator("#feature-panel")
+    panel.locator(".fp-top-logits li").first.wait_for()
+    assert panel.locator(".fp-top-logits li").first.inner_text() == rec["top_logits"][0]
+    top = rec["examples_quantiles"][0]["examples"][0]
+    assert (
+        panel.locator(".fp-top .fp-example").first.locator(".tok.max").inner_text()
+        == top["tokens"][top["train_token_ind"]]
+    )
+    wait_labels(page)
+    page.fill("#clerp-input", "edited, not saved")
+    page.click("#clerp-form button[type=submit]")
+    assert "read-only" in page.locator("#status").inner_text()
+    assert "edited" in page.evaluate("window.jcViewer.viewUrl()")  # …but kept in the link
+    page.screenshot(path=str(SHOTS / "25-shared-html-file.png"))

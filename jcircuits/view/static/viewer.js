@@ -1231,11 +1231,11 @@
     computeVisibility();  // a selected node stays visible whatever the sliders say
     renderDetails();
     scheduleRender();
-    syncUrl();
+    syncUrl(true);
   }
 
   function markDirty() {
-    syncUrl();
+    syncUrl(true);
     if (SHARED) { setStatus('read-only file: Copy link keeps these edits'); return; }
     state.dirty = true;
     $('save').disabled = false;
@@ -1602,6 +1602,7 @@
     return url;
   }
 
+  // discrete edits write the URL at once (a reload right after keeps them); slider drags are debounced
   let urlTimer = 0;
   function syncUrl(now = false) {
     if (!state.doc) return;
@@ -1641,6 +1642,8 @@
       const reply = await res.json().catch(() => ({}));
       if (!res.ok) throw new Error(reply.error || `HTTP ${res.status}`);
       state.clerps = {};
+      state.fileClerps = new Map(state.nodes.map((n) => [n.node_id, n.clerp || '']));
+      syncUrl(true);
       state.dirty = false;
       $('save').disabled = true;
       setStatus('saved', 'ok');
