@@ -15,7 +15,8 @@ Binds 127.0.0.1 only (the viewer is for the person at this machine; saves write 
   from the record when the store ships none). ``scan`` picks the store whose dashboards were made for that
   transcoder set (the graph's ``metadata.scan``); with one store it is the default.
 - ``POST /features/labels.json``: ``{"scan": NAME, "features": [[layer, index], …]}`` → ``{"labels":
-  {"layer/index": text}}`` for the features that have a stored label (people's or automatic); at most
+  {"layer/index": text}, "kind": "plt" | "clt" | null}`` for the features that have a stored label (people's or
+  automatic) and the transcoders' kind as the store records it (the graph JSON does not say); at most
   ``MAX_LABEL_REQUEST`` features a request. The viewer draws them beside nodes.
 - ``POST /graphs/<slug>.json``: save annotations, body ``{"qParams": {...}, "clerps": {node_id: label}}``
   (both optional). The server merges them into the file on disk, checks the result is still a graph
@@ -254,7 +255,7 @@ class _Handler(BaseHTTPRequestHandler):
             lab = store.label(layer, index)
             if lab and lab.get("label"):
                 labels[f"{layer}/{index}"] = lab["label"]
-        return {"labels": labels}
+        return {"labels": labels, "kind": store.meta.get("kind")}
 
     # ---- POST (save annotations)
     def do_POST(self) -> None:  # noqa: N802
@@ -306,7 +307,12 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 def _store_info(store: FeatureStore) -> dict:
-    return {"scan": store.meta.get("scan"), "n_layers": store.n_layers, "source": str(store.root)}
+    return {
+        "scan": store.meta.get("scan"),
+        "kind": store.meta.get("kind"),
+        "n_layers": store.n_layers,
+        "source": str(store.root),
+    }
 
 
 def pick_store(stores: list[FeatureStore], scan: str | None) -> FeatureStore:

@@ -3,8 +3,9 @@ and the dashboards of the features the graph shows, so it opens from disk (``fil
 no server. It is read-only: pins, labels and supernodes can be changed and shared by URL, not saved.
 
 The data rides in ``window.JC_SHARED = {"graph": <graph JSON>, "features": {"layer/index": {"record", "label",
-"label_source"}}}``, the shape the server's ``/features/<layer>/<index>.json`` answers with. Every ``<`` in it is
-written ``\\u003c`` (and U+2028/U+2029 escaped), so no label or token can end the script element early.
+"label_source"}}, "transcoder_kind"}``, each dashboard in the shape the server's ``/features/<layer>/<index>.json``
+answers with. Every ``<`` in it is written ``\\u003c`` (and U+2028/U+2029 escaped), so no label or token can
+end the script element early.
 """
 
 from __future__ import annotations
@@ -52,8 +53,11 @@ def _script_json(obj: Any) -> str:
     return text.replace("<", "\\u003c").replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
 
 
-def share_html(doc: dict[str, Any], features: dict[str, dict] | None = None) -> str:
-    """The HTML text of the one-file viewer for graph ``doc`` (validated) with ``features`` embedded."""
+def share_html(
+    doc: dict[str, Any], features: dict[str, dict] | None = None, *, kind: str | None = None
+) -> str:
+    """The HTML text of the one-file viewer for graph ``doc`` (validated) with ``features`` embedded; ``kind``
+    (``"plt"``/``"clt"``, from the dashboards' store) names the transcoders in the details pane."""
     validate_graph_json(doc)
     page = (STATIC_DIR / "index.html").read_text(encoding="utf-8")
     css = (STATIC_DIR / "viewer.css").read_text(encoding="utf-8")
@@ -64,7 +68,7 @@ def share_html(doc: dict[str, Any], features: dict[str, dict] | None = None) -> 
         raise RuntimeError(
             f"{STATIC_DIR / 'index.html'} no longer links viewer.css / viewer.js as share expects"
         )
-    data = _script_json({"graph": doc, "features": features or {}})
+    data = _script_json({"graph": doc, "features": features or {}, "transcoder_kind": kind})
     page = page.replace(link, f"<style>\n{css}</style>")
     return page.replace(script, f"<script>window.JC_SHARED = {data};</script>\n<script>\n{js}</script>")
 
@@ -75,12 +79,13 @@ def write_share_html(
     """Write the one-file viewer of ``doc`` to ``out`` with the dashboards of its features from the store made
     for its transcoders (see `jcircuits.view.server.pick_store`). Returns (path, number of dashboards, a note
     when there were none for these transcoders)."""
-    note = None
+    note, kind = None, None
     features: dict[str, dict] = {}
     try:
-        features = embedded_features(doc, pick_store(list(stores), doc["metadata"].get("scan")))
+        store = pick_store(list(stores), doc["metadata"].get("scan"))
+        features, kind = embedded_features(doc, store), store.meta.get("kind")
     except LookupError as e:
         note = str(e)
     path = Path(out)
-    write_text_atomic(path, share_html(doc, features))
+    write_text_atomic(path, share_html(doc, features, kind=kind))
     return path, len(features), note

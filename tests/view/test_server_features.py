@@ -56,6 +56,7 @@ def test_bulk_labels_are_the_stores_labels(port, store):
     status, got = post_json(port, "/features/labels.json", {"scan": store.meta["scan"], "features": feats})
     assert status == 200
     assert got["labels"] == {f"{la}/{f}": store.label(la, f)["label"] for la, f in feats}
+    assert got["kind"] == "plt"  # the default's per-layer transcoders, as its features.json records
 
 
 @pytest.mark.parametrize(

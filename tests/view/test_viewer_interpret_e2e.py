@@ -7,10 +7,12 @@ Screenshots go to tests/_artifacts/screenshots/ (look at them; they are not comm
 from __future__ import annotations
 
 import json
+import math
 import re
 import threading
 
 import pytest
+from synthetic import synthetic_graph, write_graph
 from test_viewer_e2e import (
     CHROMIUM,
     CHROMIUM_ARGS,
@@ -39,6 +41,13 @@ def graph_dir(tmp_path_factory):
          "-o", str(gdir.parent / "texas.safetensors"), "--slug", "texas", "--graph-dir", str(gdir)]
     )  # fmt: skip
     assert code == 0
+    syn = synthetic_graph("syn", n_layers=3, n_pos=5, n_features=30, n_links=200, seed=5)
+    logits = [n for n in syn["nodes"] if n["feature_type"] == "logit"]
+    for n, p in zip(
+        logits, [0.05, 0.5, 0.03, 0.2, 0.1], strict=True
+    ):  # vocabulary order is not probability order
+        n["token_prob"] = p
+    write_graph(gdir, syn)
     return gdir
 
 
@@ -120,6 +129,8 @@ def test_hover_and_click_show_the_features_dashboard_from_the_store(page, server
 
     # click: the details pane's feature panel
     click_node(page, node["node_id"])
+    wait_labels(page)  # the store's answer names the transcoders' kind too
+    assert "feature (per-layer transcoder)" in page.locator("#details-table").inner_text()
     panel = page.locator("#feature-panel")
     panel.locator(".fp-top-logits li").first.wait_for()
     assert panel.locator(".fp-label").inner_text().startswith(label)
@@ -332,3 +343,39 @@ def test_shared_html_opens_from_disk_read_only_with_its_dashboards(page, graph_d
     assert "read-only" in page.locator("#status").inner_text()
     assert "edited" in page.evaluate("window.jcViewer.viewUrl()")  # …but kept in the link
     page.screenshot(path=str(SHOTS / "25-shared-html-file.png"))
+
+
+def test_metadata_logit_row_repeated_tokens_logit_order_and_slider_range(page, server, graph_dir):
+    doc = json.loads((graph_dir / "texas.json").read_text())
+    tokens = doc["metadata"]["prompt_tokens"]
+    open_graph(page, server, "texas")
+    # a logit sits in the logit row, after the last layer, not at "layer L+1"
+    logit = next(n for n in doc["nodes"] if n["feature_type"] == "logit")
+    click_node(page, logit["node_id"])
+    table = page.locator("#details-table").inner_text()
+    n_layers = int(logit["layer"]) - 1
+    assert f"row\tlogits (output, after L{n_layers - 1})" in table and "layer\t" not in table
+    # which occurrence of a repeated token a node is at
+    repeated = next(
+        n for n in doc["nodes"] if tokens.count(tokens[n["ctx_idx"]]) > 1 and n["feature_type"] == FEATURE
+    )
+    k = tokens[: repeated["ctx_idx"] + 1].count(tokens[repeated["ctx_idx"]])
+    total = tokens.count(tokens[repeated["ctx_idx"]])
+    click_node(page, repeated["node_id"])
+    nth = {1: "1st", 2: "2nd", 3: "3rd"}.get(k, f"{k}th")
+    assert (
+        f'{repeated["ctx_idx"]} "{tokens[repeated["ctx_idx"]]}" ({nth} of {total})'
+        in page.locator("#details-table").inner_text()
+    )
+    # the node slider ends at the most influence the file holds (the export pruned above it)
+    most = max(n["influence"] for n in doc["nodes"] if n["influence"] is not None)
+    assert float(page.locator("#node-threshold").get_attribute("max")) == pytest.approx(
+        min(1, math.ceil(most * 100) / 100)
+    )
+
+    syn = json.loads((graph_dir / "syn.json").read_text())
+    open_graph(page, server, "syn")
+    logits = sorted((n for n in syn["nodes"] if n["feature_type"] == "logit"), key=lambda n: -n["token_prob"])
+    xs = [page.evaluate("(id) => window.jcViewer.nodeScreenPos(id).x", n["node_id"]) for n in logits]
+    assert xs == sorted(xs)  # most probable first, left to right
+    page.screenshot(path=str(SHOTS / "26-logits-by-probability.png"))

@@ -943,7 +943,8 @@
   function nodeFacts(i) {
     const n = state.nodes[i];
     const t = state.types[i];
-    const kind = KIND_NAMES[state.doc.metadata.transcoder_kind];
+    // the graph JSON does not say which kind of transcoder it traced; the dashboards' store does
+    const kind = KIND_NAMES[features.kind];
     const typeName = t === FEATURE ? `feature (${kind || 'transcoder'})` : t === ERROR
       ? `error (${kind || 'transcoder'} reconstruction error)` : TYPE_NAMES[t];
     const lastLayer = state.nRows - 3;  // rows: embeddings, L0 … L(n-1), logits
@@ -962,7 +963,7 @@
   // Feature dashboards: one record per feature, fetched on first hover or click and kept; labels for the
   // whole graph in one request after it loads. `features.note` says why there are none (shown in the panel).
 
-  const features = {slug: null, labels: new Map(), cache: new Map(), note: ''};
+  const features = {slug: null, labels: new Map(), cache: new Map(), note: '', kind: null};
 
   function featureScan() { return String(state.doc.metadata.scan || ''); }
 
@@ -979,6 +980,7 @@
     features.labels = new Map();
     features.cache = new Map();
     features.note = '';
+    features.kind = SHARED ? SHARED.transcoder_kind || null : null;
     const keys = [];
     for (let i = 0; i < state.nodes.length; i++) if (state.types[i] === FEATURE) keys.push(featureKey(i));
     if (!keys.length) return;
@@ -990,7 +992,9 @@
         if (!SHARED.features || !Object.keys(SHARED.features).length) features.note = 'this file holds no feature dashboards';
       } else {
         const pairs = keys.map((k) => k.split('/').map(Number));
-        labels = (await postJson('features/labels.json', {scan: featureScan(), features: pairs})).labels;
+        const reply = await postJson('features/labels.json', {scan: featureScan(), features: pairs});
+        labels = reply.labels;
+        features.kind = reply.kind || null;
       }
     } catch (e) {
       features.note = e.message;
