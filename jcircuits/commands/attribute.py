@@ -128,7 +128,9 @@ def cmd_attribute(args) -> int:
             stores = feature_stores(args.features, model=args.model, transcoders=args.transcoders)
             if not stores:
                 print("viewer: no feature dashboards found for these transcoders; add --features DIR", file=sys.stderr)
-            serve(args.graph_dir, DEFAULT_PORT, slug=slug, features=stores)
+            from jcircuits.view.steer import Steerer
+
+            serve(args.graph_dir, DEFAULT_PORT, slug=slug, features=stores, steer=Steerer(model, transcoders))
     if not args.quiet:
         print(_next_steps(args, out, slug=args.slug or out.stem), file=sys.stderr)
     return 0

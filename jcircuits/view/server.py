@@ -18,6 +18,10 @@ Binds 127.0.0.1 only (the viewer is for the person at this machine; saves write 
   {"layer/index": text}, "kind": "plt" | "clt" | null}`` for the features that have a stored label (people's or
   automatic) and the transcoders' kind as the store records it (the graph JSON does not say); at most
   ``MAX_LABEL_REQUEST`` features a request. The viewer draws them beside nodes.
+- ``GET /steer/info.json`` and ``POST /steer.json``: steering with the server's model, when it has one
+  (`jcircuits.view.steer.Steerer`: body ``{"tokens", "scan", "edits": [{"layer", "position", "feature", "value" |
+  "multiplier", "from_position"}], "generate", "top_k"}``, answer the top next tokens and a greedy continuation
+  before and after; a 400 names a bad request, a 404 says the server has no model).
 - ``POST /graphs/<slug>.json``: save annotations, body ``{"qParams": {...}, "clerps": {node_id: label}}``
   (both optional). The server merges them into the file on disk, checks the result is still a graph
   (`jcircuits.view.export.validate_graph_json`) and replaces the file atomically under a lock; anything malformed
@@ -79,9 +83,10 @@ class _GraphServer(ThreadingHTTPServer):
     allow_reuse_address = True
     request_queue_size = 128  # listen backlog: bursts of simultaneous saves are queued, not reset
 
-    def __init__(self, address, graph_dir: Path, features: list[FeatureStore] = ()):
+    def __init__(self, address, graph_dir: Path, features: list[FeatureStore] = (), steer=None):
         self.graph_dir = graph_dir
         self.features = list(features)
+        self.steer = steer  # a jcircuits.view.steer.Steerer, or None
         self.save_lock = threading.Lock()
         self.slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
         super().__init__(address, _Handler)
@@ -164,7 +169,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _route(self) -> tuple[str, str]:
         split = urllib.parse.urlsplit(self.path)
         path = split.path
-        for prefix in ("/static/", "/graphs/", "/features/"):
+        for prefix in ("/static/", "/graphs/", "/features/", "/steer/"):
             if path.startswith(prefix):
                 return prefix.strip("/"), urllib.parse.unquote(path[len(prefix) :], errors="strict")
         return "", urllib.parse.unquote(path)
@@ -213,6 +218,10 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if kind == "features":
             self._send_json(self._feature_get(rest))
+            return
+        if kind == "steer" and rest == "info.json":
+            st = self.server.steer
+            self._send_json(st.info() if st is not None else {"available": False})
             return
         raise _HTTPError(HTTPStatus.NOT_FOUND, f"no route {self.path!r}")
 
@@ -265,6 +274,18 @@ class _Handler(BaseHTTPRequestHandler):
         kind, rest = self._route()
         if kind == "features" and rest == "labels.json":
             self._send_json(self._feature_labels(_parse_json(self._body())))
+            return
+        if kind == "" and rest == "/steer.json":
+            if self.server.steer is None:
+                raise _HTTPError(
+                    HTTPStatus.NOT_FOUND,
+                    "this server has no model to steer (serve with --model and --transcoders)",
+                )
+            request = _parse_json(self._body())
+            try:
+                self._send_json(self.server.steer.steer(request))
+            except (ValueError, TypeError) as e:
+                raise _HTTPError(HTTPStatus.BAD_REQUEST, str(e)) from None
             return
         if kind != "graphs":
             raise _HTTPError(HTTPStatus.NOT_FOUND, "saves go to /graphs/<slug>.json")
@@ -428,16 +449,21 @@ def _merge(doc: dict, patch: dict) -> dict:
 
 
 def make_server(
-    graph_dir: str | os.PathLike, port: int = DEFAULT_PORT, *, features: Sequence[FeatureStore] = ()
+    graph_dir: str | os.PathLike,
+    port: int = DEFAULT_PORT,
+    *,
+    features: Sequence[FeatureStore] = (),
+    steer=None,
 ) -> _GraphServer:
     """A ready (not yet serving) server on 127.0.0.1:``port`` (0 = any free port) for ``graph_dir``, serving the
-    dashboards of ``features`` (one `FeatureStore` per transcoder set); call ``serve_forever()`` (in a thread for
+    dashboards of ``features`` (one `FeatureStore` per transcoder set) and, with ``steer`` (a
+    `jcircuits.view.steer.Steerer`), steering with its model; call ``serve_forever()`` (in a thread for
     notebooks/tests) and ``shutdown()``/``server_close()`` to stop."""
     base = Path(graph_dir).expanduser()
     if not base.is_dir():
         raise FileNotFoundError(f"graph directory {base} does not exist (export a graph into it first)")
     try:
-        return _GraphServer((HOST, int(port)), base.resolve(), features)
+        return _GraphServer((HOST, int(port)), base.resolve(), features, steer)
     except OSError as e:
         raise OSError(f"cannot listen on {HOST}:{port}: {e.strerror or e}; try another --port") from e
 
@@ -448,10 +474,11 @@ def serve(
     *,
     slug: str | None = None,
     features: Sequence[FeatureStore] = (),
+    steer=None,
 ) -> None:
     """Serve ``graph_dir`` (and the dashboards of ``features``) until Ctrl-C, printing the viewer's URL
     (``?graph=<slug>`` opens that graph)."""
-    httpd = make_server(graph_dir, port, features=features)
+    httpd = make_server(graph_dir, port, features=features, steer=steer)
     url = httpd.url + (f"?graph={urllib.parse.quote(slug)}" if slug else "")
     print(f"jcircuits viewer: {url}  (graphs from {httpd.graph_dir}; Ctrl-C stops)", flush=True)
     try:

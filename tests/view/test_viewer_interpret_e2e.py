@@ -379,3 +379,78 @@ def test_metadata_logit_row_repeated_tokens_logit_order_and_slider_range(page, s
     xs = [page.evaluate("(id) => window.jcViewer.nodeScreenPos(id).x", n["node_id"]) for n in logits]
     assert xs == sorted(xs)  # most probable first, left to right
     page.screenshot(path=str(SHOTS / "26-logits-by-probability.png"))
+
+
+@pytest.fixture(scope="module")
+def steer_server(graph_dir, store):
+    from jcircuits.default import default_model, default_transcoders
+    from jcircuits.view.steer import Steerer
+
+    model = default_model()
+    steerer = Steerer(model, default_transcoders(model))
+    httpd = make_server(graph_dir, 0, features=[store], steer=steerer)
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    yield httpd.url, steerer
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def test_steering_a_pinned_feature_shows_what_feature_intervention_gives(page, steer_server, graph_dir):
+    import jax
+    import numpy as np
+
+    from jcircuits.intervention import feature_intervention
+
+    url, steerer = steer_server
+    model, ts = steerer.model, steerer.transcoders
+    doc = json.loads((graph_dir / "texas.json").read_text())
+    tokens = [0] * len(doc["metadata"]["prompt_tokens"])
+    for n in doc["nodes"]:
+        if n["feature_type"] == "embedding":
+            tokens[n["ctx_idx"]] = int(n["node_id"].split("_")[1])
+    ids = np.asarray(tokens)
+    before, clean = feature_intervention(model, ts, ids, [])
+    top_before = int(np.argmax(before[-1]))
+    p_before = np.sort(np.asarray(jax.nn.softmax(np.asarray(before[-1], np.float64))))[::-1]
+    assert p_before[0] - p_before[1] > 1e-3  # the clean top token is not a near-tie either
+    # the most influential feature, and the first multiplier that changes the top token
+    chosen = None
+    for node in features_by_influence(doc)[:6]:
+        layer, index = layer_index(node)
+        for k in (-2.0, -5.0, 0.0):
+            edit = [
+                (layer, node["ctx_idx"], index, k * float(np.asarray(clean)[layer, node["ctx_idx"], index]))
+            ]
+            logits, _ = feature_intervention(model, ts, ids, edit)
+            p = np.asarray(jax.nn.softmax(np.asarray(logits[-1], np.float64)))
+            first, second = np.sort(p)[::-1][:2]
+            # a clear winner only: which of two near-tied tokens is on top would be round-off's choice
+            if int(np.argmax(p)) != top_before and first - second > 1e-3:
+                chosen = node, k, p
+                break
+        if chosen:
+            break
+    assert chosen, "no single-feature edit changes the top token of this prompt"
+    node, k, p_after = chosen
+
+    open_graph(page, url, "texas")
+    steer_box = page.locator("#steer")
+    steer_box.wait_for(state="visible")
+    click_node(page, node["node_id"], shift=True)
+    row = page.locator(f'#steer-table tr[data-node-id="{node["node_id"]}"]')
+    row.locator(".steer-use").check()
+    row.locator(".steer-mode").select_option("multiplier")
+    row.locator(".steer-x").fill(str(k))
+    page.fill("#steer-n", "4")
+    page.click("#steer-run")
+    page.locator("#steer-result .steer-top").wait_for()
+    cells = page.locator("#steer-result .steer-top tr").nth(1).locator("td").all_inner_texts()
+    top_after = int(np.argmax(p_after))
+    assert cells[0] == model.tokenizer.decode([top_before])
+    assert cells[2] == model.tokenizer.decode([top_after]) != cells[0]  # the top token changed, as computed
+    assert float(cells[3]) == pytest.approx(p_after[top_after], abs=6e-5)  # shown to 4 decimals
+    assert page.locator("#steer-result .steer-top tr").nth(1).locator("td.changed").count() == 1
+    assert page.locator("#steer-result .gen.after").inner_text().startswith("after:")
+    page.locator("#steer").scroll_into_view_if_needed()
+    page.screenshot(path=str(SHOTS / "27-steering.png"))

@@ -1354,6 +1354,7 @@
       list.append(li);
     }
     $('pinned-count').textContent = state.pinned.length ? `(${state.pinned.length} pinned)` : '';
+    renderSteer();
     const sl = $('supernode-list');
     sl.textContent = '';
     const button = (cls, text, title, onClick) => {
@@ -1562,6 +1563,146 @@
     const pos = {};
     for (const [key, xy] of state.sgOverride) if (live.has(key)) pos[key] = xy;
     state.sgPos = Object.keys(pos).length ? JSON.stringify({jcircuits: 1, pos}) : '';
+  }
+
+  // ---------------------------------------------------------------------------------------------------
+  // Steering with the server's model (jcircuits serve --model …, attribute --serve): pinned features edited,
+  // the top next tokens and a greedy continuation before and after, computed on the server by
+  // jcircuits.intervention. Row settings are kept per node while it stays pinned.
+
+  const steer = {info: null, rows: new Map()};
+
+  async function loadSteerInfo() {
+    if (SHARED) return;
+    try { steer.info = await fetchJson('steer/info.json'); } catch (_) { steer.info = null; }
+    renderSteer();
+  }
+
+  function steerUsable() {
+    const info = steer.info;
+    if (!info || !info.available || !state.doc) return false;
+    const scan = featureScan();
+    return !info.scan || !scan || scan === 'local' || scan === info.scan;
+  }
+
+  // token ids of the prompt, read from the embedding nodes' ids (E_{token id}_{position})
+  function promptTokenIds() {
+    const ids = new Array(state.doc.metadata.prompt_tokens.length).fill(null);
+    for (let i = 0; i < state.nodes.length; i++) {
+      if (state.types[i] !== EMBED) continue;
+      const m = /^E_(\d+)_(\d+)$/.exec(state.nodes[i].node_id);
+      if (m) ids[Number(m[2])] = Number(m[1]);
+    }
+    return ids.includes(null) ? null : ids;
+  }
+
+  function renderSteer() {
+    const box = $('steer');
+    box.hidden = !steerUsable();
+    if (box.hidden) return;
+    $('steer-model').textContent = `(${steer.info.model})`;
+    const table = $('steer-table');
+    table.textContent = '';
+    const feats = state.pinned.map((id) => state.ids.get(id)).filter((i) => state.types[i] === FEATURE);
+    for (const [id] of steer.rows) if (!state.pinned.includes(id)) steer.rows.delete(id);
+    if (!feats.length) {
+      table.insertRow().insertCell().textContent = 'Pin features (shift-click) to steer them.';
+      $('steer-run').disabled = true;
+      return;
+    }
+    $('steer-run').disabled = false;
+    for (const i of feats) {
+      const id = state.nodes[i].node_id;
+      if (!steer.rows.has(id)) steer.rows.set(id, {use: false, mode: 'multiplier', x: '0', from: false});
+      const row = steer.rows.get(id);
+      const tr = table.insertRow();
+      tr.dataset.nodeId = id;
+      const use = h('input', 'steer-use');
+      use.type = 'checkbox';
+      use.checked = row.use;
+      use.addEventListener('change', () => { row.use = use.checked; });
+      const mode = h('select', 'steer-mode');
+      for (const [v, t] of [['multiplier', '×'], ['value', '=']]) {
+        const o = h('option', '', t);
+        o.value = v;
+        mode.append(o);
+      }
+      mode.value = row.mode;
+      const x = h('input', 'steer-x');
+      x.type = 'number';
+      x.step = 'any';
+      x.value = row.x;
+      x.addEventListener('input', () => { row.x = x.value; });
+      const from = h('input', 'steer-from');
+      from.type = 'checkbox';
+      from.checked = row.from;
+      from.title = 'also at every later position, generated tokens included (values only)';
+      from.disabled = row.mode !== 'value';
+      from.addEventListener('change', () => { row.from = from.checked; });
+      mode.addEventListener('change', () => { row.mode = mode.value; from.disabled = row.mode !== 'value'; });
+      const g = supernodeOf(id);
+      const name = h('td', 'name', nodeLabel(i) + (g >= 0 ? ` [${state.supernodes[g][0]}]` : ''));
+      name.title = `${id}: ${nodeLabel(i)}`;
+      tr.insertCell().append(use);
+      tr.append(name);
+      tr.insertCell().append(mode);
+      tr.insertCell().append(x);
+      const fc = tr.insertCell();
+      fc.append(from, ' →');
+    }
+  }
+
+  async function runSteer() {
+    const tokens = promptTokenIds();
+    const result = $('steer-result');
+    if (!tokens) { result.textContent = 'this graph does not hold every prompt token id (E_… nodes); cannot steer'; return; }
+    const edits = [];
+    for (const [id, row] of steer.rows) {
+      if (!row.use) continue;
+      const n = state.nodes[state.ids.get(id)];
+      const x = Number(row.x);
+      if (row.x === '' || !Number.isFinite(x)) { result.textContent = `give a number for ${nodeLabel(state.ids.get(id))}`; return; }
+      const e = {layer: Number(n.layer), position: n.ctx_idx, feature: Number(featureIndex(n))};
+      e[row.mode] = x;
+      if (row.mode === 'value' && row.from) e.from_position = true;
+      edits.push(e);
+    }
+    if (!edits.length) { result.textContent = 'tick the features to edit'; return; }
+    const n = Math.max(0, Math.min(32, Math.round(Number($('steer-n').value) || 0)));
+    result.textContent = 'running…';
+    $('steer-run').disabled = true;
+    try {
+      const reply = await postJson('steer.json', {tokens, scan: featureScan(), edits, generate: n, top_k: 10});
+      state.lastSteer = reply;
+      showSteer(result, reply);
+    } catch (e) {
+      result.textContent = `steering failed: ${e.message}`;
+    } finally {
+      $('steer-run').disabled = false;
+    }
+  }
+
+  function showSteer(box, reply) {
+    box.textContent = '';
+    const table = h('table', 'steer-top');
+    const head = table.insertRow();
+    for (const t of ['before', 'p', 'after', 'p']) head.append(h('th', '', t));
+    const b = reply.before.top, a = reply.after.top;
+    for (let k = 0; k < Math.max(b.length, a.length); k++) {
+      const tr = table.insertRow();
+      tr.insertCell().textContent = b[k] ? tokenText(b[k].token) : '';
+      tr.insertCell().textContent = b[k] ? b[k].prob.toFixed(4) : '';
+      const ac = tr.insertCell();
+      ac.textContent = a[k] ? tokenText(a[k].token) : '';
+      if (a[k] && b[k] && a[k].id !== b[k].id) ac.className = 'changed';
+      tr.insertCell().textContent = a[k] ? a[k].prob.toFixed(4) : '';
+    }
+    box.append(table);
+    if (reply.before.generated) {
+      const join = (toks) => toks.map(tokenText).join(/^[\s▁Ġ]/.test(toks[1] || '') ? '' : ' ');
+      box.append(h('div', 'gen before', `before: … ${join(reply.before.generated)}`));
+      box.append(h('div', 'gen after', `after:  … ${join(reply.after.generated)}`));
+    }
   }
 
   // ---------------------------------------------------------------------------------------------------
@@ -1798,6 +1939,7 @@
     });
     $('save').addEventListener('click', save);
     $('copy-link').addEventListener('click', copyLink);
+    $('steer-run').addEventListener('click', runSteer);
     window.addEventListener('beforeunload', (ev) => {
       if (state.dirty) { ev.preventDefault(); ev.returnValue = ''; }
     });
@@ -1836,6 +1978,7 @@
       showError(`cannot read the graph index: ${e.message}`);
       return;
     }
+    loadSteerInfo();
     const wanted = new URL(window.location.href).searchParams.get('graph');
     const slug = wanted || slugs[0];
     if (!slug) {
