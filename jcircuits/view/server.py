@@ -22,6 +22,8 @@ Binds 127.0.0.1 only (the viewer is for the person at this machine; saves write 
   (`jcircuits.view.steer.Steerer`: body ``{"tokens", "scan", "edits": [{"layer", "position", "feature", "value" |
   "multiplier", "from_position"}], "generate", "top_k"}``, answer the top next tokens and a greedy continuation
   before and after; a 400 names a bad request, a 404 says the server has no model).
+- ``POST /trace.json``: ``{"prompt", "slug"}`` → attribute the prompt on the server's model and write
+  ``<slug>.json`` into the graph directory (a 409 when the slug is taken: a trace never overwrites).
 - ``POST /graphs/<slug>.json``: save annotations, body ``{"qParams": {...}, "clerps": {node_id: label}}``
   (both optional). The server merges them into the file on disk, checks the result is still a graph
   (`jcircuits.view.export.validate_graph_json`) and replaces the file atomically under a lock; anything malformed
@@ -274,6 +276,20 @@ class _Handler(BaseHTTPRequestHandler):
         kind, rest = self._route()
         if kind == "features" and rest == "labels.json":
             self._send_json(self._feature_labels(_parse_json(self._body())))
+            return
+        if kind == "" and rest == "/trace.json":
+            if self.server.steer is None:
+                raise _HTTPError(
+                    HTTPStatus.NOT_FOUND,
+                    "this server has no model to trace with (serve with --model and --transcoders)",
+                )
+            request = _parse_json(self._body())
+            try:
+                self._send_json(self.server.steer.trace(request, self.server.graph_dir))
+            except FileExistsError as e:
+                raise _HTTPError(HTTPStatus.CONFLICT, str(e)) from None
+            except (ValueError, TypeError) as e:
+                raise _HTTPError(HTTPStatus.BAD_REQUEST, str(e)) from None
             return
         if kind == "" and rest == "/steer.json":
             if self.server.steer is None:

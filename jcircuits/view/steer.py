@@ -7,6 +7,9 @@ position). ``from_position`` applies a value at the position and every later one
 Everything is computed by `jcircuits.intervention.feature_intervention` and `~jcircuits.intervention.generate`
 with their defaults (attention frozen on the prompt, effects propagate), so the numbers are those of
 ``jcircuits intervene`` for the same edits.
+
+`Steerer.trace` attributes a new prompt on the same model (`jcircuits.attribution.attribute` with its defaults)
+and exports it into the server's graph directory, as ``jcircuits attribute --graph-dir`` does.
 """
 
 from __future__ import annotations
@@ -46,6 +49,32 @@ class Steerer:
             "n_layers": self.model.cfg.n_layers,
             "n_features": self.transcoders.cfg.n_features,
         }
+
+    def trace(self, request: Any, graph_dir) -> dict[str, Any]:
+        """Attribute ``request["prompt"]`` and write ``<slug>.json`` (+ its index entry) into ``graph_dir``;
+        FileExistsError when that slug is taken (a trace never overwrites a graph), ValueError for bad input."""
+        from pathlib import Path
+
+        from jcircuits.attribution import attribute
+        from jcircuits.view.export import check_slug, export_graph_json
+
+        if not isinstance(request, dict) or not isinstance(request.get("prompt"), str):
+            raise ValueError('a trace request is {"prompt": TEXT, "slug": NAME}')
+        prompt, slug = request["prompt"], request.get("slug")
+        if not prompt.strip() or len(prompt) > 4000:
+            raise ValueError("the prompt must be 1 to 4000 characters of text")
+        if self.model.tokenizer is None:
+            raise ValueError("the server's model has no tokenizer: it cannot trace text")
+        check_slug(slug)
+        with self.lock:  # one trace at a time, so two cannot both find the name free
+            if (Path(graph_dir) / f"{slug}.json").exists():
+                raise FileExistsError(f"a graph named {slug!r} exists already; choose another name")
+            graph = attribute(self.model, self.transcoders, prompt, verbose=False)
+            graph.settings["token_strings"] = [
+                self.model.tokenizer.decode([int(t)]) for t in graph.input_tokens
+            ]
+            result = export_graph_json(graph, slug, graph_dir, tokenizer=self.model.tokenizer)
+        return {"slug": slug, "nodes": result.n_nodes, "links": result.n_links, "summary": result.summary()}
 
     def _token(self, i: int) -> str:
         tok = self.model.tokenizer

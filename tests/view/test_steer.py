@@ -99,3 +99,41 @@ def test_info_and_a_server_without_a_model(port, tmp_path, steerer):
     finally:
         httpd.shutdown()
         httpd.server_close()
+
+
+def test_trace_writes_the_graph_attribute_gives_and_never_overwrites(tmp_path, steerer):
+    import json
+
+    from jcircuits.attribution import attribute
+    from jcircuits.view.export import graph_to_json, validate_graph_json
+
+    write_graph(tmp_path, synthetic_graph())
+    httpd = make_server(tmp_path, 0, steer=steerer)
+    threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    try:
+        p = httpd.server_address[1]
+        status, got = post_json(p, "/trace.json", {"prompt": "3 plus 4 is", "slug": "add"})
+        assert status == 200, got
+        doc = json.loads((tmp_path / "add.json").read_text())
+        validate_graph_json(doc)
+        graph = attribute(steerer.model, steerer.transcoders, "3 plus 4 is", verbose=False)
+        want, _ = graph_to_json(graph, "add", tokenizer=steerer.model.tokenizer)
+        assert [n["node_id"] for n in doc["nodes"]] == [n["node_id"] for n in want["nodes"]]
+        np.testing.assert_allclose(
+            [e["weight"] for e in doc["links"]], [e["weight"] for e in want["links"]], rtol=1e-5, atol=1e-7
+        )
+        index = json.loads((tmp_path / "graph-metadata.json").read_text())
+        assert "add" in [g["slug"] for g in index["graphs"]] and got["nodes"] == len(doc["nodes"])
+        before = (tmp_path / "add.json").read_bytes()
+        status, got = post_json(p, "/trace.json", {"prompt": "1 plus 1 is", "slug": "add"})
+        assert status == 409 and "exists already" in got["error"]
+        assert (tmp_path / "add.json").read_bytes() == before
+        for body, msg in (
+            ({"prompt": "", "slug": "x"}, "1 to 4000"),
+            ({"prompt": "1 plus 1", "slug": "../x"}, "slug"),
+        ):
+            status, got = post_json(p, "/trace.json", body)
+            assert status == 400 and msg in got["error"], got
+    finally:
+        httpd.shutdown()
+        httpd.server_close()

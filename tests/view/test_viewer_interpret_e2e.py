@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import shutil
 import threading
 
 import pytest
@@ -41,6 +42,7 @@ def graph_dir(tmp_path_factory):
          "-o", str(gdir.parent / "texas.safetensors"), "--slug", "texas", "--graph-dir", str(gdir)]
     )  # fmt: skip
     assert code == 0
+    shutil.copy(gdir / "texas.json", gdir / "texas-steer.json")  # for the steering test, untouched by the others
     syn = synthetic_graph("syn", n_layers=3, n_pos=5, n_features=30, n_links=200, seed=5)
     logits = [n for n in syn["nodes"] if n["feature_type"] == "logit"]
     for n, p in zip(
@@ -404,7 +406,7 @@ def test_steering_a_pinned_feature_shows_what_feature_intervention_gives(page, s
 
     url, steerer = steer_server
     model, ts = steerer.model, steerer.transcoders
-    doc = json.loads((graph_dir / "texas.json").read_text())
+    doc = json.loads((graph_dir / "texas-steer.json").read_text())
     tokens = [0] * len(doc["metadata"]["prompt_tokens"])
     for n in doc["nodes"]:
         if n["feature_type"] == "embedding":
@@ -434,7 +436,7 @@ def test_steering_a_pinned_feature_shows_what_feature_intervention_gives(page, s
     assert chosen, "no single-feature edit changes the top token of this prompt"
     node, k, p_after = chosen
 
-    open_graph(page, url, "texas")
+    open_graph(page, url, "texas-steer")
     steer_box = page.locator("#steer")
     steer_box.wait_for(state="visible")
     click_node(page, node["node_id"], shift=True)
@@ -454,3 +456,18 @@ def test_steering_a_pinned_feature_shows_what_feature_intervention_gives(page, s
     assert page.locator("#steer-result .gen.after").inner_text().startswith("after:")
     page.locator("#steer").scroll_into_view_if_needed()
     page.screenshot(path=str(SHOTS / "27-steering.png"))
+
+    # a new prompt traced on the server's model joins the list and opens (the pin is unsaved: confirm leaving)
+    page.once("dialog", lambda d: d.accept())
+    page.fill("#trace-prompt", "2 plus 3 is")
+    page.fill("#trace-slug", "add23")
+    page.click("#trace-form button[type=submit]")
+    page.wait_for_function(
+        "(window.jcViewer.state.slug === 'add23' && window.jcViewer.state.ready) || "
+        "document.getElementById('trace-status').textContent.startsWith('trace failed')",
+        timeout=180_000,
+    )
+    assert page.evaluate("window.jcViewer.state.slug") == "add23", page.locator("#trace-status").inner_text()
+    traced = json.loads((graph_dir / "add23.json").read_text())
+    assert page.evaluate("window.jcViewer.state.nodes.length") == len(traced["nodes"])
+    assert "add23" in page.locator("#graph-select").inner_text()

@@ -1705,6 +1705,25 @@
     }
   }
 
+  // A new graph of a prompt on the server's model, added to the list and opened.
+  async function tracePrompt(ev) {
+    ev.preventDefault();
+    const prompt = $('trace-prompt').value.trim(), slug = $('trace-slug').value.trim();
+    const status = $('trace-status');
+    if (!prompt || !slug) { status.textContent = 'give a prompt and a name for the graph'; return; }
+    if (state.dirty && !window.confirm('Discard unsaved changes?')) { status.textContent = 'not traced: save first'; return; }
+    status.textContent = 'tracing… (the first trace compiles the model: a few seconds to a minute)';
+    try {
+      const reply = await postJson('trace.json', {prompt, slug});
+      status.textContent = reply.summary;
+      await loadIndex();
+      $('graph-select').value = reply.slug;
+      await loadGraph(reply.slug);
+    } catch (e) {
+      status.textContent = `trace failed: ${e.message}`;
+    }
+  }
+
   // ---------------------------------------------------------------------------------------------------
   // The view in the URL (as Neuronpedia's graph page): ?graph=slug&pinnedIds=a,b&supernodes=[[label,a,b]]
   // &clerps=[[id,label]]&clickedId=a&nodeThreshold=0.5&edgeThreshold=0.9. Opening such a URL restores the view;
@@ -1940,6 +1959,7 @@
     $('save').addEventListener('click', save);
     $('copy-link').addEventListener('click', copyLink);
     $('steer-run').addEventListener('click', runSteer);
+    $('trace-form').addEventListener('submit', tracePrompt);
     window.addEventListener('beforeunload', (ev) => {
       if (state.dirty) { ev.preventDefault(); ev.returnValue = ''; }
     });
