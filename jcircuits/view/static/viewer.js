@@ -568,9 +568,12 @@
       const n = state.nodes[i];
       const m = /^Output "(.*)" \(p=([0-9.]+)\)$/s.exec(n.clerp || '');
       const text = m ? `${tokenText(m[1])} ${m[2]}` : (n.clerp || n.node_id);
+      // rotated 60° up and right, flatter where the canvas top would cut it
+      const x0 = sx(state.x[i]), y0 = sy(state.y[i]) - r - 4, w = ctx.measureText(text).width;
+      const angle = Math.min(Math.PI / 3, Math.asin(Math.min(1, Math.max(0, y0 - 14) / Math.max(w, 1))));  // 14: glyph height
       ctx.save();
-      ctx.translate(sx(state.x[i]), sy(state.y[i]) - r - 4);
-      ctx.rotate(-Math.PI / 3);
+      ctx.translate(x0, y0);
+      ctx.rotate(-angle);
       ctx.textAlign = 'left';
       ctx.fillText(text, 0, 0);
       ctx.restore();
@@ -1419,6 +1422,8 @@
     const svg = $('subgraph-svg');
     svg.textContent = '';
     state.sgItems = [];
+    svg.style.display = state.pinned.length ? '' : 'none';  // nothing pinned: no empty box, the hint says why
+    $('subgraph-hint').hidden = state.pinned.length > 0;
     if (!state.doc) return;
     const grouped = new Map();  // node index -> item index
     const items = [];
