@@ -277,31 +277,8 @@ class _Handler(BaseHTTPRequestHandler):
         if kind == "features" and rest == "labels.json":
             self._send_json(self._feature_labels(_parse_json(self._body())))
             return
-        if kind == "" and rest == "/trace.json":
-            if self.server.steer is None:
-                raise _HTTPError(
-                    HTTPStatus.NOT_FOUND,
-                    "this server has no model to trace with (serve with --model and --transcoders)",
-                )
-            request = _parse_json(self._body())
-            try:
-                self._send_json(self.server.steer.trace(request, self.server.graph_dir))
-            except FileExistsError as e:
-                raise _HTTPError(HTTPStatus.CONFLICT, str(e)) from None
-            except (ValueError, TypeError) as e:
-                raise _HTTPError(HTTPStatus.BAD_REQUEST, str(e)) from None
-            return
-        if kind == "" and rest == "/steer.json":
-            if self.server.steer is None:
-                raise _HTTPError(
-                    HTTPStatus.NOT_FOUND,
-                    "this server has no model to steer (serve with --model and --transcoders)",
-                )
-            request = _parse_json(self._body())
-            try:
-                self._send_json(self.server.steer.steer(request))
-            except (ValueError, TypeError) as e:
-                raise _HTTPError(HTTPStatus.BAD_REQUEST, str(e)) from None
+        if kind == "" and rest in ("/trace.json", "/steer.json"):
+            self._send_json(self._with_model(rest.strip("/").removesuffix(".json")))
             return
         if kind != "graphs":
             raise _HTTPError(HTTPStatus.NOT_FOUND, "saves go to /graphs/<slug>.json")
@@ -327,6 +304,23 @@ class _Handler(BaseHTTPRequestHandler):
                 raise _HTTPError(HTTPStatus.BAD_REQUEST, str(e)) from None
             n = write_json_atomic(path, merged)
         self._send(HTTPStatus.OK, json.dumps({"saved": rest, "bytes": n}).encode(), "application/json")
+
+    def _with_model(self, what: str) -> dict:
+        """Answer a steer or trace request with the server's model: 404 without one, 409 for a taken graph name,
+        400 for anything else the request gets wrong."""
+        steer = self.server.steer
+        if steer is None:
+            raise _HTTPError(
+                HTTPStatus.NOT_FOUND,
+                f"this server has no model to {what} with (serve with --model and --transcoders)",
+            )
+        request = _parse_json(self._body())
+        try:
+            return steer.trace(request, self.server.graph_dir) if what == "trace" else steer.steer(request)
+        except FileExistsError as e:
+            raise _HTTPError(HTTPStatus.CONFLICT, str(e)) from None
+        except (ValueError, TypeError) as e:
+            raise _HTTPError(HTTPStatus.BAD_REQUEST, str(e)) from None
 
     def _body(self) -> bytes:
         try:

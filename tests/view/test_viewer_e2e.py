@@ -11,6 +11,7 @@ JCIRCUITS_REQUIRE_BROWSER=1, where they fail.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -60,17 +61,24 @@ def _need_browser():
     return sync_playwright
 
 
-@pytest.fixture(scope="module")
-def graph_dir(tmp_path_factory):
-    """A graph directory with the demo model's graph written by the CLI (slug "texas") and small/large
-    synthetic graphs."""
-    _need_browser()
+def texas_graph_dir(tmp_path_factory) -> Path:
+    """A new graph directory holding the default model's graph of a two-capitals prompt, written by
+    ``jcircuits attribute`` (slug "texas")."""
     gdir = tmp_path_factory.mktemp("graphs")
     code = cli_main(
         ["attribute", "--prompt", "the capital of texas is austin and the capital of ohio is", "-q",
          "-o", str(gdir.parent / "texas.safetensors"), "--slug", "texas", "--graph-dir", str(gdir)]
     )  # fmt: skip
     assert code == 0
+    return gdir
+
+
+@pytest.fixture(scope="module")
+def graph_dir(tmp_path_factory):
+    """A graph directory with the demo model's graph written by the CLI (slug "texas") and small/large
+    synthetic graphs."""
+    _need_browser()
+    gdir = texas_graph_dir(tmp_path_factory)
     shutil.copy(
         gdir / "texas.json", gdir / "texas-sn.json"
     )  # for the supernode test, untouched by the others
@@ -102,31 +110,42 @@ def server(graph_dir):
     httpd.server_close()
 
 
-@pytest.fixture(scope="module")
-def browser(tmp_path_factory):
+@contextlib.contextmanager
+def chromium(profile: Path, viewport: dict):
+    """Debian's headless Chromium with a fresh profile, as a Playwright browser context."""
     sync_playwright = _need_browser()
     SHOTS.mkdir(parents=True, exist_ok=True)
-    profile = tmp_path_factory.mktemp("chromium-profile")  # fresh user-data dir
     with sync_playwright() as p:
         ctx = p.chromium.launch_persistent_context(
-            str(profile),
-            executable_path=str(CHROMIUM),
-            headless=True,
-            args=CHROMIUM_ARGS,
-            viewport={"width": 1400, "height": 850},
+            str(profile), executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS, viewport=viewport
         )
-        yield ctx
-        ctx.close()
+        try:
+            yield ctx
+        finally:
+            ctx.close()
 
 
-@pytest.fixture
-def page(browser):
+@contextlib.contextmanager
+def checked_page(browser):
+    """A new page that fails the test on any JavaScript error."""
     page = browser.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda e: errors.append(str(e)))
     yield page
     page.close()
     assert not errors, f"JavaScript errors: {errors}"
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    with chromium(tmp_path_factory.mktemp("chromium-profile"), {"width": 1400, "height": 850}) as ctx:
+        yield ctx
+
+
+@pytest.fixture
+def page(browser):
+    with checked_page(browser) as page:
+        yield page
 
 
 def open_graph(page, url: str, slug: str) -> None:

@@ -15,13 +15,14 @@ import threading
 import pytest
 from synthetic import synthetic_graph, write_graph
 from test_viewer_e2e import (
-    CHROMIUM,
-    CHROMIUM_ARGS,
     SHOTS,
     _need_browser,
     canvas_point,
+    checked_page,
+    chromium,
     click_node,
     open_graph,
+    texas_graph_dir,
 )
 
 from jcircuits.cli import main as cli_main
@@ -36,13 +37,10 @@ FEATURE = "cross layer transcoder"
 @pytest.fixture(scope="module")
 def graph_dir(tmp_path_factory):
     _need_browser()
-    gdir = tmp_path_factory.mktemp("graphs")
-    code = cli_main(
-        ["attribute", "--prompt", "the capital of texas is austin and the capital of ohio is", "-q",
-         "-o", str(gdir.parent / "texas.safetensors"), "--slug", "texas", "--graph-dir", str(gdir)]
-    )  # fmt: skip
-    assert code == 0
-    shutil.copy(gdir / "texas.json", gdir / "texas-steer.json")  # for the steering test, untouched by the others
+    gdir = texas_graph_dir(tmp_path_factory)
+    shutil.copy(
+        gdir / "texas.json", gdir / "texas-steer.json"
+    )  # for the steering test, untouched by the others
     syn = synthetic_graph("syn", n_layers=3, n_pos=5, n_features=30, n_links=200, seed=5)
     logits = [n for n in syn["nodes"] if n["feature_type"] == "logit"]
     for n, p in zip(
@@ -70,25 +68,14 @@ def server(graph_dir, store):
 
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory):
-    sync_playwright = _need_browser()
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    profile = tmp_path_factory.mktemp("chromium-profile")
-    with sync_playwright() as p:
-        ctx = p.chromium.launch_persistent_context(
-            str(profile), executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS, viewport=VIEWPORT
-        )
+    with chromium(tmp_path_factory.mktemp("chromium-profile"), VIEWPORT) as ctx:
         yield ctx
-        ctx.close()
 
 
 @pytest.fixture
 def page(browser):
-    page = browser.new_page()
-    errors: list[str] = []
-    page.on("pageerror", lambda e: errors.append(str(e)))
-    yield page
-    page.close()
-    assert not errors, f"JavaScript errors: {errors}"
+    with checked_page(browser) as page:
+        yield page
 
 
 def features_by_influence(doc) -> list[dict]:
