@@ -108,3 +108,31 @@ def test_a_folder_without_stored_labels_gets_automatic_ones_from_the_record(tmp_
     finally:
         httpd.shutdown()
         httpd.server_close()
+
+
+def test_attribute_and_serve_commands_give_the_viewer_dashboards_and_a_model(tmp_path, monkeypatch, store):
+    """``attribute --serve`` serves the default model's dashboards and steers with the model it traced;
+    ``serve --model default`` does the same for a directory; ``serve --features DIR`` adds a folder's store."""
+    import jcircuits.view.server as server
+    from jcircuits.cli import main as cli_main
+
+    calls = []
+    monkeypatch.setattr(server, "serve", lambda *a, **kw: calls.append((a, kw)))
+    gdir = tmp_path / "g"
+    code = cli_main(["attribute", "--prompt", "3 plus 4 is", "-q", "-o", str(tmp_path / "a.safetensors"),
+                     "--graph-dir", str(gdir), "--serve"])  # fmt: skip
+    assert code == 0
+    ((_, kw),) = calls
+    assert [s.root for s in kw["features"]] == [store.root]
+    assert kw["steer"].transcoders.cfg.scan == store.meta["scan"]
+    calls.clear()
+    assert (
+        cli_main(["serve", "--graph-dir", str(gdir), "--model", "default", "--features", str(store.root)])
+        == 0
+    )
+    ((_, kw),) = calls
+    assert [s.root for s in kw["features"]] == [store.root, store.root] and kw["steer"] is not None
+    calls.clear()
+    assert cli_main(["serve", "--graph-dir", str(gdir)]) == 0
+    ((_, kw),) = calls
+    assert kw["steer"] is None and [s.root for s in kw["features"]] == [store.root]

@@ -243,7 +243,7 @@
     // the node slider spans what the file holds: the export already pruned above metadata.node_threshold
     let maxInfl = 0;
     for (const n of nodes) if (n.influence != null) maxInfl = Math.max(maxInfl, n.influence);
-    state.nodeMax = maxInfl > 0 ? Math.min(1, Math.ceil(maxInfl * 100) / 100) : 1;
+    state.nodeMax = maxInfl > 0 ? Math.min(1, Math.max(0.05, Math.ceil(maxInfl * 100) / 100)) : 1;  // 0.05: the slider min
     $('node-threshold').max = String(state.nodeMax);
 
     const url = new URL(window.location.href);
