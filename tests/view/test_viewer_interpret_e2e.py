@@ -232,7 +232,8 @@ def test_a_shared_url_restores_pins_supernodes_labels_selection_and_sliders(page
         assert [c, "says a capital"] in st["clerps"]
         assert other.locator("#details-title").inner_text() == "says a capital"
         assert other.locator("#edge-threshold").input_value() == "0.9"
-        assert other.locator("#save").is_disabled()  # restoring a view is not an edit
+        assert other.locator("#save").is_disabled()  # restoring a view is not an edit…
+        assert other.evaluate("window.jcViewer.state.clerps") == {c: "says a capital"}  # …but a Save keeps it
         other.screenshot(path=str(SHOTS / "23-shared-url.png"))
     finally:
         other.close()

@@ -278,6 +278,10 @@
     state.selected = state.ids.has(q.clickedId) ? state.ids.get(q.clickedId) : -1;
     state.hovered = -1;
     state.clerps = {};
+    // labels from the URL are part of what a Save writes, like the URL's pins (restoring is not an edit)
+    for (const [id, label] of fromUrl.clerps || []) {
+      if (state.ids.has(id) && typeof label === 'string') state.clerps[id] = label;
+    }
     state.dirty = false;
     state.view = {scale: 1, tx: 0, ty: 0};
     $('prompt').textContent = doc.metadata.prompt ?? '';
