@@ -4,6 +4,9 @@
 // edges are batched into a dozen paths by sign and strength instead of one stroke each.
 // Feature dashboards come from the server's FeatureStores (/features/…), or, in a file written by
 // `jcircuits share`, from window.JC_SHARED (graph + dashboards embedded; read-only, no server).
+// Sections: loading · indexes and layout · visibility (sliders) · drawing (edges, nodes, canvas labels, overlay
+// with hover previews) · supernodes · node text · feature dashboards · details and pins · subgraph pane (drag,
+// sg_pos) · steering and tracing (server with a model) · the view in the URL · saving · events.
 'use strict';
 
 (() => {
@@ -1091,7 +1094,8 @@
     const freq = Number(rec.activation_frequency || 0);
     panel.append(h('div', 'fp-stats', `active on ${(100 * freq).toPrecision(2)}% of tokens · max activation ${Number(rec.act_max).toPrecision(3)}` +
       (n.activation != null ? ` · here ${n.activation.toPrecision(3)}` : '')));
-    panel.append(h('h4', '', 'activation histogram (log counts)'), histogram(rec));
+    panel.append(h('h4', '', 'activation histogram (log counts)'), histogram(rec),
+      h('div', 'fp-note', `${Number(rec.act_min).toPrecision(3)} … ${Number(rec.act_max).toPrecision(3)}, equal bins`));
     const logits = h('div', 'fp-logits');
     for (const [cls, name, toks] of [['up', 'promotes (top logits)', rec.top_logits], ['down', 'suppresses (bottom logits)', rec.bottom_logits]]) {
       const col = h('div', cls);
