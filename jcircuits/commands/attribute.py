@@ -23,6 +23,7 @@ from jcircuits.commands._common import (
     positive_int,
     probability,
 )
+from jcircuits.commands.serve import add_features_argument
 
 __all__ = ["register"]
 
@@ -120,10 +121,16 @@ def cmd_attribute(args) -> int:
         result = export_graph_json(graph, slug, args.graph_dir, tokenizer=model.tokenizer)
         print(result.summary())
         if args.serve:
+            from jcircuits.commands.serve import feature_stores
             from jcircuits.view import DEFAULT_PORT
             from jcircuits.view.server import serve
 
-            serve(args.graph_dir, DEFAULT_PORT, slug=slug)
+            stores = feature_stores(args.features, model=args.model, transcoders=args.transcoders)
+            if not stores:
+                print("viewer: no feature dashboards found for these transcoders; add --features DIR", file=sys.stderr)
+            from jcircuits.view.steer import Steerer
+
+            serve(args.graph_dir, DEFAULT_PORT, slug=slug, features=stores, steer=Steerer(model, transcoders))
     if not args.quiet:
         print(_next_steps(args, out, slug=args.slug or out.stem), file=sys.stderr)
     return 0
@@ -191,5 +198,6 @@ def register(sub) -> None:
     a.add_argument("--slug", help="name of the graph JSON in --graph-dir (default: the output file's stem)")
     a.add_argument("--graph-dir", help="also write the pruned graph JSON + graph-metadata.json here")
     a.add_argument("--serve", action="store_true", help="then serve the viewer on 127.0.0.1:8041")
+    add_features_argument(a)  # the dashboards --serve shows
     add_scale_arguments(a)  # --mesh, --dry-run, --device-memory, --host-memory, --l0
     a.set_defaults(func=cmd_attribute)

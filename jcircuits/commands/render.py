@@ -24,9 +24,25 @@ def cmd_render(args) -> int:
         tokenizer=tokenizer,
         width=args.width,
         height=args.height,
+        features=_store_for(args),
     )
     print(f"wrote {out}")
     return 0
+
+
+def _store_for(args):
+    """The dashboards whose automatic labels the picture draws: of --features or the default model's, when made
+    for the graph's transcoders (None otherwise)."""
+    from jcircuits.commands.serve import feature_stores
+    from jcircuits.default import default_features
+    from jcircuits.view.render import load_document
+    from jcircuits.view.server import pick_store
+
+    scan = load_document(args.graph, args.node_threshold, args.edge_threshold)["metadata"].get("scan")
+    try:
+        return pick_store(feature_stores(args.features, model="given") + [default_features()], scan)
+    except LookupError:
+        return None
 
 
 def _pixels(text: str) -> int:
@@ -42,6 +58,8 @@ def _pixels(text: str) -> int:
 
 
 def register(sub) -> None:
+    from jcircuits.commands.serve import add_features_argument
+
     a = sub.add_parser("render", help="draw a pruned graph to an SVG or PNG file")
     a.add_argument("graph", help="a graph (.safetensors from `jcircuits attribute`) or a graph JSON (.json)")
     a.add_argument("-o", "--output", required=True, help="picture file: .svg or .png")
@@ -50,4 +68,5 @@ def register(sub) -> None:
     a.add_argument("--tokenizer", help="tokenizer.json or model directory, for token strings")
     a.add_argument("--width", type=_pixels, default=1200, help="picture width in pixels (default: %(default)s)")
     a.add_argument("--height", type=_pixels, default=700, help="picture height in pixels (default: %(default)s)")
+    add_features_argument(a)  # automatic labels beside nodes
     a.set_defaults(func=cmd_render)

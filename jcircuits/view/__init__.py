@@ -1,5 +1,6 @@
-"""Seeing graphs: the graph JSON of circuit-tracer / Neuronpedia (``export``), static pictures (``render``), and
-the local viewer, a small HTTP server with its static page (``server``, ``static/``). Views know only graphs.
+"""Seeing graphs: the graph JSON of circuit-tracer / Neuronpedia (``export``), static pictures (``render``), the
+local viewer, a small HTTP server with its static page (``server``, ``static/``) that also serves feature
+dashboards and, given a model, steering (``steer``), and the one-file read-only HTML of a graph (``share``).
 
 Names load on first use, so the command line can read ``DEFAULT_PORT`` without importing JAX."""
 
@@ -21,6 +22,9 @@ _NAMES = {
     "show_graph": "render",
     "make_server": "server",
     "serve": "server",
+    "share_html": "share",
+    "write_share_html": "share",
+    "Steerer": "steer",
 }
 __all__ = [
     "DEFAULT_PORT",
@@ -34,12 +38,17 @@ __all__ = [
     "show_graph",
     "make_server",
     "serve",
+    "share_html",
+    "write_share_html",
+    "Steerer",
 ]
 
 if TYPE_CHECKING:
     from jcircuits.view.export import ExportResult, export_graph_json, graph_to_json, validate_graph_json
     from jcircuits.view.render import GraphPicture, render, show_graph
     from jcircuits.view.server import make_server, serve
+    from jcircuits.view.share import share_html, write_share_html
+    from jcircuits.view.steer import Steerer
 
 
 def __getattr__(name: str) -> Any:

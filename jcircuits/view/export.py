@@ -46,6 +46,7 @@ __all__ = [
     "validate_graph_json",
     "validate_qparams",
     "write_json_atomic",
+    "write_text_atomic",
     "token_strings",
     "cantor_pairing",
     "DEFAULT_MAX_NODES",
@@ -294,11 +295,10 @@ def check_slug(slug: str) -> None:
         )
 
 
-def write_json_atomic(path: str | os.PathLike, obj: Any, *, indent: int | None = None) -> int:
-    """Write ``obj`` as JSON to a temporary file beside ``path`` and ``os.replace`` it in: readers see the old
+def write_text_atomic(path: str | os.PathLike, data: str) -> int:
+    """Write ``data`` (UTF-8) to a temporary file beside ``path`` and ``os.replace`` it in: readers see the old
     file or the new one, never a partial write. Returns the number of bytes written."""
     path = Path(path)
-    data = json.dumps(obj, indent=indent, allow_nan=False, separators=None if indent else (",", ":"))
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
@@ -309,6 +309,12 @@ def write_json_atomic(path: str | os.PathLike, obj: Any, *, indent: int | None =
         Path(tmp).unlink(missing_ok=True)
         raise
     return len(data.encode())
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any, *, indent: int | None = None) -> int:
+    """Write ``obj`` as JSON atomically (`write_text_atomic`). Returns the number of bytes written."""
+    data = json.dumps(obj, indent=indent, allow_nan=False, separators=None if indent else (",", ":"))
+    return write_text_atomic(path, data)
 
 
 def add_graph_metadata(metadata: dict[str, Any], out_dir: str | os.PathLike) -> Path:

@@ -7,6 +7,23 @@ Binds 127.0.0.1 only (the viewer is for the person at this machine; saves write 
   ``{"graphs": []}`` when there is none) or ``<slug>.json``; gzip-encoded above 1 MB when the client accepts it
   (as circuit-tracer's server does). Only ``.json`` files directly under the directory; anything that resolves
   outside it (``..``, ``%2e%2e``, ``%2f``, backslashes, symlinks out) is refused with 403, a hidden name with 404.
+- ``GET /features/info.json``: which feature dashboards this server has (``{"stores": [{"scan", "n_layers",
+  "source"}]}``, empty without ``--features``).
+- ``GET /features/<layer>/<index>.json[?scan=NAME]``: one feature's dashboard, read by byte range from a
+  `jcircuits.features.FeatureStore`: ``{"layer", "index", "record", "label", "label_source"}`` (the record in
+  circuit-tracer's feature model; the label a person's from ``labels.json`` or else the automatic one, computed
+  from the record when the store ships none). ``scan`` picks the store whose dashboards were made for that
+  transcoder set (the graph's ``metadata.scan``); with one store it is the default.
+- ``POST /features/labels.json``: ``{"scan": NAME, "features": [[layer, index], …]}`` → ``{"labels":
+  {"layer/index": text}, "kind": "plt" | "clt" | null}`` for the features that have a stored label (people's or
+  automatic) and the transcoders' kind as the store records it (the graph JSON does not say); at most
+  ``MAX_LABEL_REQUEST`` features a request. The viewer draws them beside nodes.
+- ``GET /steer/info.json`` and ``POST /steer.json``: steering with the server's model, when it has one
+  (`jcircuits.view.steer.Steerer`: body ``{"tokens", "scan", "edits": [{"layer", "position", "feature", "value" |
+  "multiplier", "from_position"}], "generate", "top_k"}``, answer the top next tokens and a greedy continuation
+  before and after; a 400 names a bad request, a 404 says the server has no model).
+- ``POST /trace.json``: ``{"prompt", "slug"}`` → attribute the prompt on the server's model and write
+  ``<slug>.json`` into the graph directory (a 409 when the slug is taken: a trace never overwrites).
 - ``POST /graphs/<slug>.json``: save annotations, body ``{"qParams": {...}, "clerps": {node_id: label}}``
   (both optional). The server merges them into the file on disk, checks the result is still a graph
   (`jcircuits.view.export.validate_graph_json`) and replaces the file atomically under a lock; anything malformed
@@ -25,15 +42,18 @@ import logging
 import os
 import threading
 import urllib.parse
+from collections.abc import Sequence
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from jcircuits.features.format import FeatureStore
+from jcircuits.features.labels import auto_label
 from jcircuits.view import DEFAULT_PORT, HOST
 from jcircuits.view.export import INDEX_NAME, validate_graph_json, validate_qparams, write_json_atomic
 
-__all__ = ["make_server", "serve", "STATIC_DIR", "DEFAULT_PORT", "HOST"]
+__all__ = ["make_server", "serve", "pick_store", "STATIC_DIR", "DEFAULT_PORT", "HOST"]
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 GZIP_ABOVE = 1024**2  # bytes, as circuit-tracer's local server
@@ -41,6 +61,7 @@ MAX_SAVE_BYTES = 64 * 1024**2
 MAX_LABEL_CHARS = 1_000  # a node label (clerp) or supernode name
 MAX_SUPERNODES = 1_000
 MAX_QPARAMS_BYTES = 1024**2  # qParams as stored: labels and supernodes cannot grow a graph file without bound
+MAX_LABEL_REQUEST = 20_000  # features whose labels one request may ask for (a 5k-node graph needs < 5k)
 MAX_CONNECTIONS = 32  # requests served at once; more get a 503 at once instead of waiting
 REQUEST_TIMEOUT_S = 10.0  # a client that sends nothing for this long is disconnected
 _CONTENT_TYPES = {
@@ -64,8 +85,10 @@ class _GraphServer(ThreadingHTTPServer):
     allow_reuse_address = True
     request_queue_size = 128  # listen backlog: bursts of simultaneous saves are queued, not reset
 
-    def __init__(self, address, graph_dir: Path):
+    def __init__(self, address, graph_dir: Path, features: list[FeatureStore] = (), steer=None):
         self.graph_dir = graph_dir
+        self.features = list(features)
+        self.steer = steer  # a jcircuits.view.steer.Steerer, or None
         self.save_lock = threading.Lock()
         self.slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
         super().__init__(address, _Handler)
@@ -148,7 +171,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _route(self) -> tuple[str, str]:
         split = urllib.parse.urlsplit(self.path)
         path = split.path
-        for prefix in ("/static/", "/graphs/"):
+        for prefix in ("/static/", "/graphs/", "/features/", "/steer/"):
             if path.startswith(prefix):
                 return prefix.strip("/"), urllib.parse.unquote(path[len(prefix) :], errors="strict")
         return "", urllib.parse.unquote(path)
@@ -195,7 +218,55 @@ class _Handler(BaseHTTPRequestHandler):
                 raise _HTTPError(HTTPStatus.NOT_FOUND, f"no graph file {rest!r} in the graph directory")
             self._send(HTTPStatus.OK, path.read_bytes(), "application/json", gzip_ok=True)
             return
+        if kind == "features":
+            self._send_json(self._feature_get(rest))
+            return
+        if kind == "steer" and rest == "info.json":
+            st = self.server.steer
+            self._send_json(st.info() if st is not None else {"available": False})
+            return
         raise _HTTPError(HTTPStatus.NOT_FOUND, f"no route {self.path!r}")
+
+    def _send_json(self, obj: Any) -> None:
+        self._send(HTTPStatus.OK, json.dumps(obj).encode(), "application/json", gzip_ok=True)
+
+    def _query(self) -> dict[str, str]:
+        return dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(self.path).query))
+
+    # ---- feature dashboards
+    def _feature_get(self, rest: str) -> dict:
+        if rest == "info.json":
+            return {"stores": [_store_info(s) for s in self.server.features]}
+        parts = rest.removesuffix(".json").split("/")
+        if not rest.endswith(".json") or len(parts) != 2 or not all(p.isdigit() for p in parts):
+            raise _HTTPError(HTTPStatus.NOT_FOUND, "feature dashboards are at /features/<layer>/<index>.json")
+        store = _pick_store(self.server.features, self._query().get("scan"))
+        layer, index = int(parts[0]), int(parts[1])
+        try:
+            record = store.feature(layer, index)
+        except ValueError as e:
+            raise _HTTPError(HTTPStatus.NOT_FOUND, str(e)) from None
+        label = store.label(layer, index) or {"label": auto_label(record), "label_source": "auto"}
+        return {"layer": layer, "index": index, "record": record, **label}
+
+    def _feature_labels(self, patch: Any) -> dict:
+        if not isinstance(patch, dict) or not isinstance(patch.get("features"), list):
+            raise _HTTPError(
+                HTTPStatus.BAD_REQUEST, 'a label request is {"scan": NAME, "features": [[layer, index], …]}'
+            )
+        feats = patch["features"]
+        if len(feats) > MAX_LABEL_REQUEST:
+            raise _HTTPError(HTTPStatus.BAD_REQUEST, f"at most {MAX_LABEL_REQUEST} features a request")
+        if not all(isinstance(f, list) and len(f) == 2 and all(type(x) is int for x in f) for f in feats):
+            raise _HTTPError(HTTPStatus.BAD_REQUEST, "features must be [layer, index] pairs of integers")
+        scan = patch.get("scan")
+        store = _pick_store(self.server.features, scan if isinstance(scan, str) else None)
+        labels = {}
+        for layer, index in feats:
+            lab = store.label(layer, index)
+            if lab and lab.get("label"):
+                labels[f"{layer}/{index}"] = lab["label"]
+        return {"labels": labels, "kind": store.meta.get("kind")}
 
     # ---- POST (save annotations)
     def do_POST(self) -> None:  # noqa: N802
@@ -203,23 +274,18 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _post(self) -> None:
         kind, rest = self._route()
+        if kind == "features" and rest == "labels.json":
+            self._send_json(self._feature_labels(_parse_json(self._body())))
+            return
+        if kind == "" and rest in ("/trace.json", "/steer.json"):
+            self._send_json(self._with_model(rest.strip("/").removesuffix(".json")))
+            return
         if kind != "graphs":
             raise _HTTPError(HTTPStatus.NOT_FOUND, "saves go to /graphs/<slug>.json")
         path = _resolve_in(self.server.graph_dir, rest)
         if path.suffix != ".json" or path.name == INDEX_NAME:
             raise _HTTPError(HTTPStatus.FORBIDDEN, "only <slug>.json graph files can be saved")
-        try:
-            length = int(self.headers.get("Content-Length", ""))
-        except ValueError:
-            raise _HTTPError(HTTPStatus.LENGTH_REQUIRED, "Content-Length required") from None
-        if length < 0:
-            raise _HTTPError(HTTPStatus.BAD_REQUEST, "negative Content-Length")
-        if length > MAX_SAVE_BYTES:
-            raise _HTTPError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"body over {MAX_SAVE_BYTES} bytes")
-        body = self.rfile.read(length)
-        if len(body) != length:
-            raise _HTTPError(HTTPStatus.BAD_REQUEST, f"body ended after {len(body)} of {length} bytes")
-        patch = _parse_json(body)
+        patch = _parse_json(self._body())
         _check_patch(patch)
         with self.server.save_lock, _dir_lock(self.server.graph_dir):
             if not path.is_file():
@@ -238,6 +304,74 @@ class _Handler(BaseHTTPRequestHandler):
                 raise _HTTPError(HTTPStatus.BAD_REQUEST, str(e)) from None
             n = write_json_atomic(path, merged)
         self._send(HTTPStatus.OK, json.dumps({"saved": rest, "bytes": n}).encode(), "application/json")
+
+    def _with_model(self, what: str) -> dict:
+        """Answer a steer or trace request with the server's model: 404 without one, 409 for a taken graph name,
+        400 for anything else the request gets wrong."""
+        steer = self.server.steer
+        if steer is None:
+            raise _HTTPError(
+                HTTPStatus.NOT_FOUND,
+                f"this server has no model to {what} with (serve with --model and --transcoders)",
+            )
+        request = _parse_json(self._body())
+        try:
+            return steer.trace(request, self.server.graph_dir) if what == "trace" else steer.steer(request)
+        except FileExistsError as e:
+            raise _HTTPError(HTTPStatus.CONFLICT, str(e)) from None
+        except (ValueError, TypeError) as e:
+            raise _HTTPError(HTTPStatus.BAD_REQUEST, str(e)) from None
+
+    def _body(self) -> bytes:
+        try:
+            length = int(self.headers.get("Content-Length", ""))
+        except ValueError:
+            raise _HTTPError(HTTPStatus.LENGTH_REQUIRED, "Content-Length required") from None
+        if length < 0:
+            raise _HTTPError(HTTPStatus.BAD_REQUEST, "negative Content-Length")
+        if length > MAX_SAVE_BYTES:
+            raise _HTTPError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"body over {MAX_SAVE_BYTES} bytes")
+        body = self.rfile.read(length)
+        if len(body) != length:
+            raise _HTTPError(HTTPStatus.BAD_REQUEST, f"body ended after {len(body)} of {length} bytes")
+        return body
+
+
+def _store_info(store: FeatureStore) -> dict:
+    return {
+        "scan": store.meta.get("scan"),
+        "kind": store.meta.get("kind"),
+        "n_layers": store.n_layers,
+        "source": str(store.root),
+    }
+
+
+def pick_store(stores: list[FeatureStore], scan: str | None) -> FeatureStore:
+    """The store made for transcoder set ``scan`` (the graph's ``metadata.scan``). Failing that, a store that
+    records no transcoder set (circuit-tracer's folders do not) stands in when it is the only such store, as
+    does the only store when the graph names none (``"local"``): dashboards of another set are never shown.
+    LookupError says what is missing."""
+    if not stores:
+        raise LookupError("no feature dashboards were given (--features DIR)")
+    named = [s for s in stores if scan and s.meta.get("scan") == scan]
+    if named:
+        return named[0]
+    anonymous = [s for s in stores if not s.meta.get("scan")]
+    if len(anonymous) == 1:
+        return anonymous[0]
+    if len(stores) == 1 and scan in (None, "", "local"):
+        return stores[0]
+    have = [_store_info(s)["scan"] for s in stores]
+    raise LookupError(
+        f"no feature dashboards for transcoders {scan!r} (have {have}); give them with --features DIR"
+    )
+
+
+def _pick_store(stores: list[FeatureStore], scan: str | None) -> FeatureStore:
+    try:
+        return pick_store(stores, scan)
+    except LookupError as e:
+        raise _HTTPError(HTTPStatus.NOT_FOUND, str(e)) from None
 
 
 class _dir_lock:  # noqa: N801 (used like a function)
@@ -324,21 +458,37 @@ def _merge(doc: dict, patch: dict) -> dict:
     return merged
 
 
-def make_server(graph_dir: str | os.PathLike, port: int = DEFAULT_PORT) -> _GraphServer:
-    """A ready (not yet serving) server on 127.0.0.1:``port`` (0 = any free port) for ``graph_dir``; call
-    ``serve_forever()`` (in a thread for notebooks/tests) and ``shutdown()``/``server_close()`` to stop."""
+def make_server(
+    graph_dir: str | os.PathLike,
+    port: int = DEFAULT_PORT,
+    *,
+    features: Sequence[FeatureStore] = (),
+    steer=None,
+) -> _GraphServer:
+    """A ready (not yet serving) server on 127.0.0.1:``port`` (0 = any free port) for ``graph_dir``, serving the
+    dashboards of ``features`` (one `FeatureStore` per transcoder set) and, with ``steer`` (a
+    `jcircuits.view.steer.Steerer`), steering with its model; call ``serve_forever()`` (in a thread for
+    notebooks/tests) and ``shutdown()``/``server_close()`` to stop."""
     base = Path(graph_dir).expanduser()
     if not base.is_dir():
         raise FileNotFoundError(f"graph directory {base} does not exist (export a graph into it first)")
     try:
-        return _GraphServer((HOST, int(port)), base.resolve())
+        return _GraphServer((HOST, int(port)), base.resolve(), features, steer)
     except OSError as e:
         raise OSError(f"cannot listen on {HOST}:{port}: {e.strerror or e}; try another --port") from e
 
 
-def serve(graph_dir: str | os.PathLike, port: int = DEFAULT_PORT, *, slug: str | None = None) -> None:
-    """Serve ``graph_dir`` until Ctrl-C, printing the viewer's URL (``?graph=<slug>`` opens that graph)."""
-    httpd = make_server(graph_dir, port)
+def serve(
+    graph_dir: str | os.PathLike,
+    port: int = DEFAULT_PORT,
+    *,
+    slug: str | None = None,
+    features: Sequence[FeatureStore] = (),
+    steer=None,
+) -> None:
+    """Serve ``graph_dir`` (and the dashboards of ``features``) until Ctrl-C, printing the viewer's URL
+    (``?graph=<slug>`` opens that graph)."""
+    httpd = make_server(graph_dir, port, features=features, steer=steer)
     url = httpd.url + (f"?graph={urllib.parse.quote(slug)}" if slug else "")
     print(f"jcircuits viewer: {url}  (graphs from {httpd.graph_dir}; Ctrl-C stops)", flush=True)
     try:

@@ -11,6 +11,7 @@ JCIRCUITS_REQUIRE_BROWSER=1, where they fail.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -60,17 +61,24 @@ def _need_browser():
     return sync_playwright
 
 
-@pytest.fixture(scope="module")
-def graph_dir(tmp_path_factory):
-    """A graph directory with the demo model's graph written by the CLI (slug "texas") and small/large
-    synthetic graphs."""
-    _need_browser()
+def texas_graph_dir(tmp_path_factory) -> Path:
+    """A new graph directory holding the default model's graph of a two-capitals prompt, written by
+    ``jcircuits attribute`` (slug "texas")."""
     gdir = tmp_path_factory.mktemp("graphs")
     code = cli_main(
         ["attribute", "--prompt", "the capital of texas is austin and the capital of ohio is", "-q",
          "-o", str(gdir.parent / "texas.safetensors"), "--slug", "texas", "--graph-dir", str(gdir)]
     )  # fmt: skip
     assert code == 0
+    return gdir
+
+
+@pytest.fixture(scope="module")
+def graph_dir(tmp_path_factory):
+    """A graph directory with the demo model's graph written by the CLI (slug "texas") and small/large
+    synthetic graphs."""
+    _need_browser()
+    gdir = texas_graph_dir(tmp_path_factory)
     shutil.copy(
         gdir / "texas.json", gdir / "texas-sn.json"
     )  # for the supernode test, untouched by the others
@@ -86,6 +94,8 @@ def graph_dir(tmp_path_factory):
     groups = [[f"group {g}"] + [n["node_id"] for n in feats[30 * g : 30 * (g + 1)]] for g in range(3)]
     large["qParams"]["supernodes"] = groups
     large["qParams"]["pinnedIds"] = [x for g in groups for x in g[1:]]
+    for k, n in enumerate(feats):  # every feature labelled, so the timings include placing canvas labels
+        n["clerp"] = f"feature {k} of the large graph"
     write_graph(gdir, large)
     return gdir
 
@@ -100,31 +110,42 @@ def server(graph_dir):
     httpd.server_close()
 
 
-@pytest.fixture(scope="module")
-def browser(tmp_path_factory):
+@contextlib.contextmanager
+def chromium(profile: Path, viewport: dict):
+    """Debian's headless Chromium with a fresh profile, as a Playwright browser context."""
     sync_playwright = _need_browser()
     SHOTS.mkdir(parents=True, exist_ok=True)
-    profile = tmp_path_factory.mktemp("chromium-profile")  # fresh user-data dir
     with sync_playwright() as p:
         ctx = p.chromium.launch_persistent_context(
-            str(profile),
-            executable_path=str(CHROMIUM),
-            headless=True,
-            args=CHROMIUM_ARGS,
-            viewport={"width": 1400, "height": 850},
+            str(profile), executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS, viewport=viewport
         )
-        yield ctx
-        ctx.close()
+        try:
+            yield ctx
+        finally:
+            ctx.close()
 
 
-@pytest.fixture
-def page(browser):
+@contextlib.contextmanager
+def checked_page(browser):
+    """A new page that fails the test on any JavaScript error."""
     page = browser.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda e: errors.append(str(e)))
     yield page
     page.close()
     assert not errors, f"JavaScript errors: {errors}"
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    with chromium(tmp_path_factory.mktemp("chromium-profile"), {"width": 1400, "height": 850}) as ctx:
+        yield ctx
+
+
+@pytest.fixture
+def page(browser):
+    with checked_page(browser) as page:
+        yield page
 
 
 def open_graph(page, url: str, slug: str) -> None:
@@ -459,6 +480,14 @@ def counts(page) -> tuple[int, int]:
     return int(nodes.split("/")[0]), int(edges.split("/")[0])
 
 
+def _connected(doc, shown: set[str], links: list[dict]) -> set[str]:
+    """The shown nodes a shown link touches, plus every token and logit (the viewer hides features and errors
+    the sliders leave without a link)."""
+    touched = {e[k] for e in links for k in ("source", "target")}
+    kinds = {n["node_id"]: n["feature_type"] for n in doc["nodes"]}
+    return {i for i in shown if i in touched or kinds[i] in ("embedding", "logit")}
+
+
 def test_sliders_filter_nodes_and_edges(page, server, graph_dir):
     doc = json.loads((graph_dir / "small.json").read_text())
     open_graph(page, server, "small")
@@ -470,7 +499,7 @@ def test_sliders_filter_nodes_and_edges(page, server, graph_dir):
         if n["feature_type"] in always or n["influence"] is None or n["influence"] <= 0.3 + 1e-9
     }  # fmt: skip
     links = [e for e in doc["links"] if e["source"] in shown and e["target"] in shown]
-    assert counts(page) == (len(shown), len(links))
+    assert counts(page) == (len(_connected(doc, shown, links)), len(links))
     set_slider(page, "edge-threshold", 0.5)
     weights = sorted((abs(e["weight"]) for e in doc["links"]), reverse=True)
     total, acc, cut = sum(weights), 0.0, None
@@ -479,10 +508,14 @@ def test_sliders_filter_nodes_and_edges(page, server, graph_dir):
         if acc / total >= 0.5 - 1e-6:
             cut = w
             break
-    expect = [e for e in links if abs(e["weight"]) >= cut * (1 - 1e-6)]
+    # links within float32 round-off of the cut may fall either side: bound the counts by both cases
+    sure = [e for e in links if abs(e["weight"]) >= cut * (1 + 1e-6)]
+    maybe = [e for e in links if abs(e["weight"]) >= cut * (1 - 1e-6)]
+    assert len(maybe) - len(sure) <= 1
     n_nodes, n_edges = counts(page)
-    assert n_nodes == len(shown) and abs(n_edges - len(expect)) <= 1  # float32 vs float64 at the cut
-    assert n_edges < len(links)
+    assert len(sure) <= n_edges <= len(maybe)
+    assert len(_connected(doc, shown, sure)) <= n_nodes <= len(_connected(doc, shown, maybe))
+    assert n_edges < len(links) and n_nodes < len(shown)  # nodes the cut leaves without a link are hidden
     page.screenshot(path=str(SHOTS / "05-sliders.png"))
 
 
@@ -507,10 +540,18 @@ def test_large_graph_stays_responsive(page, server, graph_dir):
     click_ms = pointer_ms(page, node["node_id"], ["mousedown", "mouseup"])
     assert selected_id(page) == node["node_id"] and page.locator("#details-body").is_visible()
     render_ms = page.evaluate("window.jcViewer.state.lastRenderMs")
+    # zoomed in far enough for labels (at the whole-graph zoom the nodes are dots and none are drawn)
+    assert page.evaluate("window.jcViewer.drawnLabels().length") == 0
+    box = page.locator("#overlay-canvas").bounding_box()
+    zoom(page, box["width"] / 2, box["height"] / 2, -500, 3)
+    slider_ms += [set_slider(page, "edge-threshold", v) for v in (0.9, 1.0)]
+    n_labels = page.evaluate("window.jcViewer.drawnLabels().length")
+    assert n_labels > 0  # labels were placed (only where they cover no node or label) in the timed frames
     page.screenshot(path=str(SHOTS / "06-large-5k-100k.png"))
     report = {"page_load_wall_ms": wall_ms, **timings, "slider_ms": slider_ms, "hover_ms": hover_ms,
               "click_select_ms": click_ms, "full_redraw_ms": render_ms,
-              "supernodes": "3 x 30 members, one collapsed", "summed_links_drawn": n_summed}  # fmt: skip
+              "supernodes": "3 x 30 members, one collapsed", "summed_links_drawn": n_summed,
+              "labels_drawn_zoomed_in": n_labels}  # fmt: skip
     (SHOTS / "large-graph-timings.json").write_text(json.dumps(report, indent=2))
     print("large graph timings:", json.dumps(report))
     assert timings["totalMs"] < LOAD_BOUND_MS, report

@@ -2,6 +2,11 @@
 // on a canvas. Rows are layers (token embeddings at the bottom, logits on top), columns are prompt positions.
 // Links live in typed arrays with per-node CSR indexes so 100k edges filter and draw in a few milliseconds;
 // edges are batched into a dozen paths by sign and strength instead of one stroke each.
+// Feature dashboards come from the server's FeatureStores (/features/…), or, in a file written by
+// `jcircuits share`, from window.JC_SHARED (graph + dashboards embedded; read-only, no server).
+// Sections: loading · indexes and layout · visibility (sliders) · drawing (edges, nodes, canvas labels, overlay
+// with hover previews) · supernodes · node text · feature dashboards · details and pins · subgraph pane (drag,
+// sg_pos) · steering and tracing (server with a model) · the view in the URL · saving · events.
 'use strict';
 
 (() => {
@@ -10,10 +15,12 @@
     'cross layer transcoder': FEATURE, 'mlp reconstruction error': ERROR, 'embedding': EMBED, 'logit': LOGIT,
   };
   const TYPE_NAMES = ['feature', 'error', 'token', 'logit'];
-  const MARGIN = {left: 48, right: 18, top: 48, bottom: 50};
+  const MARGIN = {left: 48, right: 64, top: 48, bottom: 50};  // right: room for the rotated logit labels
   const LEVELS = 6;  // edge strength bins per sign
   const MIN_SLOTS = 3;  // narrowest column, in node slots, so token labels stay readable
   const $ = (id) => document.getElementById(id);
+  const SHARED = window.JC_SHARED || null;  // {graph, features: {"layer/index": dashboard}} from `jcircuits share`
+  const MAX_CANVAS_LABELS = 300;  // node labels drawn per frame at most (most influential first)
   const dpr = () => window.devicePixelRatio || 1;
 
   const state = {
@@ -25,7 +32,8 @@
     // supernodes on the main canvas: snCollapsed parallels supernodes (view state, not saved); snGroupOf maps a
     // node to its supernode (-1: none); snHidden marks members of collapsed supernodes, drawn as one box
     snCollapsed: [], snGroupOf: null, snHidden: null, hoveredGroup: -1, edgeCut: 0,
-    drawnSupernodes: [], drawnAggregates: [], sgPos: '', linkType: 'both',
+    drawnSupernodes: [], drawnAggregates: [], sgPos: '', linkType: 'both', sgOverride: new Map(),
+    drawnLabels: [], fileClerps: new Map(), urlApplied: false, sameCol: null, labelOrder: null,
     view: {scale: 1, tx: 0, ty: 0}, width: 0, height: 0,
     timings: {}, renders: 0, lastRenderMs: 0, ready: false, error: null,
   };
@@ -98,7 +106,7 @@
   }
 
   async function loadIndex() {
-    const index = await fetchJson('graphs/graph-metadata.json');
+    const index = SHARED ? {graphs: [SHARED.graph.metadata]} : await fetchJson('graphs/graph-metadata.json');
     const graphs = Array.isArray(index.graphs) ? index.graphs.filter((g) => g && typeof g.slug === 'string') : [];
     const select = $('graph-select');
     select.textContent = '';
@@ -117,7 +125,7 @@
     const t0 = performance.now();
     let doc;
     try {
-      doc = await fetchJson(`graphs/${encodeURIComponent(slug)}.json`);
+      doc = SHARED ? SHARED.graph : await fetchJson(`graphs/${encodeURIComponent(slug)}.json`);
     } catch (e) {
       showError(`cannot open graph "${slug}": ${e.message}`);
       return;
@@ -135,9 +143,8 @@
     const t3 = performance.now();
     state.timings = {fetchParseMs: t1 - t0, buildMs: t2 - t1, firstRenderMs: t3 - t2, totalMs: t3 - t0};
     state.ready = true;
-    const url = new URL(window.location.href);
-    url.searchParams.set('graph', slug);
-    window.history.replaceState(null, '', url);
+    syncUrl(true);
+    loadFeatureLabels(slug);
   }
 
   // ---------------------------------------------------------------------------------------------------
@@ -213,26 +220,59 @@
       cells.get(key).push(i);
     }
     const infl = (i) => (nodes[i].influence == null ? 2 : nodes[i].influence);
+    // logits by probability (most likely first), not vocabulary order
+    const prob = (i) => (state.types[i] === LOGIT ? -Number(nodes[i].token_prob || 0) : 0);
     state.cellSlot = new Float32Array(N);  // slot offset from the cell centre, in slots
     state.colSlots = new Float32Array(state.nPos).fill(MIN_SLOTS);
     for (const [key, members] of cells) {
-      members.sort((a, b) => (state.types[a] - state.types[b]) || (infl(a) - infl(b)) ||
+      members.sort((a, b) => (state.types[a] - state.types[b]) || (prob(a) - prob(b)) || (infl(a) - infl(b)) ||
         (nodes[a].node_id < nodes[b].node_id ? -1 : 1));
       members.forEach((i, k) => { state.cellSlot[i] = k - (members.length - 1) / 2; });
       const pos = key % state.nPos;
       state.colSlots[pos] = Math.max(state.colSlots[pos], members.length);
     }
 
-    const q = doc.qParams || {};
+    // links within one column (same prompt position) are drawn as arcs, so they do not hide each other
+    state.sameCol = new Uint8Array(M);
+    for (let k = 0; k < M; k++) state.sameCol[k] = nodes[src[k]].ctx_idx === nodes[tgt[k]].ctx_idx ? 1 : 0;
+    // canvas labels are placed most influential first
+    state.labelOrder = Int32Array.from(nodes.keys()).sort((a, b) => infl(a) - infl(b));
+    // which occurrence of a repeated prompt token a position is
+    const toks = doc.metadata.prompt_tokens;
+    const seenTok = new Map();
+    state.occurrence = toks.map((t) => { const k = (seenTok.get(t) || 0) + 1; seenTok.set(t, k); return k; });
+    state.tokenCount = seenTok;
+    state.fileClerps = new Map(nodes.map((n) => [n.node_id, n.clerp || '']));
+    // the node slider spans what the file holds: the export already pruned above metadata.node_threshold
+    let maxInfl = 0;
+    for (const n of nodes) if (n.influence != null) maxInfl = Math.max(maxInfl, n.influence);
+    state.nodeMax = maxInfl > 0 ? Math.min(1, Math.max(0.05, Math.ceil(maxInfl * 100) / 100)) : 1;  // 0.05: the slider min
+    $('node-threshold').max = String(state.nodeMax);
+
+    const url = new URL(window.location.href);
+    const fromUrl = !state.urlApplied && url.searchParams.get('graph') === slug ? readUrlState(url) : {};
+    state.urlApplied = true;
+    const q = {...(doc.qParams || {}), ...fromUrl};
+    for (const [id, label] of fromUrl.clerps || []) {
+      const i = state.ids.get(id);
+      if (i !== undefined && typeof label === 'string') nodes[i].clerp = label;
+    }
+    for (const [key, input] of [['nodeThreshold', 'node-threshold'], ['edgeThreshold', 'edge-threshold']]) {
+      const v = key in fromUrl ? fromUrl[key] : Number($(input).max);
+      state[key] = Math.min(Math.max(v, Number($(input).min)), Number($(input).max));
+      $(input).value = String(state[key]);
+      $(`${input}-value`).textContent = state[key].toFixed(2);
+    }
     state.pinned = (Array.isArray(q.pinnedIds) ? q.pinnedIds : []).filter((id) => state.ids.has(id));
     state.supernodes = (Array.isArray(q.supernodes) ? q.supernodes : [])
       .filter((g) => Array.isArray(g) && g.length > 1)
       .map(([label, ...members]) => [String(label), ...members.filter((id) => state.ids.has(id))])
       .filter((g) => g.length > 1);
     state.snCollapsed = state.supernodes.map(() => false);
-    // sg_pos (subgraph positions from Neuronpedia / circuit-tracer) is kept verbatim until the subgraph's
-    // membership changes; this viewer lays the subgraph out itself and never moves its nodes
+    // sg_pos: subgraph positions. This viewer writes {"jcircuits": 1, "pos": {item key: [fx, fy]}} (fractions
+    // of the pane) for the nodes a person dragged; any other string (Neuronpedia's) is kept verbatim, unused
     state.sgPos = typeof q.sg_pos === 'string' ? q.sg_pos : '';
+    state.sgOverride = parseSgPos(state.sgPos);
     state.linkType = typeof q.linkType === 'string' ? q.linkType : 'both';
     state.hoveredGroup = -1;
     state.drawnSupernodes = [];
@@ -241,6 +281,10 @@
     state.selected = state.ids.has(q.clickedId) ? state.ids.get(q.clickedId) : -1;
     state.hovered = -1;
     state.clerps = {};
+    // labels from the URL are part of what a Save writes, like the URL's pins (restoring is not an edit)
+    for (const [id, label] of fromUrl.clerps || []) {
+      if (state.ids.has(id) && typeof label === 'string') state.clerps[id] = label;
+    }
     state.dirty = false;
     state.view = {scale: 1, tx: 0, ty: 0};
     $('prompt').textContent = doc.metadata.prompt ?? '';
@@ -307,6 +351,16 @@
         shownLinks++;
       }
     }
+    if (cut > 0 || state.nodeThreshold < state.nodeMax) {
+      // a feature or error whose every link the sliders hide is hidden too (tokens, logits, pins stay)
+      const touched = new Uint8Array(N);
+      for (let k = 0; k < M; k++) if (linkVisible[k]) { touched[state.src[k]] = 1; touched[state.tgt[k]] = 1; }
+      for (let i = 0; i < N; i++) {
+        const t = state.types[i];
+        if (nodeVisible[i] && !touched[i] && (t === FEATURE || t === ERROR) && i !== state.selected &&
+            !keep.has(state.nodes[i].node_id)) nodeVisible[i] = 0;
+      }
+    }
     state.nodeVisible = nodeVisible;
     state.linkVisible = linkVisible;
     let shownNodes = 0;
@@ -345,6 +399,7 @@
     drawEdges(ctx, groups);
     drawNodes(ctx);
     drawLabels(ctx);
+    drawNodeLabels(ctx);
     drawSupernodeOutlines(ctx, groups);
     drawOverlay();
     state.renders++;
@@ -409,14 +464,11 @@
       const s = src[k], t = tgt[k];
       if (hidden[s] | hidden[t]) continue;
       if (sel >= 0 && s !== sel && t !== sel) {
-        faint.moveTo(sx(state.x[s]), sy(state.y[s]));
-        faint.lineTo(sx(state.x[t]), sy(state.y[t]));
+        linkPath(faint, k);
         continue;
       }
       const level = Math.min(LEVELS - 1, Math.floor(LEVELS * Math.sqrt(Math.abs(w[k]) / maxAbs)));
-      const path = paths[(w[k] < 0 ? LEVELS : 0) + level];
-      path.moveTo(sx(state.x[s]), sy(state.y[s]));
-      path.lineTo(sx(state.x[t]), sy(state.y[t]));
+      linkPath(paths[(w[k] < 0 ? LEVELS : 0) + level], k);
     }
     if (sel >= 0) {
       ctx.strokeStyle = 'rgba(120, 130, 145, 0.07)';
@@ -432,6 +484,25 @@
       ctx.stroke(paths[LEVELS + level]);
     }
   }
+
+  // Link k into `path`: a straight line, or, between two nodes of one column, an arc bowed sideways by an
+  // amount that grows with the rows it spans, so links stacked in a column stay apart.
+  function linkPath(path, k) {
+    const s = state.src[k], t = state.tgt[k];
+    const x1 = sx(state.x[s]), y1 = sy(state.y[s]), x2 = sx(state.x[t]), y2 = sy(state.y[t]);
+    path.moveTo(x1, y1);
+    if (!state.sameCol[k]) { path.lineTo(x2, y2); return; }
+    const p = state.nodes[s].ctx_idx;
+    const colW = (state.colX[p + 1] - state.colX[p]) * state.view.scale;
+    const bow = Math.min(0.22 * Math.abs(y2 - y1), 0.45 * colW) * (state.cellSlot[s] + state.cellSlot[t] > 0 ? 1 : -1);
+    path.quadraticCurveTo((x1 + x2) / 2 + bow, (y1 + y2) / 2, x2, y2);
+  }
+
+  // feature nodes by influence: the most influential quarter largest and darkest
+  const INFL_BINS = [0.25, 0.5, 0.75, Infinity];
+  const INFL_SIZE = [1.4, 1.15, 0.95, 0.8];
+  const INFL_FILL = ['#e8a33d', '#f1c27d', '#f7dfb5', '#fbf4e6'];
+  const inflBin = (v) => (v == null ? 3 : INFL_BINS.findIndex((b) => v <= b));
 
   function nodeShape(path, t, x, y, r) {
     if (t === FEATURE) {
@@ -457,13 +528,23 @@
     const r = nodeRadius();
     const pinned = new Set(state.pinned.map((id) => state.ids.get(id)));
     const byType = [0, 1, 2, 3].map(() => new Path2D());
+    const byInfl = INFL_BINS.map(() => new Path2D());
     const pinPath = new Path2D();
     for (let i = 0; i < state.nodes.length; i++) {
       if (!state.nodeVisible[i] || state.snHidden[i]) continue;
-      nodeShape(pinned.has(i) ? pinPath : byType[state.types[i]], state.types[i], sx(state.x[i]), sy(state.y[i]), r);
+      const t = state.types[i];
+      const bin = t === FEATURE ? inflBin(state.nodes[i].influence) : -1;
+      const path = pinned.has(i) ? pinPath : bin >= 0 ? byInfl[bin] : byType[t];
+      nodeShape(path, t, sx(state.x[i]), sy(state.y[i]), bin >= 0 ? r * INFL_SIZE[bin] : r);
     }
     ctx.lineWidth = 1;
-    for (let t = 0; t < 4; t++) {
+    ctx.strokeStyle = STROKES[FEATURE];
+    for (let b = 0; b < INFL_BINS.length; b++) {
+      ctx.fillStyle = INFL_FILL[b];
+      ctx.fill(byInfl[b]);
+      ctx.stroke(byInfl[b]);
+    }
+    for (let t = 1; t < 4; t++) {
       ctx.fillStyle = FILLS[t];
       ctx.strokeStyle = STROKES[t];
       ctx.fill(byType[t]);
@@ -494,13 +575,82 @@
       const n = state.nodes[i];
       const m = /^Output "(.*)" \(p=([0-9.]+)\)$/s.exec(n.clerp || '');
       const text = m ? `${tokenText(m[1])} ${m[2]}` : (n.clerp || n.node_id);
+      // rotated 60° up and right, flatter where the canvas top would cut it
+      const x0 = sx(state.x[i]), y0 = sy(state.y[i]) - r - 4, w = ctx.measureText(text).width;
+      const angle = Math.min(Math.PI / 3, Math.asin(Math.min(1, Math.max(0, y0 - 14) / Math.max(w, 1))));  // 14: glyph height
       ctx.save();
-      ctx.translate(sx(state.x[i]), sy(state.y[i]) - r - 4);
-      ctx.rotate(-Math.PI / 3);
+      ctx.translate(x0, y0);
+      ctx.rotate(-angle);
       ctx.textAlign = 'left';
       ctx.fillText(text, 0, 0);
       ctx.restore();
     }
+  }
+
+  // Labels beside nodes: a person's label, else the feature's automatic one. Placed most influential first and
+  // only where they overlap no label already placed (a grid of 64-px buckets), so zooming in shows more.
+  const labelWidths = new Map();
+  function drawNodeLabels(ctx) {
+    const drawn = [];
+    state.drawnLabels = drawn;
+    const r = nodeRadius();
+    if (r < 2.5) return;  // zoomed far out: nodes are dots, labels would be noise
+    ctx.font = '11px system-ui, sans-serif';
+    ctx.textAlign = 'left';
+    ctx.textBaseline = 'middle';
+    ctx.lineJoin = 'round';
+    const grid = new Map(), B = 64;
+    const free = (x0, y0, x1, y1) => {
+      for (let gx = Math.floor(x0 / B); gx <= Math.floor(x1 / B); gx++) {
+        for (let gy = Math.floor(y0 / B); gy <= Math.floor(y1 / B); gy++) {
+          for (const b of grid.get(gx * 4096 + gy) || []) {
+            if (x0 < b[2] && b[0] < x1 && y0 < b[3] && b[1] < y1) return false;
+          }
+        }
+      }
+      return true;
+    };
+    const take = (box) => {
+      for (let gx = Math.floor(box[0] / B); gx <= Math.floor(box[2] / B); gx++) {
+        for (let gy = Math.floor(box[1] / B); gy <= Math.floor(box[3] / B); gy++) {
+          const key = gx * 4096 + gy;
+          if (!grid.has(key)) grid.set(key, []);
+          grid.get(key).push(box);
+        }
+      }
+    };
+    const bottom = sy(state.height - MARGIN.bottom) + 4;
+    for (let i = 0; i < state.nodes.length; i++) {  // labels do not cover other nodes
+      if (!state.nodeVisible[i] || state.snHidden[i]) continue;
+      const x = sx(state.x[i]), y = sy(state.y[i]);
+      if (x >= -r && x <= state.width + r && y >= -r && y <= state.height + r) take([x - r, y - r, x + r, y + r]);
+    }
+    for (const i of state.labelOrder) {
+      if (drawn.length >= MAX_CANVAS_LABELS) break;
+      const t = state.types[i];
+      if ((t !== FEATURE && t !== ERROR) || !state.nodeVisible[i] || state.snHidden[i]) continue;
+      const text0 = shortLabel(i);
+      if (!text0) continue;
+      const x = sx(state.x[i]), y = sy(state.y[i]);
+      if (x < 0 || x > state.width || y < 0 || y > Math.min(state.height, bottom)) continue;
+      const text = text0.length > 30 ? `${text0.slice(0, 29)}…` : text0;
+      let w = labelWidths.get(text);
+      if (w === undefined) { w = ctx.measureText(text).width; labelWidths.set(text, w); }
+      // right of the node, else left of it
+      let x0 = x + 1.4 * r + 3, box = [x0 - 1, y - 7, x0 + w + 1, y + 7];
+      if (box[2] > state.width || !free(...box)) {
+        x0 = x - 1.4 * r - 3 - w;
+        box = [x0 - 1, y - 7, x0 + w + 1, y + 7];
+        if (box[0] < 0 || !free(...box)) continue;
+      }
+      take(box);
+      drawn.push({id: state.nodes[i].node_id, text, x: x0, y, w});
+    }
+    ctx.lineWidth = 3;
+    ctx.strokeStyle = 'rgba(255, 255, 255, 0.9)';
+    for (const d of drawn) ctx.strokeText(d.text, d.x, d.y);
+    ctx.fillStyle = '#1f2933';
+    for (const d of drawn) ctx.fillText(d.text, d.x, d.y);
   }
 
   function drawOverlay() {
@@ -517,6 +667,23 @@
       ctx.lineWidth = width;
       ctx.stroke();
     };
+    const h = state.hovered;
+    if (h >= 0 && h !== state.selected && !state.snHidden[h]) {
+      // preview the hovered node's strongest links (those the sliders show first)
+      const links = strongest(state.inStart, state.inIdx, h, state.src, 8)
+        .concat(strongest(state.outStart, state.outIdx, h, state.tgt, 8))
+        .filter(({k}) => !state.snHidden[state.src[k]] && !state.snHidden[state.tgt[k]]);
+      const maxW = Math.max(...links.map(({w}) => Math.abs(w)), 1e-12);
+      for (const {k, node, w} of links) {
+        const path = new Path2D();
+        linkPath(path, k);
+        ctx.strokeStyle = w < 0 ? 'rgba(197, 48, 48, 0.85)' : 'rgba(43, 108, 176, 0.85)';
+        ctx.lineWidth = 1 + 3 * Math.abs(w) / maxW;
+        ctx.stroke(path);
+        ring(node, w < 0 ? '#c53030' : '#2b6cb0', 1.5);
+      }
+      state.previewLinks = links.map(({node, w}) => ({node: state.nodes[node].node_id, weight: w}));
+    } else state.previewLinks = [];
     if (state.selected < 0 || !state.snHidden[state.selected]) ring(state.selected, '#111827', 2.5);
     if (state.hovered !== state.selected) ring(state.hovered, '#2563eb', 2);
     const box = state.drawnSupernodes.find((b) => b.index === state.hoveredGroup && b.collapsed);
@@ -742,32 +909,233 @@
     return t === undefined ? `#${n.ctx_idx}` : tokenText(t);
   }
 
+  // which occurrence of a repeated token a position is: ' (2nd of 2)', or '' for a token seen once
+  function occurrenceAt(n) {
+    const t = state.doc.metadata.prompt_tokens[n.ctx_idx];
+    const total = state.tokenCount.get(t) || 1;
+    if (total < 2) return '';
+    const k = state.occurrence[n.ctx_idx];
+    const nth = k % 10 === 1 && k !== 11 ? 'st' : k % 10 === 2 && k !== 12 ? 'nd' : k % 10 === 3 && k !== 13 ? 'rd' : 'th';
+    return ` (${k}${nth} of ${total})`;
+  }
+
+  const ORDINAL = (n) => `${tokenAt(n)}"${occurrenceAt(n) ? ` #${state.occurrence[n.ctx_idx]}` : ''}`;
+
   function featureIndex(n) {
     const parts = n.node_id.split('_');
     return parts.length === 3 ? parts[1] : String(n.feature);
   }
 
+  const featureKey = (i) => `${state.nodes[i].layer}/${featureIndex(state.nodes[i])}`;
+
+  // what a node is called: a person's label (clerp), else a feature's automatic label, else its place
   function nodeLabel(i) {
     const n = state.nodes[i];
     if (n.clerp) return n.clerp;
+    const auto = state.types[i] === FEATURE ? features.labels.get(featureKey(i)) : undefined;
     switch (state.types[i]) {
-      case ERROR: return `error L${n.layer} @ "${tokenAt(n)}"`;
-      case EMBED: return `token "${tokenAt(n)}"`;
+      case ERROR: return `error L${n.layer} @ "${ORDINAL(n)}`;
+      case EMBED: return `token "${ORDINAL(n)}`;
       case LOGIT: return n.node_id;
-      default: return `L${n.layer} F${featureIndex(n)} @ "${tokenAt(n)}"`;
+      default: return auto || `L${n.layer} F${featureIndex(n)} @ "${ORDINAL(n)}`;
     }
   }
 
+  // the label drawn beside a node on the canvas ('' for none): people's, else automatic
+  function shortLabel(i) {
+    const n = state.nodes[i];
+    if (n.clerp) return n.clerp;
+    return state.types[i] === FEATURE ? features.labels.get(featureKey(i)) || '' : '';
+  }
+
+  const KIND_NAMES = {plt: 'per-layer transcoder', clt: 'cross-layer transcoder'};
+
   function nodeFacts(i) {
     const n = state.nodes[i];
-    const facts = [['id', n.node_id], ['type', `${TYPE_NAMES[state.types[i]]} (${n.feature_type})`],
-      ['layer', n.layer], ['position', `${n.ctx_idx} "${tokenAt(n)}"`]];
+    const t = state.types[i];
+    // the graph JSON does not say which kind of transcoder it traced; the dashboards' store does
+    const kind = KIND_NAMES[features.kind];
+    const typeName = t === FEATURE ? `feature (${kind || 'transcoder'})` : t === ERROR
+      ? `error (${kind || 'transcoder'} reconstruction error)` : TYPE_NAMES[t];
+    const lastLayer = state.nRows - 3;  // rows: embeddings, L0 … L(n-1), logits
+    const facts = [['id', n.node_id], ['type', typeName],
+      t === LOGIT ? ['row', `logits (output, after L${lastLayer})`] : ['layer', t === EMBED ? 'embedding' : `L${n.layer}`],
+      ['position', `${n.ctx_idx} "${tokenAt(n)}"${occurrenceAt(n)}`]];
     if (state.types[i] === FEATURE) facts.push(['feature', featureIndex(n)]);
     if (n.activation != null) facts.push(['activation', n.activation.toPrecision(4)]);
     if (n.influence != null) facts.push(['influence', n.influence.toPrecision(4)]);
     if (state.types[i] === LOGIT) facts.push(['probability', Number(n.token_prob).toPrecision(4)]);
     facts.push(['inputs / outputs', `${state.inStart[i + 1] - state.inStart[i]} / ${state.outStart[i + 1] - state.outStart[i]}`]);
     return facts;
+  }
+
+  // ---------------------------------------------------------------------------------------------------
+  // Feature dashboards: one record per feature, fetched on first hover or click and kept; labels for the
+  // whole graph in one request after it loads. `features.note` says why there are none (shown in the panel).
+
+  const features = {slug: null, labels: new Map(), cache: new Map(), note: '', kind: null};
+
+  function featureScan() { return String(state.doc.metadata.scan || ''); }
+
+  async function postJson(url, body) {
+    const res = await fetch(url, {method: 'POST', headers: {'Content-Type': 'application/json'},
+      body: JSON.stringify(body)});
+    const reply = await res.json().catch(() => ({}));
+    if (!res.ok) throw new Error(reply.error || `HTTP ${res.status}`);
+    return reply;
+  }
+
+  async function loadFeatureLabels(slug) {
+    features.slug = slug;
+    features.labels = new Map();
+    features.cache = new Map();
+    features.note = '';
+    features.kind = SHARED ? SHARED.transcoder_kind || null : null;
+    const keys = [];
+    for (let i = 0; i < state.nodes.length; i++) if (state.types[i] === FEATURE) keys.push(featureKey(i));
+    if (!keys.length) return;
+    let labels;
+    try {
+      if (SHARED) {
+        labels = {};
+        for (const [k, v] of Object.entries(SHARED.features || {})) if (v && v.label) labels[k] = v.label;
+        if (!SHARED.features || !Object.keys(SHARED.features).length) features.note = 'this file holds no feature dashboards';
+      } else {
+        const pairs = keys.map((k) => k.split('/').map(Number));
+        const reply = await postJson('features/labels.json', {scan: featureScan(), features: pairs});
+        labels = reply.labels;
+        features.kind = reply.kind || null;
+      }
+    } catch (e) {
+      features.note = e.message;
+      return;
+    }
+    if (features.slug !== slug) return;  // another graph was opened meanwhile
+    features.labels = new Map(Object.entries(labels));
+    scheduleRender();
+    renderDetails();
+    renderPinnedList();
+  }
+
+  // The dashboard of feature node i: a promise of {record, label, label_source} (or of {error}).
+  function featureDashboard(i) {
+    const key = featureKey(i);
+    if (!features.cache.has(key)) {
+      const [layer, index] = key.split('/');
+      const p = SHARED
+        ? Promise.resolve((SHARED.features || {})[key] || {error: 'this file holds no dashboard for this feature'})
+        : fetchJson(`features/${layer}/${index}.json?scan=${encodeURIComponent(featureScan())}`)
+          .catch((e) => ({error: e.message.replace(/^features\/\S+: /, '')}));
+      features.cache.set(key, p.then((d) => { features.cache.set(key, Promise.resolve(d)); d.key = key; return d; }));
+    }
+    return features.cache.get(key);
+  }
+
+  const h = (tag, cls, text) => {
+    const e = document.createElement(tag);
+    if (cls) e.className = cls;
+    if (text !== undefined) e.textContent = text;
+    return e;
+  };
+
+  // One example context: each token shaded by its activation relative to the feature's maximum.
+  function exampleLine(ex, actMax) {
+    const line = h('div', 'fp-example');
+    const acts = ex.tokens_acts_list || [];
+    // word-level vocabularies store words without their spaces: put one between tokens for them
+    const spaced = !ex.tokens.some((t) => /^[\s▁Ġ]|\s$/.test(t));
+    ex.tokens.forEach((tok, j) => {
+      if (spaced && j) line.append(' ');
+      const span = h('span', j === ex.train_token_ind ? 'tok max' : 'tok', tokenText(tok));
+      const a = Math.max(0, Math.min(1, (acts[j] || 0) / (actMax || 1)));
+      if (a > 0) span.style.background = `rgba(234, 128, 20, ${(0.12 + 0.75 * a).toFixed(3)})`;
+      span.title = `activation ${(acts[j] || 0).toPrecision(3)}`;
+      span.dataset.act = String(acts[j] || 0);
+      line.append(span);
+    });
+    return line;
+  }
+
+  function histogram(rec) {
+    const counts = rec.histogram || [];
+    const ns = 'http://www.w3.org/2000/svg';
+    const svg = document.createElementNS(ns, 'svg');
+    svg.setAttribute('class', 'fp-hist');
+    svg.setAttribute('viewBox', '0 0 300 48');
+    svg.setAttribute('preserveAspectRatio', 'none');
+    const top = Math.max(...counts, 1);
+    counts.forEach((c, b) => {
+      const r = document.createElementNS(ns, 'rect');
+      const hgt = c ? Math.max(1, 40 * Math.log1p(c) / Math.log1p(top)) : 0;
+      r.setAttribute('x', String(b * 300 / counts.length));
+      r.setAttribute('width', String(Math.max(300 / counts.length - 1, 0.5)));
+      r.setAttribute('y', String(40 - hgt));
+      r.setAttribute('height', String(hgt));
+      r.setAttribute('fill', '#e8a33d');
+      const title = document.createElementNS(ns, 'title');
+      title.textContent = `${c} activations`;
+      r.append(title);
+      svg.append(r);
+    });
+    return svg;
+  }
+
+  // The feature panel of the details pane: label, frequency, histogram, logits, top and quantile examples.
+  function fillFeaturePanel(panel, i, d) {
+    panel.textContent = '';
+    if (d.error) {
+      panel.append(h('div', 'fp-note', `no dashboard: ${d.error}`));
+      return;
+    }
+    const rec = d.record, n = state.nodes[i];
+    const title = h('div', 'fp-label', n.clerp || d.label || '(no label)');
+    title.append(h('span', 'fp-source', n.clerp ? '  (your label)' : d.label ? `  (${d.label_source === 'human' ? 'label' : 'automatic label'})` : ''));
+    panel.append(title);
+    const freq = Number(rec.activation_frequency || 0);
+    panel.append(h('div', 'fp-stats', `active on ${(100 * freq).toPrecision(2)}% of tokens · max activation ${Number(rec.act_max).toPrecision(3)}` +
+      (n.activation != null ? ` · here ${n.activation.toPrecision(3)}` : '')));
+    panel.append(h('h4', '', 'activation histogram (log counts)'), histogram(rec),
+      h('div', 'fp-note', `${Number(rec.act_min).toPrecision(3)} … ${Number(rec.act_max).toPrecision(3)}, equal bins`));
+    const logits = h('div', 'fp-logits');
+    for (const [cls, name, toks] of [['up', 'promotes (top logits)', rec.top_logits], ['down', 'suppresses (bottom logits)', rec.bottom_logits]]) {
+      const col = h('div', cls);
+      col.append(h('h4', '', name));
+      const ol = h('ol', cls === 'up' ? 'fp-top-logits' : 'fp-bottom-logits');
+      for (const t of (toks || []).slice(0, 8)) ol.append(h('li', '', tokenText(t)));
+      col.append(ol);
+      logits.append(col);
+    }
+    panel.append(logits);
+    (rec.examples_quantiles || []).forEach((q, qi) => {
+      if (!q.examples || !q.examples.length) return;
+      const box = qi === 0 ? h('div', 'fp-quantile fp-top') : h('details', 'fp-quantile');
+      const head = qi === 0 ? h('h4', '', q.quantile_name) : h('summary', '', `${q.quantile_name} · ${q.examples.length} examples`);
+      box.append(head);
+      for (const ex of q.examples) box.append(exampleLine(ex, rec.act_max));
+      panel.append(box);
+    });
+  }
+
+  function showFeaturePanel(i) {
+    const panel = $('feature-panel');
+    if (i < 0 || state.types[i] !== FEATURE) { panel.hidden = true; return; }
+    panel.hidden = false;
+    if (features.note && !SHARED) { panel.textContent = ''; panel.append(h('div', 'fp-note', `no dashboards: ${features.note}`)); return; }
+    panel.textContent = 'loading the feature dashboard…';
+    featureDashboard(i).then((d) => { if (state.selected === i) fillFeaturePanel(panel, i, d); });
+  }
+
+  // Under the tooltip: the feature's label, its strongest context and what it promotes.
+  function tooltipFeature(tip, i, d) {
+    if (d.error || !d.record) return;
+    const rec = d.record, box = h('div', 'tip-feature');
+    if (!state.nodes[i].clerp && d.label) box.append(h('div', 'tip-label', d.label));
+    const top = (rec.examples_quantiles || []).find((q) => q.examples && q.examples.length);
+    if (top) box.append(exampleLine(top.examples[0], rec.act_max));
+    if ((rec.top_logits || []).length) {
+      box.append(h('div', 'tip-logits', `promotes: ${rec.top_logits.slice(0, 5).map(tokenText).join(', ')}`));
+    }
+    tip.append(box);
   }
 
   // ---------------------------------------------------------------------------------------------------
@@ -788,7 +1156,15 @@
   function renderTooltip(ev) {
     const tip = $('tooltip');
     const group = state.hovered < 0 ? state.hoveredGroup : -1;
-    if (state.hovered < 0 && group < 0) { tip.hidden = true; return; }
+    if (state.hovered < 0 && group < 0) { tip.hidden = true; tip.dataset.node = ''; return; }
+    const nodeId = group >= 0 ? `sn:${group}` : state.nodes[state.hovered].node_id;
+    if (!tip.hidden && tip.dataset.node === nodeId) {  // same node: only follow the pointer
+      const box = $('canvas-wrap').getBoundingClientRect();
+      tip.style.left = `${Math.max(0, Math.min(ev.clientX - box.left + 14, state.width - tip.offsetWidth - 4))}px`;
+      tip.style.top = `${Math.max(0, Math.min(ev.clientY - box.top + 14, state.height - tip.offsetHeight - 4))}px`;
+      return;
+    }
+    tip.dataset.node = nodeId;
     tip.textContent = '';
     const title = document.createElement('div');
     title.textContent = group >= 0 ? `◆ ${state.supernodes[group][0]}` : nodeLabel(state.hovered);
@@ -802,11 +1178,21 @@
       row.append(key, String(v));
       tip.append(row);
     }
+    const place = () => {
+      const box = $('canvas-wrap').getBoundingClientRect();
+      const x = ev.clientX - box.left + 14, y = ev.clientY - box.top + 14;
+      tip.style.left = `${Math.max(0, Math.min(x, state.width - tip.offsetWidth - 4))}px`;
+      tip.style.top = `${Math.max(0, Math.min(y, state.height - tip.offsetHeight - 4))}px`;
+    };
     tip.hidden = false;
-    const box = $('canvas-wrap').getBoundingClientRect();
-    const x = ev.clientX - box.left + 14, y = ev.clientY - box.top + 14;
-    tip.style.left = `${Math.min(x, state.width - tip.offsetWidth - 4)}px`;
-    tip.style.top = `${Math.min(y, state.height - tip.offsetHeight - 4)}px`;
+    place();
+    const i = state.hovered;
+    if (group < 0 && state.types[i] === FEATURE && !(features.note && !SHARED)) {
+      featureDashboard(i).then((d) => {
+        if (state.hovered !== i || tip.hidden || tip.dataset.node !== state.nodes[i].node_id) return;
+        if (!tip.querySelector('.tip-feature')) { tooltipFeature(tip, i, d); place(); }
+      });
+    }
   }
 
   function strongest(start, index, i, other, limit = 12) {
@@ -838,7 +1224,7 @@
     const i = state.selected;
     $('details').querySelector('.empty').hidden = i >= 0;
     $('details-body').hidden = i < 0;
-    if (i < 0) return;
+    if (i < 0) { $('feature-panel').hidden = true; return; }
     $('details-title').textContent = nodeLabel(i);
     const table = $('details-table');
     table.textContent = '';
@@ -848,6 +1234,8 @@
       tr.insertCell().textContent = String(v);
     }
     $('clerp-input').value = state.nodes[i].clerp || '';
+    $('clerp-input').placeholder = state.types[i] === FEATURE ? features.labels.get(featureKey(i)) || '' : '';
+    showFeaturePanel(i);
     $('pin-toggle').textContent = state.pinned.includes(state.nodes[i].node_id) ? 'Unpin' : 'Pin';
     fillLinks($('inputs'), strongest(state.inStart, state.inIdx, i, state.src));
     fillLinks($('outputs'), strongest(state.outStart, state.outIdx, i, state.tgt));
@@ -858,9 +1246,12 @@
     computeVisibility();  // a selected node stays visible whatever the sliders say
     renderDetails();
     scheduleRender();
+    syncUrl(true);
   }
 
   function markDirty() {
+    syncUrl(true);
+    if (SHARED) { setStatus('read-only file: Copy link keeps these edits'); return; }
     state.dirty = true;
     $('save').disabled = false;
     setStatus('unsaved changes');
@@ -880,7 +1271,7 @@
       state.pinned.splice(at, 1);
       dropFromSupernodes(new Set([id]));
     } else state.pinned.push(id);
-    state.sgPos = '';  // stored subgraph positions are per subgraph node: stale once the nodes change
+    writeSgPos();  // dragged positions of the nodes that stay are kept
     indexSupernodes();
     markDirty();
     computeVisibility();
@@ -902,7 +1293,7 @@
 
   // Redraw everything a supernode edit touches; `membership` says whether nodes joined or left a supernode.
   function supernodesEdited(membership) {
-    if (membership) state.sgPos = '';
+    if (membership) writeSgPos();
     indexSupernodes();
     markDirty();
     computeVisibility();
@@ -974,6 +1365,7 @@
       list.append(li);
     }
     $('pinned-count').textContent = state.pinned.length ? `(${state.pinned.length} pinned)` : '';
+    renderSteer();
     const sl = $('supernode-list');
     sl.textContent = '';
     const button = (cls, text, title, onClick) => {
@@ -1018,39 +1410,69 @@
     });
   }
 
-  // The pinned nodes, with supernodes merged, drawn with the same rows/columns rule as the main graph.
+  // sg_pos as this viewer writes it -> Map(item key -> [fx, fy]); anything else (Neuronpedia's) -> empty
+  function parseSgPos(text) {
+    try {
+      const v = JSON.parse(text);
+      if (v && v.jcircuits === 1 && v.pos && typeof v.pos === 'object') {
+        return new Map(Object.entries(v.pos).filter(([, xy]) => Array.isArray(xy) && xy.length === 2 &&
+          xy.every((c) => Number.isFinite(c) && c >= 0 && c <= 1)));
+      }
+    } catch (_) { /* not ours: kept verbatim, not used */ }
+    return new Map();
+  }
+
+  // The pinned nodes, with supernodes merged: rows are the layers they sit in (logits on top), columns are
+  // their positions in order among the pinned positions only, so a few pins fill the pane wherever they are in
+  // the prompt. Nodes can be dragged; dragged positions are saved as sg_pos. Links show their summed weights.
   function renderSubgraph() {
     renderPinnedList();
     const svg = $('subgraph-svg');
     svg.textContent = '';
+    state.sgItems = [];
+    svg.style.display = state.pinned.length ? '' : 'none';  // nothing pinned: no empty box, the hint says why
+    $('subgraph-hint').hidden = state.pinned.length > 0;
     if (!state.doc) return;
     const grouped = new Map();  // node index -> item index
     const items = [];
     state.supernodes.forEach((g) => {
-      const members = g.slice(1).map((id) => state.ids.get(id));
+      const members = g.slice(1).map((id) => state.ids.get(id)).filter((m) => m !== undefined);
       members.forEach((m) => grouped.set(m, items.length));
-      items.push({label: g[0], members, supernode: true});
+      items.push({key: `supernode:${g[0]}`, label: g[0], members, supernode: true});
     });
     for (const id of state.pinned) {
       const i = state.ids.get(id);
       if (grouped.has(i)) continue;
       grouped.set(i, items.length);
-      items.push({label: nodeLabel(i), members: [i], supernode: false});
+      items.push({key: id, label: nodeLabel(i), members: [i], supernode: false});
     }
     if (!items.length) return;
-    const W = svg.clientWidth || 340, H = svg.clientHeight || 240, pad = 22;
+    const W = svg.clientWidth || 380, H = svg.clientHeight || 260, pad = 16;
     svg.setAttribute('viewBox', `0 0 ${W} ${H}`);
     for (const it of items) {
       const mean = (f) => it.members.reduce((a, m) => a + f(m), 0) / it.members.length;
-      it.fx = mean((m) => state.nodes[m].ctx_idx + 0.5) / state.nPos;
-      it.fy = 1 - mean((m) => state.rows[m] + 0.5) / state.nRows;
+      it.row = Math.round(mean((m) => state.rows[m]));
+      it.col = Math.round(mean((m) => state.nodes[m].ctx_idx));
     }
-    items.forEach((it) => { it.x = pad + it.fx * (W - 2 * pad); it.y = pad + it.fy * (H - 2 * pad); });
-    // nudge items that share a spot apart horizontally
-    const sorted = [...items].sort((a, b) => a.y - b.y || a.x - b.x);
-    for (let a = 1; a < sorted.length; a++) {
-      const p = sorted[a - 1], q = sorted[a];
-      if (Math.abs(p.y - q.y) < 12 && q.x - p.x < 26) q.x = p.x + 26;
+    const rows = [...new Set(items.map((it) => it.row))].sort((a, b) => b - a);
+    const cols = [...new Set(items.map((it) => it.col))].sort((a, b) => a - b);
+    const cellW = (W - 2 * pad) / cols.length, cellH = (H - 2 * pad - 14) / rows.length;
+    const cells = new Map();
+    for (const it of items) {
+      const key = `${it.row}:${it.col}`;
+      if (!cells.has(key)) cells.set(key, []);
+      cells.get(key).push(it);
+    }
+    for (const members of cells.values()) {
+      members.forEach((it, k) => {
+        const c = cols.indexOf(it.col), r = rows.indexOf(it.row);
+        const step = cellW / members.length;
+        it.x = pad + c * cellW + (k + 0.5) * step;
+        it.y = pad + (r + 0.5) * cellH;
+        it.maxLabelW = Math.max(step - 4, 30);
+        const saved = state.sgOverride.get(it.key);
+        if (saved) { it.x = saved[0] * W; it.y = saved[1] * H; }
+      });
     }
     // summed weights between items
     const sums = new Map();
@@ -1065,26 +1487,315 @@
     }
     const maxW = Math.max(...[...sums.values()].map(Math.abs), 1e-12);
     const ns = 'http://www.w3.org/2000/svg';
-    const el = (name, attrs) => {
+    const el = (name, attrs, parent = svg) => {
       const e = document.createElementNS(ns, name);
       for (const [k, v] of Object.entries(attrs)) e.setAttribute(k, v);
-      svg.append(e);
+      parent.append(e);
       return e;
     };
+    const strongestKeys = new Set([...sums.entries()].sort((x, y) => Math.abs(y[1]) - Math.abs(x[1]))
+      .slice(0, 16).map(([key]) => key));
+    const labelsLayer = [];
     for (const [key, w] of sums) {
       const [a, b] = key.split('>').map(Number);
-      el('line', {x1: items[a].x, y1: items[a].y, x2: items[b].x, y2: items[b].y,
-        stroke: w < 0 ? '#c53030' : '#2b6cb0', 'stroke-width': 0.6 + 3.5 * Math.abs(w) / maxW,
-        'stroke-opacity': 0.75, class: 'sg-link'});
+      const A = items[a], B = items[b];
+      el('line', {x1: A.x, y1: A.y, x2: B.x, y2: B.y, stroke: w < 0 ? '#c53030' : '#2b6cb0',
+        'stroke-width': 0.8 + 3.5 * Math.abs(w) / maxW, 'stroke-opacity': 0.7, class: 'sg-link',
+        'data-from': A.key, 'data-to': B.key, 'data-weight': String(w)});
+      if (strongestKeys.has(key)) labelsLayer.push([A, B, w]);
     }
+    for (const [A, B, w] of labelsLayer) {  // weights at 40% of the way, so two opposite links do not collide
+      const t = el('text', {x: A.x + 0.4 * (B.x - A.x), y: A.y + 0.4 * (B.y - A.y) - 2, class: 'sg-weight',
+        fill: w < 0 ? '#9b2c2c' : '#2c5282', 'text-anchor': 'middle'});
+      t.textContent = w.toPrecision(2);
+    }
+    const pinned = new Set(state.pinned);
     for (const it of items) {
-      const shape = it.supernode
-        ? el('rect', {x: it.x - 9, y: it.y - 7, width: 18, height: 14, rx: 4, fill: '#f6c744', stroke: '#8a6a00'})
-        : el('circle', {cx: it.x, cy: it.y, r: 6, fill: '#fbf4e6', stroke: '#8c6d3f'});
-      shape.setAttribute('class', it.supernode ? 'sg-node sg-supernode' : 'sg-node');
-      if (!it.supernode) shape.addEventListener('click', () => select(it.members[0]));
-      const text = el('text', {x: it.x + 10, y: it.y + 4, 'font-size': 10, fill: '#1f2933'});
-      text.textContent = it.label.length > 28 ? `${it.label.slice(0, 27)}…` : it.label;
+      const g = el('g', {class: it.supernode ? 'sg-node sg-supernode' : 'sg-node', 'data-key': it.key,
+        transform: `translate(${it.x.toFixed(1)},${it.y.toFixed(1)})`});
+      if (it.supernode) el('rect', {x: -9, y: -7, width: 18, height: 14, rx: 4, fill: '#f6c744', stroke: '#8a6a00'}, g);
+      else {
+        const i = it.members[0];
+        el('circle', {r: 6, fill: pinned.has(state.nodes[i].node_id) ? '#f6c744' : '#fbf4e6', stroke: '#8c6d3f'}, g);
+      }
+      const text = el('text', {x: 0, y: 17, 'font-size': 10.5, fill: '#1f2933', 'text-anchor': 'middle'}, g);
+      const maxChars = Math.max(6, Math.floor(it.maxLabelW / 5.6));
+      text.textContent = it.label.length > maxChars ? `${it.label.slice(0, maxChars - 1)}…` : it.label;
+      const title = document.createElementNS(ns, 'title');
+      title.textContent = it.label;
+      g.append(title);
+      bindSubgraphDrag(svg, g, it, W, H);
+    }
+    // row names on the left edge
+    rows.forEach((r, k) => {
+      const t = el('text', {x: 2, y: pad + (k + 0.5) * cellH - 9, 'font-size': 9, fill: '#8a94a3'});
+      t.textContent = r === 0 ? 'Emb' : r === state.nRows - 1 ? 'Logit' : `L${r - 1}`;
+    });
+    state.sgItems = items;
+  }
+
+  // Drag a subgraph node (pointer events); a press without movement selects it.
+  function bindSubgraphDrag(svg, g, it, W, H) {
+    g.addEventListener('pointerdown', (ev) => {
+      ev.preventDefault();
+      const box = svg.getBoundingClientRect();
+      const sx0 = W / box.width, sy0 = H / box.height;
+      const start = {x: ev.clientX, y: ev.clientY, ix: it.x, iy: it.y};
+      let moved = false;
+      g.setPointerCapture(ev.pointerId);
+      const move = (e) => {
+        const dx = (e.clientX - start.x) * sx0, dy = (e.clientY - start.y) * sy0;
+        if (!moved && Math.abs(dx) + Math.abs(dy) < 3) return;
+        moved = true;
+        it.x = Math.min(Math.max(start.ix + dx, 4), W - 4);
+        it.y = Math.min(Math.max(start.iy + dy, 4), H - 4);
+        g.setAttribute('transform', `translate(${it.x.toFixed(1)},${it.y.toFixed(1)})`);
+      };
+      const up = () => {
+        g.removeEventListener('pointermove', move);
+        g.removeEventListener('pointerup', up);
+        g.removeEventListener('pointercancel', up);
+        if (!moved) {
+          if (!it.supernode) select(it.members[0]);
+          return;
+        }
+        state.sgOverride.set(it.key, [+(it.x / W).toFixed(4), +(it.y / H).toFixed(4)]);
+        writeSgPos();
+        markDirty();
+        renderSubgraph();  // links follow
+      };
+      g.addEventListener('pointermove', move);
+      g.addEventListener('pointerup', up);
+      g.addEventListener('pointercancel', up);
+    });
+  }
+
+  // sg_pos from the dragged positions of items still in the subgraph
+  function writeSgPos() {
+    const live = new Set(state.supernodes.map((g) => `supernode:${g[0]}`).concat(state.pinned));
+    const pos = {};
+    for (const [key, xy] of state.sgOverride) if (live.has(key)) pos[key] = xy;
+    state.sgPos = Object.keys(pos).length ? JSON.stringify({jcircuits: 1, pos}) : '';
+  }
+
+  // ---------------------------------------------------------------------------------------------------
+  // Steering with the server's model (jcircuits serve --model …, attribute --serve): pinned features edited,
+  // the top next tokens and a greedy continuation before and after, computed on the server by
+  // jcircuits.intervention. Row settings are kept per node while it stays pinned.
+
+  const steer = {info: null, rows: new Map()};
+
+  async function loadSteerInfo() {
+    if (SHARED) return;
+    try { steer.info = await fetchJson('steer/info.json'); } catch (_) { steer.info = null; }
+    renderSteer();
+  }
+
+  function steerUsable() {
+    const info = steer.info;
+    if (!info || !info.available || !state.doc) return false;
+    const scan = featureScan();
+    return !info.scan || !scan || scan === 'local' || scan === info.scan;
+  }
+
+  // token ids of the prompt, read from the embedding nodes' ids (E_{token id}_{position})
+  function promptTokenIds() {
+    const ids = new Array(state.doc.metadata.prompt_tokens.length).fill(null);
+    for (let i = 0; i < state.nodes.length; i++) {
+      if (state.types[i] !== EMBED) continue;
+      const m = /^E_(\d+)_(\d+)$/.exec(state.nodes[i].node_id);
+      if (m) ids[Number(m[2])] = Number(m[1]);
+    }
+    return ids.includes(null) ? null : ids;
+  }
+
+  function renderSteer() {
+    const box = $('steer');
+    box.hidden = !steerUsable();
+    if (box.hidden) return;
+    $('steer-model').textContent = `(${steer.info.model})`;
+    const table = $('steer-table');
+    table.textContent = '';
+    const feats = state.pinned.map((id) => state.ids.get(id)).filter((i) => state.types[i] === FEATURE);
+    for (const [id] of steer.rows) if (!state.pinned.includes(id)) steer.rows.delete(id);
+    if (!feats.length) {
+      table.insertRow().insertCell().textContent = 'Pin features (shift-click) to steer them.';
+      $('steer-run').disabled = true;
+      return;
+    }
+    $('steer-run').disabled = false;
+    for (const i of feats) {
+      const id = state.nodes[i].node_id;
+      if (!steer.rows.has(id)) steer.rows.set(id, {use: false, mode: 'multiplier', x: '0', from: false});
+      const row = steer.rows.get(id);
+      const tr = table.insertRow();
+      tr.dataset.nodeId = id;
+      const use = h('input', 'steer-use');
+      use.type = 'checkbox';
+      use.checked = row.use;
+      use.addEventListener('change', () => { row.use = use.checked; });
+      const mode = h('select', 'steer-mode');
+      for (const [v, t] of [['multiplier', '×'], ['value', '=']]) {
+        const o = h('option', '', t);
+        o.value = v;
+        mode.append(o);
+      }
+      mode.value = row.mode;
+      const x = h('input', 'steer-x');
+      x.type = 'number';
+      x.step = 'any';
+      x.value = row.x;
+      x.addEventListener('input', () => { row.x = x.value; });
+      const from = h('input', 'steer-from');
+      from.type = 'checkbox';
+      from.checked = row.from;
+      from.title = 'also at every later position, generated tokens included (values only)';
+      from.disabled = row.mode !== 'value';
+      from.addEventListener('change', () => { row.from = from.checked; });
+      mode.addEventListener('change', () => { row.mode = mode.value; from.disabled = row.mode !== 'value'; });
+      const g = supernodeOf(id);
+      const name = h('td', 'name', nodeLabel(i) + (g >= 0 ? ` [${state.supernodes[g][0]}]` : ''));
+      name.title = `${id}: ${nodeLabel(i)}`;
+      tr.insertCell().append(use);
+      tr.append(name);
+      tr.insertCell().append(mode);
+      tr.insertCell().append(x);
+      const fc = tr.insertCell();
+      fc.append(from, ' →');
+    }
+  }
+
+  async function runSteer() {
+    const tokens = promptTokenIds();
+    const result = $('steer-result');
+    if (!tokens) { result.textContent = 'this graph does not hold every prompt token id (E_… nodes); cannot steer'; return; }
+    const edits = [];
+    for (const [id, row] of steer.rows) {
+      if (!row.use) continue;
+      const n = state.nodes[state.ids.get(id)];
+      const x = Number(row.x);
+      if (row.x === '' || !Number.isFinite(x)) { result.textContent = `give a number for ${nodeLabel(state.ids.get(id))}`; return; }
+      const e = {layer: Number(n.layer), position: n.ctx_idx, feature: Number(featureIndex(n))};
+      e[row.mode] = x;
+      if (row.mode === 'value' && row.from) e.from_position = true;
+      edits.push(e);
+    }
+    if (!edits.length) { result.textContent = 'tick the features to edit'; return; }
+    const n = Math.max(0, Math.min(32, Math.round(Number($('steer-n').value) || 0)));
+    result.textContent = 'running…';
+    $('steer-run').disabled = true;
+    try {
+      const reply = await postJson('steer.json', {tokens, scan: featureScan(), edits, generate: n, top_k: 10});
+      state.lastSteer = reply;
+      showSteer(result, reply);
+    } catch (e) {
+      result.textContent = `steering failed: ${e.message}`;
+    } finally {
+      $('steer-run').disabled = false;
+    }
+  }
+
+  function showSteer(box, reply) {
+    box.textContent = '';
+    const table = h('table', 'steer-top');
+    const head = table.insertRow();
+    for (const t of ['before', 'p', 'after', 'p']) head.append(h('th', '', t));
+    const b = reply.before.top, a = reply.after.top;
+    for (let k = 0; k < Math.max(b.length, a.length); k++) {
+      const tr = table.insertRow();
+      tr.insertCell().textContent = b[k] ? tokenText(b[k].token) : '';
+      tr.insertCell().textContent = b[k] ? b[k].prob.toFixed(4) : '';
+      const ac = tr.insertCell();
+      ac.textContent = a[k] ? tokenText(a[k].token) : '';
+      if (a[k] && b[k] && a[k].id !== b[k].id) ac.className = 'changed';
+      tr.insertCell().textContent = a[k] ? a[k].prob.toFixed(4) : '';
+    }
+    box.append(table);
+    if (reply.before.generated) {
+      const join = (toks) => toks.map(tokenText).join(/^[\s▁Ġ]/.test(toks[1] || '') ? '' : ' ');
+      box.append(h('div', 'gen before', `before: … ${join(reply.before.generated)}`));
+      box.append(h('div', 'gen after', `after:  … ${join(reply.after.generated)}`));
+    }
+  }
+
+  // A new graph of a prompt on the server's model, added to the list and opened.
+  async function tracePrompt(ev) {
+    ev.preventDefault();
+    const prompt = $('trace-prompt').value.trim(), slug = $('trace-slug').value.trim();
+    const status = $('trace-status');
+    if (!prompt || !slug) { status.textContent = 'give a prompt and a name for the graph'; return; }
+    if (state.dirty && !window.confirm('Discard unsaved changes?')) { status.textContent = 'not traced: save first'; return; }
+    status.textContent = 'tracing… (the first trace compiles the model: a few seconds to a minute)';
+    try {
+      const reply = await postJson('trace.json', {prompt, slug});
+      status.textContent = reply.summary;
+      await loadIndex();
+      $('graph-select').value = reply.slug;
+      await loadGraph(reply.slug);
+    } catch (e) {
+      status.textContent = `trace failed: ${e.message}`;
+    }
+  }
+
+  // ---------------------------------------------------------------------------------------------------
+  // The view in the URL (as Neuronpedia's graph page): ?graph=slug&pinnedIds=a,b&supernodes=[[label,a,b]]
+  // &clerps=[[id,label]]&clickedId=a&nodeThreshold=0.5&edgeThreshold=0.9. Opening such a URL restores the view;
+  // the file on disk is not touched (Save writes it). clerps carries only labels that differ from the file's.
+
+  function readUrlState(url) {
+    const p = url.searchParams, out = {};
+    const json = (name) => {
+      try { return JSON.parse(p.get(name)); } catch (_) { setStatus(`ignored a malformed ${name} in the URL`, 'bad'); return null; }
+    };
+    if (p.has('pinnedIds')) out.pinnedIds = p.get('pinnedIds').split(',').filter(Boolean);
+    if (p.has('supernodes')) {
+      const sn = json('supernodes');
+      if (Array.isArray(sn)) out.supernodes = sn.filter((g) => Array.isArray(g) && g.every((x) => typeof x === 'string'));
+    }
+    if (p.has('clerps')) {
+      const c = json('clerps');
+      if (Array.isArray(c)) out.clerps = c.filter((e) => Array.isArray(e) && e.length === 2);
+    }
+    if (p.has('clickedId')) out.clickedId = p.get('clickedId');
+    for (const key of ['nodeThreshold', 'edgeThreshold']) {
+      const v = Number(p.get(key));
+      if (p.has(key) && Number.isFinite(v)) out[key] = v;
+    }
+    return out;
+  }
+
+  function viewUrl() {
+    const url = new URL(window.location.href);
+    url.search = '';
+    url.searchParams.set('graph', state.slug);
+    if (state.pinned.length) url.searchParams.set('pinnedIds', state.pinned.join(','));
+    if (state.supernodes.length) url.searchParams.set('supernodes', JSON.stringify(state.supernodes));
+    const changed = state.nodes.filter((n) => (n.clerp || '') !== (state.fileClerps.get(n.node_id) || ''))
+      .map((n) => [n.node_id, n.clerp || '']);
+    if (changed.length) url.searchParams.set('clerps', JSON.stringify(changed));
+    if (state.selected >= 0) url.searchParams.set('clickedId', state.nodes[state.selected].node_id);
+    if (state.nodeThreshold < state.nodeMax) url.searchParams.set('nodeThreshold', state.nodeThreshold.toFixed(2));
+    if (state.edgeThreshold < 1) url.searchParams.set('edgeThreshold', state.edgeThreshold.toFixed(2));
+    return url;
+  }
+
+  // discrete edits write the URL at once (a reload right after keeps them); slider drags are debounced
+  let urlTimer = 0;
+  function syncUrl(now = false) {
+    if (!state.doc) return;
+    clearTimeout(urlTimer);
+    const write = () => { window.history.replaceState(null, '', viewUrl()); };
+    if (now) write(); else urlTimer = setTimeout(write, 120);
+  }
+
+  async function copyLink() {
+    const url = viewUrl();
+    window.history.replaceState(null, '', url);
+    try {
+      await navigator.clipboard.writeText(url.href);
+      setStatus('link copied', 'ok');
+    } catch (_) {
+      window.prompt('Copy this link:', url.href);  // clipboard refused (file:// or no permission)
     }
   }
 
@@ -1092,7 +1803,7 @@
   // Saving
 
   async function save() {
-    if (!state.slug) return;
+    if (!state.slug || SHARED) return;
     const body = {
       qParams: {
         pinnedIds: state.pinned, supernodes: state.supernodes, linkType: state.linkType,
@@ -1108,6 +1819,8 @@
       const reply = await res.json().catch(() => ({}));
       if (!res.ok) throw new Error(reply.error || `HTTP ${res.status}`);
       state.clerps = {};
+      state.fileClerps = new Map(state.nodes.map((n) => [n.node_id, n.clerp || '']));
+      syncUrl(true);
       state.dirty = false;
       $('save').disabled = true;
       setStatus('saved', 'ok');
@@ -1209,6 +1922,7 @@
         if (!state.doc) return;
         computeVisibility();
         scheduleRender();
+        syncUrl();
       });
     }
     $('graph-select').addEventListener('change', (ev) => {
@@ -1229,6 +1943,7 @@
       markDirty();
       renderDetails();
       renderSubgraph();
+      scheduleRender();  // the label is drawn beside the node
     });
     $('supernode-form').addEventListener('submit', (ev) => {
       ev.preventDefault();
@@ -1245,6 +1960,7 @@
       state.pinned = [];
       state.supernodes = [];
       state.snCollapsed = [];
+      state.sgOverride = new Map();
       state.sgPos = '';
       indexSupernodes();
       markDirty();
@@ -1254,6 +1970,9 @@
       scheduleRender();
     });
     $('save').addEventListener('click', save);
+    $('copy-link').addEventListener('click', copyLink);
+    $('steer-run').addEventListener('click', runSteer);
+    $('trace-form').addEventListener('submit', tracePrompt);
     window.addEventListener('beforeunload', (ev) => {
       if (state.dirty) { ev.preventDefault(); ev.returnValue = ''; }
     });
@@ -1270,11 +1989,21 @@
     // for collapsed supernodes ({from, to: {node, supernode}, weight})
     supernodeBoxes: () => state.drawnSupernodes.map((b) => ({...b, members: [...b.members]})),
     collapsedLinks: () => state.drawnAggregates.map((a) => ({...a})),
+    // node labels the last frame drew ({id, text, x, y, w}, canvas CSS pixels)
+    drawnLabels: () => state.drawnLabels.map((d) => ({...d})),
+    // subgraph pane items as laid out ({key, label, x, y} in the pane's pixels)
+    subgraphItems: () => (state.sgItems || []).map(({key, label, x, y}) => ({key, label, x, y})),
+    viewUrl: () => viewUrl().href,
     loadGraph,
   };
 
   async function main() {
     bindEvents();
+    if (window.innerHeight < 900) $('legend').open = false;  // small screens: the legend opens on a click
+    if (SHARED) {  // a file from `jcircuits share`: no server to save to
+      $('save').hidden = true;
+      document.title = `${SHARED.graph.metadata.slug} · jcircuits`;
+    }
     let slugs;
     try {
       slugs = await loadIndex();
@@ -1282,6 +2011,7 @@
       showError(`cannot read the graph index: ${e.message}`);
       return;
     }
+    loadSteerInfo();
     const wanted = new URL(window.location.href).searchParams.get('graph');
     const slug = wanted || slugs[0];
     if (!slug) {
