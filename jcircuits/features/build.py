@@ -546,14 +546,20 @@ def build_dashboards(
             if time.monotonic() - last_save > save_every_s:
                 save()
                 last_save = time.monotonic()
-    finally:
+    except BaseException:  # stopped part way (Ctrl-C included): keep what the completed batches gathered
         bar.close()
         if done > start or not (out / STATE_NAME).exists():
             jax.block_until_ready(state)
             save()
+        raise
+    bar.close()
 
     host = {k: np.asarray(v) for k, v in state.items()}
-    _finish(model, transcoders, tokens, valid_all, host, n_counted, s, B, out, scan, mesh)
+    try:
+        _finish(model, transcoders, tokens, valid_all, host, n_counted, s, B, out, scan, mesh)
+    except BaseException:  # the pass is done: a rerun with resume goes straight to the records
+        save()
+        raise
     (out / STATE_NAME).unlink(missing_ok=True)
     return out
 

@@ -261,3 +261,27 @@ def test_records_round_like_pythons_format():
     for d in (4, 6):
         want = np.array([float(format(float(v), f".{d}g")) for v in x])
         assert np.array_equal(_round_sig(x, d), want)
+
+
+def test_a_failed_finish_resumes_without_running_the_pass_again(tmp_path, monkeypatch):
+    import jcircuits.features.build as fb
+
+    model = tiny_model("llama")
+    tcs = tiny_transcoders(model.cfg, "plt", n_features=F)
+    tokens = _corpus(model.cfg.vocab_size)
+    kw = dict(n_top=K, context=C, batch_size=B, progress=False)
+    whole = build_dashboards(model, tcs, tokens, out_dir=tmp_path / "whole", resume=False, **kw)
+    real = fb._finish
+
+    def broken(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(fb, "_finish", broken)
+    with pytest.raises(OSError, match="disk full"):
+        build_dashboards(model, tcs, tokens, out_dir=tmp_path / "part", resume=False, **kw)
+    assert (tmp_path / "part" / STATE_NAME).is_file()
+    monkeypatch.setattr(fb, "_finish", real)
+    seen = []
+    build_dashboards(model, tcs, tokens, out_dir=tmp_path / "part", resume=True, on_batch=seen.append, **kw)
+    assert seen == []  # every batch was done before the finish failed
+    assert _files(tmp_path / "part") == _files(whole)
