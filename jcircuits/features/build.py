@@ -347,14 +347,25 @@ def _load_state(out_dir: Path):
         return meta, {k: z[k] for k in z.files if k != "meta"}
 
 
-def _quantiles_from_hist(hist: np.ndarray, e: int, probs: np.ndarray, amax: float) -> np.ndarray:
-    """Values at cumulative probabilities ``probs`` of the histogram over ``[0, 2^e)`` (linear inside bins)."""
-    n = hist.sum()
-    if n == 0:
-        return np.zeros(len(probs))
-    edges = np.linspace(0.0, 2.0**e, len(hist) + 1)
-    cdf = np.concatenate([[0.0], np.cumsum(hist) / n])
-    return np.minimum(np.interp(probs, cdf, edges), amax)
+def _quantiles_rows(hist_FB: np.ndarray, e_F: np.ndarray, probs: np.ndarray, amax_F: np.ndarray) -> np.ndarray:
+    """``[F, len(probs)]``: per feature, the values at cumulative probabilities ``probs`` of its histogram over
+    ``[0, 2^e)`` (linear inside bins, as ``np.interp`` of the cumulative counts over the bin edges), at most its
+    ``amax``; 0 for a feature with an empty histogram."""
+    F, nb = hist_FB.shape
+    n = hist_FB.sum(axis=1)
+    safe = np.where(n > 0, n, 1).astype(np.float64)
+    cdf = np.concatenate([np.zeros((F, 1)), np.cumsum(hist_FB, axis=1) / safe[:, None]], axis=1)  # [F, nb + 1]
+    edges = np.linspace(0.0, 1.0, nb + 1)[None, :] * np.exp2(e_F.astype(np.float64))[:, None]
+    p = probs[None, :]
+    j = (cdf[:, None, :] <= p[:, :, None]).sum(axis=2) - 1  # the bin each probability falls in
+    last = j >= nb
+    jc = np.minimum(j, nb - 1)
+    x0, x1 = np.take_along_axis(cdf, jc, 1), np.take_along_axis(cdf, jc + 1, 1)
+    y0, y1 = np.take_along_axis(edges, jc, 1), np.take_along_axis(edges, jc + 1, 1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        inner = (y1 - y0) / (x1 - x0) * (p - x0) + y0
+    val = np.where(last, edges[:, -1:], np.where(x0 == p, y0, inner))
+    return np.where(n[:, None] > 0, np.minimum(val, amax_F[:, None]), 0.0)
 
 
 class _Strings:
@@ -612,26 +623,35 @@ def _finish(model, transcoders, tokens, valid_all, st, n_counted, s: DashboardSe
     plan: dict[tuple[int, int], list] = {}
     quantile_values = np.zeros((L, F, 100))
     for l in range(L):
+        hist, hexp, amax = st["hist"][l], st["hexp"][l], np.maximum(st["amax"][l], 0.0)
+        quantile_values[l] = _quantiles_rows(hist, hexp, pct, amax)
+        edges = _quantiles_rows(hist, hexp, probs, amax)  # [F, n_quantiles + 1]
+        tv, ti = st["top_v"][l], st["top_i"][l]
+        n_top = (ti >= 0).sum(axis=1).tolist()
+        tv_l, ti_l = tv.tolist(), ti.tolist()  # a feature's kept entries come first (largest first)
+        rv, ri = st["res_v"][l], st["res_i"][l]
+        ok = ri >= 0
+        order = np.argsort(np.where(ok, -rv, np.inf), axis=1, kind="stable")  # largest first; empty slots last
+        rv_s, ri_s, ok_s = (np.take_along_axis(x, order, 1) for x in (rv, ri, ok))
+        bands = []  # per band, highest first: (values, indices, counts) of its first n_per_quantile samples
+        for q in range(s.n_quantiles - 1, -1, -1):
+            lo_e, hi_e = edges[:, q : q + 1], edges[:, q + 1 : q + 2]
+            m = ok_s & (rv_s >= lo_e) & ((rv_s < hi_e) if q < s.n_quantiles - 1 else True)
+            rank = np.cumsum(m, axis=1) - 1
+            take = m & (rank < s.n_per_quantile)
+            cnt = take.sum(axis=1)
+            pos = np.argsort(~take, axis=1, kind="stable")[:, : s.n_per_quantile]  # the taken, in order
+            bands.append((q, np.take_along_axis(rv_s, pos, 1).tolist(), np.take_along_axis(ri_s, pos, 1).tolist(),
+                          cnt.tolist(), edges[:, q].tolist(), edges[:, q + 1].tolist()))
         for f in range(F):
-            tv, ti = st["top_v"][l, f], st["top_i"][l, f]
-            keep = ti >= 0
-            groups = [("Top activations", list(zip(tv[keep].tolist(), ti[keep].tolist(), strict=True)))]
-            amax = float(st["amax"][l, f])
-            qv = _quantiles_from_hist(st["hist"][l, f], int(st["hexp"][l, f]), pct, max(amax, 0.0))
-            quantile_values[l, f] = qv
-            edges = _quantiles_from_hist(st["hist"][l, f], int(st["hexp"][l, f]), probs, max(amax, 0.0))
-            rv, ri = st["res_v"][l, f], st["res_i"][l, f]
-            rk = ri >= 0
-            rv, ri = rv[rk], ri[rk]
-            for q in range(s.n_quantiles - 1, -1, -1):
-                lo_e, hi_e = edges[q], edges[q + 1]
-                m = (rv >= lo_e) & ((rv < hi_e) if q < s.n_quantiles - 1 else (rv <= np.inf))
-                if not m.any():
+            k = n_top[f]
+            groups = [("Top activations", list(zip(tv_l[f][:k], ti_l[f][:k], strict=True)))]
+            for q, bv, bi, cnt, lo_q, hi_q in bands:
+                c = cnt[f]
+                if not c:
                     continue
-                order = np.argsort(-rv[m], kind="stable")[: s.n_per_quantile]
-                pairs = list(zip(rv[m][order].tolist(), ri[m][order].tolist(), strict=True))
-                name = f"Quantile {q + 1}/{s.n_quantiles} ({lo_e:.3g} to {hi_e:.3g})"
-                groups.append((name, pairs))
+                name = f"Quantile {q + 1}/{s.n_quantiles} ({lo_q[f]:.3g} to {hi_q[f]:.3g})"
+                groups.append((name, list(zip(bv[f][:c], bi[f][:c], strict=True))))
             plan[(l, f)] = groups
 
     # one more forward over the sequences the examples come from: their windows of activations
