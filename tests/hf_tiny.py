@@ -43,68 +43,36 @@ LLAMA3_ROPE = dict(
 )
 
 
+def _base(n_kv_heads: int, hidden: int = 64, inter: int = 96, n_layers: int = 3, head_dim: int = 16, bos: int = 1,
+          eos: int = 2, **kw) -> dict:
+    """What every tiny config shares: the vocabulary, the sizes, the special ids and eager attention."""
+    return dict(
+        vocab_size=VOCAB, hidden_size=hidden, intermediate_size=inter, num_hidden_layers=n_layers,
+        num_attention_heads=4, num_key_value_heads=n_kv_heads, head_dim=head_dim, max_position_embeddings=64,
+        bos_token_id=bos, eos_token_id=eos, attn_implementation="eager", **kw,
+    )
+
+
 def gemma2_config(n_kv_heads: int = 2, **overrides) -> Gemma2Config:
-    kw = dict(
-        vocab_size=VOCAB,
-        hidden_size=64,
-        intermediate_size=96,
-        num_hidden_layers=3,
-        num_attention_heads=4,
-        num_key_value_heads=n_kv_heads,
-        head_dim=16,
-        sliding_window=5,
-        query_pre_attn_scalar=24,
-        attn_logit_softcapping=4.0,
-        final_logit_softcapping=8.0,
-        max_position_embeddings=64,
-        bos_token_id=2,
-        eos_token_id=1,
-        pad_token_id=0,
-        attn_implementation="eager",
+    kw = _base(
+        n_kv_heads, bos=2, eos=1, pad_token_id=0, sliding_window=5, query_pre_attn_scalar=24,
+        attn_logit_softcapping=4.0, final_logit_softcapping=8.0,
     )
     kw.update(overrides)
     return Gemma2Config(**kw)
 
 
 def llama_config(n_kv_heads: int = 2, tied: bool = False, **overrides) -> LlamaConfig:
-    kw = dict(
-        vocab_size=VOCAB,
-        hidden_size=64,
-        intermediate_size=96,
-        num_hidden_layers=3,
-        num_attention_heads=4,
-        num_key_value_heads=n_kv_heads,
-        head_dim=16,
-        rope_theta=10000.0,
-        rope_scaling=dict(LLAMA3_ROPE),
-        max_position_embeddings=64,
-        tie_word_embeddings=tied,
-        bos_token_id=1,
-        eos_token_id=2,
-        attn_implementation="eager",
-    )
+    kw = _base(n_kv_heads, rope_theta=10000.0, rope_scaling=dict(LLAMA3_ROPE), tie_word_embeddings=tied)
     kw.update(overrides)
     return LlamaConfig(**kw)
 
 
 def qwen3_config(n_kv_heads: int = 2, tied: bool = False, sliding: bool = True, **overrides) -> Qwen3Config:
     """head_dim 16 != 48 / 4; with ``sliding`` the even layers see only the last 6 keys (prompts are 40 long)."""
-    kw = dict(
-        vocab_size=VOCAB,
-        hidden_size=48,
-        intermediate_size=80,
-        num_hidden_layers=3,
-        num_attention_heads=4,
-        num_key_value_heads=n_kv_heads,
-        head_dim=16,
-        rope_theta=10000.0,
-        max_position_embeddings=64,
-        tie_word_embeddings=tied,
-        use_sliding_window=sliding,
+    kw = _base(
+        n_kv_heads, hidden=48, inter=80, rope_theta=10000.0, tie_word_embeddings=tied, use_sliding_window=sliding,
         sliding_window=6 if sliding else None,
-        bos_token_id=1,
-        eos_token_id=2,
-        attn_implementation="eager",
     )
     kw.update(overrides)
     if sliding and "layer_types" not in overrides:  # even layers slide
@@ -118,23 +86,9 @@ GEMMA3_ROPE = dict(rope_theta=1e5, rope_local_base_freq=1e3, rope_scaling={"rope
 
 def gemma3_config(n_kv_heads: int = 2, **overrides) -> Gemma3TextConfig:
     """head_dim 24 != 64 / 4, query_pre_attn_scalar 20, window 5, layers local, local, global, local."""
-    kw = dict(
-        vocab_size=VOCAB,
-        hidden_size=64,
-        intermediate_size=96,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=n_kv_heads,
-        head_dim=24,
-        sliding_window=5,
-        sliding_window_pattern=3,
-        query_pre_attn_scalar=20,
-        max_position_embeddings=64,
-        bos_token_id=2,
-        eos_token_id=1,
-        pad_token_id=0,
-        attn_implementation="eager",
-        **GEMMA3_ROPE,
+    kw = _base(
+        n_kv_heads, n_layers=4, head_dim=24, bos=2, eos=1, pad_token_id=0, sliding_window=5,
+        sliding_window_pattern=3, query_pre_attn_scalar=20, **GEMMA3_ROPE,
     )
     kw.update(overrides)
     return Gemma3TextConfig(**kw)
