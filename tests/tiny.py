@@ -171,3 +171,24 @@ def forced_node_set(ts, rep):
     order = np.lexsort((given[:, 2], given[:, 1], given[:, 0]))
     given = given[order]
     return given, int(np.flatnonzero(order == len(given) - 1)[0]), float(pre[l, t, f])
+
+
+def bf16_stored(model: Model, ts: TranscoderSet):
+    """``(model32, ts32, model16, ts16)``: every weight rounded to bfloat16 ("a bfloat16 checkpoint"), held once as
+    bfloat16 and once upcast to float32 (exact), so a float32 run is the reference for the very same model."""
+    import dataclasses
+
+    import ml_dtypes
+
+    round16 = lambda t: jax.tree.map(lambda a: a.astype(jnp.bfloat16), t)  # noqa: E731
+    up = lambda t: jax.tree.map(lambda a: a.astype(jnp.float32), t)  # noqa: E731
+    p16, e16 = round16(model.params), round16(ts.params)
+    W = ts.decoders.W_dec
+    d16 = W.astype(ml_dtypes.bfloat16) if isinstance(W, np.ndarray) else [w.astype(ml_dtypes.bfloat16) for w in W]
+    d32 = d16.astype(np.float32) if isinstance(W, np.ndarray) else [w.astype(np.float32) for w in d16]
+    return (
+        dataclasses.replace(model, params=up(p16)),
+        dataclasses.replace(ts, params=up(e16), decoders=DenseDecoders(ts.cfg.kind, d32)),
+        dataclasses.replace(model, params=p16),
+        dataclasses.replace(ts, params=e16, decoders=DenseDecoders(ts.cfg.kind, d16)),
+    )

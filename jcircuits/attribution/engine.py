@@ -108,7 +108,9 @@ def _padded_decoders(transcoders: TranscoderSet, rep: Replacement, rank: np.ndar
 
 def build_context(model: Model, transcoders: TranscoderSet, rep: Replacement, dtype=jnp.float32):
     """The frozen linear model's constants for ``rep`` and the source layout. Returns
-    ``(static, ctx, src_index)``: ``ctx`` is zero-padded to ``length_bucket(T)`` positions, and
+    ``(static, ctx, src_index)``: the matrices of ``ctx`` (weights, patterns, decoders, errors, embeddings) are
+    stored in ``dtype`` and contracted in it (``linear.contract``: bfloat16 inputs accumulate in float32), its norm
+    scales stay float32; ``ctx`` is zero-padded to ``length_bucket(T)`` positions, and
     ``src_index(n_pos)`` gives the (cached, device) column map for a position prefix (see ``source_index``)."""
     cfg, tcfg = model.cfg, transcoders.cfg
     L, T = cfg.n_layers, len(rep.tokens)
@@ -120,24 +122,25 @@ def build_context(model: Model, transcoders: TranscoderSet, rep: Replacement, dt
     errors = rep.errors.at[:, : rep.zero_positions].set(0.0)
     cast = lambda a: None if a is None else jnp.asarray(a).astype(dtype)  # noqa: E731
     sq = lambda a: None if a is None else cast(a[:, 0])  # noqa: E731  drop the batch axis
+    scale = lambda a: None if a is None else jnp.asarray(a[:, 0], jnp.float32)  # noqa: E731  norm scales: f32
     ctx = LinearContext(
         layers=jax.tree.map(cast, model.params.layers),
-        ln1_scale=sq(inter.ln1_scale),
+        ln1_scale=scale(inter.ln1_scale),
         pattern=sq(inter.attn_pattern),
-        ln2_scale=sq(inter.ln2_scale),
+        ln2_scale=scale(inter.ln2_scale),
         errors=cast(errors),
         embeddings=cast(rep.embeddings),
         W_enc=cast(transcoders.params.W_enc),
         final_norm=cast(model.params.final_norm),
-        final_scale=cast(inter.final_scale[0]),
-        post_attn_scale=sq(inter.post_attn_scale),
-        post_mlp_scale=sq(inter.post_mlp_scale),
+        final_scale=jnp.asarray(inter.final_scale[0], jnp.float32),
+        post_attn_scale=scale(inter.post_attn_scale),
+        post_mlp_scale=scale(inter.post_mlp_scale),
         W_skip=cast(transcoders.params.W_skip),
         dec=dec,
         dec_clt=dec_clt,
     )
     ctx = pad_positions(ctx, length_bucket(T))  # one set of compiled shapes per length bucket
-    static = Static(cfg=cfg, input_hook=tcfg.input_hook, output_hook=tcfg.output_hook)
+    static = Static(cfg=cfg, input_hook=tcfg.input_hook, output_hook=tcfg.output_hook, compute=str(jnp.dtype(dtype)))
     cache: dict[tuple[int, int], jax.Array] = {}
 
     def src_index(key) -> jax.Array:
@@ -344,27 +347,51 @@ def _given_node_set(active_features, tokens: np.ndarray):
 
 
 def _precision(model: Model, transcoders: TranscoderSet, dtype) -> dict:
-    """What the graph was computed in: the rows' dtype, the stored weights' and encoders' dtypes, and whether
-    bfloat16 entered the computation or the storage anywhere."""
+    """What the graph was computed in: the mode (``"float32"`` or ``"mixed bfloat16"``), the dtype of the rows'
+    matmul inputs (``compute``; sums and rows are float32 either way), the stored weights' and encoders' dtypes,
+    and whether bfloat16 entered the computation or the storage anywhere. The node set, the logit targets and the
+    selection arithmetic are float32 in both modes."""
     weights = str(jax.tree.leaves(model.params)[0].dtype)
     encoders = str(transcoders.params.W_enc.dtype)
+    mixed = str(dtype) == "bfloat16"
     return {
+        "mode": "mixed bfloat16" if mixed else "float32",
         "compute": str(dtype),
+        "accumulate": "float32",
+        "replacement": "float32",
         "weights": weights,
         "transcoders": encoders,
-        "bf16_compute": str(dtype) == "bfloat16",
+        "bf16_compute": mixed,
         "bf16_storage": "bfloat16" in (weights, encoders),
     }
+
+
+def _float32_weights(model: Model, transcoders: TranscoderSet) -> tuple[Model, TranscoderSet]:
+    """``model`` and ``transcoders`` with their floating device arrays in float32 (the same objects when they
+    already are; an upcast copy of bfloat16-stored weights, exact, alive only for the replacement step)."""
+
+    def up(tree):
+        return jax.tree.map(lambda a: a.astype(jnp.float32) if jnp.issubdtype(a.dtype, jnp.floating) else a, tree)
+
+    if all(a.dtype != jnp.bfloat16 for a in jax.tree.leaves((model.params, transcoders.params))):
+        return model, transcoders
+    return (
+        dataclasses.replace(model, params=up(model.params)),
+        dataclasses.replace(transcoders, params=up(transcoders.params)),
+    )
 
 
 def _replacement_phase(
     model: Model, transcoders: TranscoderSet, prompt, zero_positions: int, dtype, mesh, active_features=None
 ):
     """Phase 0: features, errors and the frozen constants of ``prompt``, on device (sharded with a mesh:
-    weights and decoder vectors over ``model``, each batch of rows over ``data``)."""
+    weights and decoder vectors over ``model``, each batch of rows over ``data``). The replacement step (forward,
+    encoders, node set, errors) runs in float32 whatever the weights' storage dtype and ``dtype``."""
     tokens = encode_prompt(model, prompt)
     given = _given_node_set(active_features, tokens)
-    rep = replace(model, transcoders, tokens, zero_positions=zero_positions, active_features=given)
+    m32, t32 = _float32_weights(model, transcoders)
+    rep = replace(m32, t32, tokens, zero_positions=zero_positions, active_features=given)
+    del m32, t32
     static, ctx, src_index = build_context(model, transcoders, rep, dtype)
     on_mesh = lambda x: x  # noqa: E731
     if mesh is not None:
@@ -558,8 +585,19 @@ def attribute(
     computed elsewhere (circuit-tracer, another dtype or machine) can then be compared node for node even where
     round-off puts a feature on the other side of its threshold.
 
-    ``graph.settings`` records the precision (``dtype`` of the rows, ``precision``: the weights' and transcoders'
-    storage dtypes) and ``round_off``: the features whose presence round-off decides (``replacement.RoundOff``).
+    ``dtype`` is the precision of the heavy part, the rows. ``float32``: everything in float32 (matmuls at
+    ``Precision.HIGHEST``). ``bfloat16``: mixed precision — what decides the nodes (the forward pass, the
+    replacement step's activations and error vectors, the logit targets) and the influence-ordered selection's
+    arithmetic stay float32, so the node set is the float32 one bit for bit; the per-row transposes and the decoder
+    contractions take bfloat16 inputs (weights, patterns, decoders, errors, and each cotangent on its way into a
+    matmul) and accumulate in float32 (``linear.contract``), halving the frozen model's memory; each edge is then
+    off by a few bfloat16 round-offs (``2^-8``) of the row's magnitude, and a selection near a tie may pick another
+    feature. ``dtype`` never changes how the weights are stored: that is the dtype ``model`` and ``transcoders``
+    were loaded in (bfloat16-stored weights are upcast, exactly, for the float32 replacement step).
+
+    ``graph.settings`` records the precision (``dtype`` of the rows; ``precision``: the mode, the matmul input and
+    accumulation dtypes, the weights' and transcoders' storage dtypes) and ``round_off``: the features whose
+    presence round-off decides (``replacement.RoundOff``).
     """
     dtype = _check_arguments(batch_size, position_buckets, update_interval, max_feature_nodes, dtype)
     use_compilation_cache()

@@ -28,6 +28,15 @@ Decoder contractions happen inside the scan, per layer, against decoders padded 
 The constants travel as named pytrees: ``LinearContext`` for the prompt, ``LayerConsts`` for the one block a scan
 step transposes.
 
+Precision (``Static.compute``). Gradients always flow in float32; every contraction goes through ``contract``, which
+casts both operands to the compute dtype and accumulates in float32 (``preferred_element_type``) with an explicit
+matmul precision. In ``"float32"`` that is a plain float32 einsum at ``Precision.HIGHEST`` (no TF32 on GPUs). In
+``"bfloat16"`` (mixed precision) the operands are rounded to bfloat16 and the products summed in float32, and
+``mixed_einsum``'s custom vjp makes the transposed contractions (which is all ``jax.vjp`` of the frozen model
+computes) do the same: the cotangent is rounded to bfloat16 on its way into each matmul, the result accumulates
+in float32. Norm scales and gains, the residual-stream gradient and the rows stay float32; only matmul inputs are
+rounded, so each rounding adds at most ``2^-8`` relative (bfloat16's unit round-off) to one operand.
+
 Letters: B batch of target rows, L layers, T positions, D model, K padded sources per (layer, position).
 """
 
@@ -48,6 +57,8 @@ from jcircuits.models.transformer import LayerParams
 __all__ = [
     "LinearContext",
     "LayerConsts",
+    "contract",
+    "mixed_einsum",
     "Static",
     "backward_rows",
     "logit_cotangents",
@@ -85,11 +96,74 @@ class LinearContext:
 
 @dataclasses.dataclass(frozen=True)
 class Static:
-    """Hashable static part: model config and the transcoders' hook points."""
+    """Hashable static part: model config, the transcoders' hook points and the matmul input dtype ``compute``
+    (``"float32"`` or ``"bfloat16"``: bfloat16 inputs with float32 accumulation; see the module docstring)."""
 
     cfg: ModelConfig
     input_hook: str
     output_hook: str
+    compute: str = "float32"
+
+
+def _bf16_einsum(spec: str, a: jax.Array, b: jax.Array) -> jax.Array:
+    return jnp.einsum(
+        spec,
+        a.astype(jnp.bfloat16),
+        b.astype(jnp.bfloat16),
+        precision=jax.lax.Precision.DEFAULT,  # one bf16 pass: bf16 products are exact in float32
+        preferred_element_type=jnp.float32,
+    )
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(0,))
+def mixed_einsum(spec: str, a: jax.Array, b: jax.Array) -> jax.Array:
+    """``einsum(spec, a, b)`` with both operands rounded to bfloat16 and float32 accumulation; float32 result.
+
+    Its vjp does the same for each transposed contraction (cotangent rounded to bfloat16, float32 sums), so a
+    ``jax.vjp`` through it (the attribution transpose) runs bfloat16 matmuls without losing the float32 sums. The
+    default rule would instead produce each operand's cotangent in bfloat16. ``spec`` is a two-operand einsum
+    without ``...``, in which every index of each operand also appears in the other operand or in the output
+    (``check_transposable``)."""
+    return _bf16_einsum(spec, a, b)
+
+
+def _mixed_fwd(spec, a, b):
+    return _bf16_einsum(spec, a, b), (a, b)
+
+
+def _mixed_bwd(spec, res, ct):
+    a, b = res
+    (sa, sb), out = spec.split("->")[0].split(","), spec.split("->")[1]
+    da = _bf16_einsum(f"{out},{sb}->{sa}", ct, b).astype(a.dtype)
+    db = _bf16_einsum(f"{sa},{out}->{sb}", a, ct).astype(b.dtype)
+    return da, db
+
+
+mixed_einsum.defvjp(_mixed_fwd, _mixed_bwd)
+
+
+def check_transposable(spec: str) -> None:
+    """Raise ``ValueError`` unless ``spec`` is ``"ab,bc->ac"``-like: two operands, explicit output, no ``...``, no
+    index repeated within an operand, and every operand index present in the other operand or the output."""
+    if "->" not in spec or "..." in spec or spec.count(",") != 1:
+        raise ValueError(f"mixed_einsum needs two operands, an explicit output and no '...': {spec!r}")
+    (sa, sb), out = spec.split("->")[0].split(","), spec.split("->")[1]
+    for mine, other in ((sa, sb), (sb, sa)):
+        if len(set(mine)) != len(mine) or not set(mine) <= set(other) | set(out):
+            raise ValueError(f"mixed_einsum cannot transpose {spec!r}: operand {mine!r}")
+
+
+def contract(st: Static, spec: str, a: jax.Array, b: jax.Array) -> jax.Array:
+    """The frozen model's one way to contract two arrays: float32 at ``Precision.HIGHEST`` when
+    ``st.compute == "float32"``, else ``mixed_einsum`` (bfloat16 inputs, float32 accumulation). Float32 result."""
+    if st.compute == "float32":
+        return jnp.einsum(
+            spec, a, b, precision=jax.lax.Precision.HIGHEST, preferred_element_type=jnp.float32
+        )
+    if st.compute != "bfloat16":
+        raise ValueError(f"compute must be 'float32' or 'bfloat16', got {st.compute!r}")
+    check_transposable(spec)
+    return mixed_einsum(spec, a, b)
 
 
 def pad_positions(ctx: LinearContext, n: int) -> LinearContext:
@@ -200,7 +274,11 @@ def _layer_consts(ctx: LinearContext) -> LayerConsts:
 def _attn(st: Static, c: LayerConsts, x_TD):
     cfg = st.cfg
     h = nn.apply_rms(x_TD, c.ln1, c.lp.ln1, cfg.norm_offset)
-    a = nn.attention_values(h[None], c.pattern[None], c.lp.wv, c.lp.wo, cfg)[0]
+    v = contract(st, "td,dke->tke", h, c.lp.wv)  # the value path of nn.attention_values, through ``contract``
+    T = x_TD.shape[0]
+    p = c.pattern.reshape(cfg.n_kv_heads, cfg.n_rep, T, T)
+    z = contract(st, "kgts,ske->tkge", p, v).reshape(T, cfg.n_heads, -1)
+    a = contract(st, "the,hed->td", z, c.lp.wo)
     if cfg.post_norms:
         a = nn.apply_rms(a, c.post_attn, c.lp.post_attn_norm, cfg.norm_offset)
     return x_TD + a
@@ -228,9 +306,9 @@ def _attn_hook_in_at(st: Static, c: LayerConsts, x_TD, p):
     lp = c.lp
     h = nn.apply_rms(x_TD, c.ln1, lp.ln1, cfg.norm_offset)  # [T, D]
     P = c.pattern[:, p, :].reshape(cfg.n_kv_heads, cfg.n_rep, -1)  # [K, R, T]
-    z = jnp.einsum("krt,td->krd", P, h)
-    v = jnp.einsum("krd,dke->kre", z, lp.wv)
-    a = jnp.einsum("kre,kred->d", v, lp.wo.reshape(cfg.n_kv_heads, cfg.n_rep, *lp.wo.shape[1:]))
+    z = contract(st, "krt,td->krd", P, h)
+    v = contract(st, "krd,dke->kre", z, lp.wv)
+    a = contract(st, "kre,kred->d", v, lp.wo.reshape(cfg.n_kv_heads, cfg.n_rep, *lp.wo.shape[1:]))
     at = lambda a: a[p][None]  # noqa: E731  per-position constant at p, [1, 1]
     if cfg.post_norms:
         a = nn.apply_rms(a[None], at(c.post_attn), lp.post_attn_norm, cfg.norm_offset)[0]
@@ -242,7 +320,7 @@ def _block(st: Static, c: LayerConsts, x_TD, slot_TD):
     mid = _attn(st, c, x_TD)
     s = slot_TD
     if c.skip is not None:
-        s = s + _hook_in(st, c, mid) @ c.skip
+        s = s + contract(st, "td,de->te", _hook_in(st, c, mid), c.skip)
     return mid + _hook_out(st, c, s)
 
 
@@ -277,8 +355,8 @@ def backward_rows(st: Static, ctx: LinearContext, g0_BTD, enc_BD, pos_B, start_B
         zero = jnp.zeros((T, D), g.dtype)
         _, vjp = jax.vjp(lambda x, s: _block(st, c, x, s), zero, zero)
         gx, gslot = jax.vmap(vjp)(g)
-        err = jnp.einsum("btd,td->bt", gslot, c.err)
-        src = gslot if clt else jnp.einsum("btd,tkd->btk", gslot, c.dec)
+        err = contract(st, "btd,td->bt", gslot, c.err)
+        src = gslot if clt else contract(st, "btd,tkd->btk", gslot, c.dec)
         return gx + inject(layer, c, g.dtype), (src, err)
 
     def first(layer, g, c):  # the batch's highest start: every gradient is still zero, only inject
@@ -293,15 +371,15 @@ def backward_rows(st: Static, ctx: LinearContext, g0_BTD, enc_BD, pos_B, start_B
         return jax.lax.switch(branch, [full, first, skip], layer, g, c)
 
     g, (src, err) = jax.lax.scan(body, g0_BTD, (jnp.arange(L), consts), reverse=True)
-    tok = jnp.einsum("btd,td->bt", g, ctx.embeddings.astype(g.dtype))
+    tok = contract(st, "btd,td->bt", g, ctx.embeddings)
     return src, err, tok
 
 
-def contract_clt(ctx: LinearContext, gslot_LBTD):
+def contract_clt(st: Static, ctx: LinearContext, gslot_LBTD):
     """CLT source edges from the stacked slot gradients: ``edge = Σ_{j ≥ l} grad_slot[j] · a·W_dec[l → j]``.
     Returns a list over source layers of ``[B, T, K_l]``."""
     L = gslot_LBTD.shape[0]
-    return [jnp.einsum("jbtd,tkjd->btk", gslot_LBTD[l:], ctx.dec_clt[l]) for l in range(L)]
+    return [contract(st, "jbtd,tkjd->btk", gslot_LBTD[l:], ctx.dec_clt[l]) for l in range(L)]
 
 
 def logit_cotangents(st: Static, ctx: LinearContext, vecs_KD, last):
@@ -332,12 +410,12 @@ def rows_for_features(
     Returns ``(features [B, n], errors [B, L·T], tokens [B, T])`` in float32.
     """
     L, T, D = ctx.errors.shape[0], ctx.embeddings.shape[0], st.cfg.d_model
-    dtype = ctx.embeddings.dtype
-    enc = ctx.W_enc[start_B, :, feat_B] * valid_B[:, None].astype(dtype)  # [B, D]
+    f32 = jnp.float32  # gradients are float32 in every mode (module docstring)
+    enc = ctx.W_enc[start_B, :, feat_B].astype(f32) * valid_B[:, None].astype(f32)  # [B, D]
     B = pos_B.shape[0]
     sub = layers_prefix(prefix(ctx, n_pos), n_layers)
-    out = backward_rows(st, sub, jnp.zeros((B, n_pos, D), dtype), enc, pos_B, start_B)
-    return _finish(sub, *out, src_index, T, L)
+    out = backward_rows(st, sub, jnp.zeros((B, n_pos, D), f32), enc, pos_B, start_B)
+    return _finish(st, sub, *out, src_index, T, L)
 
 
 @partial(jax.jit, static_argnums=(0,))
@@ -346,14 +424,14 @@ def token_rows_for_layer0(st: Static, ctx: LinearContext, pos_B, feat_B, valid_B
     embeddings plus layer 0's attention of the embeddings), so their feature and error edges are exactly zero and
     only ``tokens [B, T]`` (float32) is computed — no scan, no source contraction."""
     T, D = ctx.embeddings.shape[0], st.cfg.d_model
-    dtype = ctx.embeddings.dtype
-    enc = ctx.W_enc[0][:, feat_B].T * valid_B[:, None].astype(dtype)  # [B, D]
+    f32 = jnp.float32
+    enc = ctx.W_enc[0][:, feat_B].T.astype(f32) * valid_B[:, None].astype(f32)  # [B, D]
     c0 = jax.tree.map(lambda a: a[0], _layer_consts(ctx))
-    zero = jnp.zeros((T, D), dtype)
+    zero = jnp.zeros((T, D), f32)
 
     def one(e_D, p):
         _, vjp = jax.vjp(lambda x: _attn_hook_in_at(st, c0, x, p), zero)
-        return jnp.einsum("td,td->t", vjp(e_D)[0], ctx.embeddings)
+        return contract(st, "td,td->t", vjp(e_D)[0], ctx.embeddings)
 
     return jax.vmap(one)(enc, pos_B).astype(jnp.float32)
 
@@ -364,18 +442,18 @@ def rows_for_logits(st: Static, ctx: LinearContext, vecs_BD, src_index, last):
     prompt's last token; ``ctx`` may be padded past it)."""
     T = ctx.embeddings.shape[0]
     B, D = vecs_BD.shape
-    g0 = logit_cotangents(st, ctx, vecs_BD.astype(ctx.embeddings.dtype), last)
+    g0 = logit_cotangents(st, ctx, vecs_BD.astype(jnp.float32), last)
     start = jnp.full(B, st.cfg.n_layers, jnp.int32)
     out = backward_rows(st, ctx, g0, jnp.zeros((B, D), g0.dtype), jnp.zeros(B, jnp.int32), start)
-    return _finish(ctx, *out, src_index, T, ctx.errors.shape[0])
+    return _finish(st, ctx, *out, src_index, T, ctx.errors.shape[0])
 
 
-def _finish(ctx: LinearContext, src, err, tok, src_index, T: int, L: int):
+def _finish(st: Static, ctx: LinearContext, src, err, tok, src_index, T: int, L: int):
     """Flatten the padded source edges, pick the active features' columns (an index one past the end reads zero:
     sources outside the prefix), and pad error/token edges back to all ``T`` positions."""
     B, n = tok.shape
     if ctx.dec_clt is not None:
-        per_layer = contract_clt(ctx, src)
+        per_layer = contract_clt(st, ctx, src)
         flat = jnp.concatenate([p.reshape(B, -1) for p in per_layer], axis=1)
     else:
         flat = jnp.moveaxis(src, 1, 0).reshape(B, -1)  # [B, L·n·K]

@@ -113,7 +113,12 @@ def add_model_arguments(a: argparse.ArgumentParser) -> None:
     a.add_argument("--prompt", help="prompt text (a special start token is prepended if missing)")
     a.add_argument("--tokens", help="comma-separated token ids, used as given")
     a.add_argument(
-        "--dtype", choices=("float32", "bfloat16"), default="float32", help="weights and compute (default: %(default)s)"
+        "--dtype",
+        choices=("float32", "bfloat16"),
+        default="float32",
+        help="how the weights are stored (bfloat16: exact for bfloat16 checkpoints, rounded otherwise) and how rows "
+        "are computed: float32 throughout, or mixed bfloat16 (forward, node set, targets and selection in float32, "
+        "rows from bfloat16 matmul inputs summed in float32) (default: %(default)s)",
     )
 
 
@@ -155,7 +160,8 @@ def load_model_and_transcoders(
     model: str | None, transcoders: str | None, *, dtype: str = "float32", mesh: str | None = None
 ):
     """``(Model, TranscoderSet)`` named on the command line: the embedded default (with a notice) when ``model``
-    is ``None``; with ``mesh``, loaded straight onto that mesh shard by shard."""
+    is ``None``; with ``mesh``, loaded straight onto that mesh shard by shard. ``dtype`` is the storage dtype of
+    the loaded weights (the embedded default stays float32)."""
     if model is None:
         from jcircuits.default import DEFAULT_NOTICE, default_model, default_transcoders
 

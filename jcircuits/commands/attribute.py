@@ -109,8 +109,12 @@ def cmd_attribute(args) -> int:
     )
     ro, prec = graph.settings["round_off"], graph.settings["precision"]
     given = f"node set from {args.active_features}; " if nodes is not None else ""
+    how = {
+        "float32": "everything float32",
+        "mixed bfloat16": "float32 forward, node set and selection; rows from bfloat16 matmul inputs summed in float32",
+    }[prec["mode"]]
     print(
-        f"precision: rows {prec['compute']}, weights {prec['weights']}, transcoders {prec['transcoders']} | "
+        f"precision: {prec['mode']} ({how}), weights stored {prec['weights']}, transcoders {prec['transcoders']} | "
         f"{given}{ro['n']} features decided by round-off (pre-activation within {ro['margin']:g}·max(1,|θ|) "
         "of its threshold; graph.settings['round_off'])"
     )

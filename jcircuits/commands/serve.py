@@ -95,6 +95,10 @@ def register(sub) -> None:
     )
     a.add_argument("--transcoders", help="the model's circuit-tracer transcoders (config.yaml, directory or hub repo)")
     a.add_argument(
-        "--dtype", choices=("float32", "bfloat16"), default="float32", help="weights and compute (default: %(default)s)"
+        "--dtype",
+        choices=("float32", "bfloat16"),
+        default="float32",
+        help="how the steering model's weights are stored; steered forwards compute in it, traced graphs keep a "
+        "float32 forward and rows (default: %(default)s)",
     )
     a.set_defaults(func=cmd_serve)

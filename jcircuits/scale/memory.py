@@ -3,15 +3,19 @@
 ``estimate_attribution(cfg, tcfg, n_tokens=…, batch_size=…, mesh=(data, model), …)`` adds up, per device, the
 arrays that are alive at the peak of a run, each divided by how ``jcircuits.scale.sharding.RULES`` splits it on the mesh:
 
-* resident: model params and the transcoders' encoder arrays (``param_specs``/``transcoder_specs``);
-* the replacement step: the captured intermediates (kept for the whole run), attention patterns, and the
-  encoder pre-activations/activations ``[L, T, F]`` in float32;
+* resident: model params and the transcoders' encoder arrays (``param_specs``/``transcoder_specs``) in their
+  storage dtype ``params_dtype`` (default ``dtype``);
+* the replacement step, always float32: the captured intermediates (kept for the whole run), attention patterns,
+  the encoder pre-activations/activations ``[L, T, F]``, and a float32 copy of bfloat16-stored weights while it
+  runs;
 * the frozen linear model of the prompt (``LinearContext``): decoder vectors of active features padded by
   (layer, position) ``[L, T, K, D]`` (a CLT keeps one ``[T, K, L-l, D]`` block per source layer), errors, patterns,
   and a cast copy of the weights when ``dtype`` differs from the params' dtype;
 * one batch of rows (the engine's largest buffers, split over ``data``): the per-layer source edges stacked by the
   backward scan ``[L, B, T, K]`` (CLT: slot gradients and contracted edges), the gathered rows ``[B, n_active]``
-  in float32, and the batch of residual-stream gradients and attention intermediates of one block.
+  in float32, and the batch of residual-stream gradients and attention intermediates of one block. Gradients and
+  contraction outputs are float32 in both precision modes, so a bfloat16 (mixed) batch costs the float32 bytes
+  plus the bfloat16 copies of each matmul's cotangent input (``mixed=True``); only the context halves.
   ``batch_bytes`` is this term alone; ``tests/test_sharding.py`` checks it against XLA's own ``compiled.memory_analysis()``.
 
 On the host: the ``[rows, columns]`` working matrix of float32 rows (``max_feature_nodes`` + logits rows by all
@@ -100,7 +104,7 @@ class MemoryEstimate:
                 if b >= max(1, s["mesh"][0]):
                     fixes.append(f"lower --batch-size to {b}")
             if s["dtype"] == "float32":
-                fixes.append("use --dtype bfloat16 (halves weights and buffers)")
+                fixes.append("use --dtype bfloat16 (halves the stored weights and the frozen model; rows stay float32)")
             fixes.append(
                 "use a larger mesh (--mesh DATAxMODEL with a bigger model axis: weights and decoders split)"
             )
@@ -142,11 +146,13 @@ def batch_bytes(
     n_active: int,
     itemsize: int,
     clt: bool = False,
+    mixed: bool = False,
 ) -> int:
     """The engine's largest buffers for one batch of ``batch`` target rows on one device (no sharding): stacked
     per-layer source edges ``[L, B, T, K]`` (a CLT: slot gradients ``[L, B, T, D]`` and the contracted edges), the
     gathered float32 rows ``[B, n_active]``, error/token edges, and the gradients and attention intermediates of
-    one block's vmapped vjp ``[B, T, 4·D + 3·H·E]``."""
+    one block's vmapped vjp ``[B, T, 4·D + 3·H·E]``, ``itemsize`` bytes each (4: the engine's gradients are
+    float32). ``mixed``: plus the bfloat16 copies of those intermediates that mixed precision feeds its matmuls."""
     L, T, D, H, E = cfg.n_layers, n_tokens, cfg.d_model, cfg.n_heads, cfg.head_dim
     B, s = batch, itemsize
     if clt:  # slot gradients [L, B, T, D], per-layer edges [B, T, K_l], and XLA's transposed decoder copy
@@ -156,7 +162,8 @@ def batch_bytes(
 
     rows = B * size_bucket(n_active) * 4 + B * (L * T + T) * 4
     block = B * T * (4 * D + 3 * H * E) * s
-    return src + rows + block
+    casts = B * T * (4 * D + 3 * H * E) * 2 if mixed else 0
+    return src + rows + block + casts
 
 
 def estimate_attribution(
@@ -195,10 +202,11 @@ def estimate_attribution(
     transcoders = _tree_bytes(transcoder_specs(tcfg), (d, m), params_dtype)
 
     heads = _split(H, m) if H % m == 0 else H
-    pattern = L * heads * T * T * sp
-    intermediates = (L + 1 + 5 * L) * T * D * sp + pattern + 4 * T * _split(V, m if V % m == 0 else 1)
+    pattern = L * heads * T * T * 4  # the replacement step's forward is float32 whatever the storage
+    intermediates = (L + 1 + 5 * L) * T * D * 4 + pattern + 4 * T * _split(V, m if V % m == 0 else 1)
     feats_dev = _split(F, m) if F % m == 0 else F
-    replacement = 2 * L * T * feats_dev * 4 + 3 * T * cfg.d_mlp * sp
+    upcast = 0 if sp == 4 else (params + transcoders) * 4 // sp  # float32 weights for that one forward
+    replacement = 2 * L * T * feats_dev * 4 + 3 * T * cfg.d_mlp * 4 + upcast
 
     k_dev = _split(k_pad, m) if k_pad % m == 0 else k_pad
     if tcfg.kind == "clt":
@@ -213,8 +221,9 @@ def estimate_attribution(
         batch=_split(B, d),
         k_pad=k_dev,
         n_active=n_active,
-        itemsize=s,
+        itemsize=4,
         clt=tcfg.kind == "clt",
+        mixed=s < 4,
     )
 
     n_cols = n_active + L * T + T
