@@ -118,10 +118,11 @@ class Replacement:
 
 @partial(jax.jit, static_argnums=(0,))
 def _encode_all(tcfg: TranscoderConfig, tc: Transcoders, x_LTD: jax.Array, zero_positions: int):
-    """``(activations, pre-activations)`` ``[L, T, F]``, activations with the first ``zero_positions`` positions
-    zeroed."""
+    """``(activations, pre-activations)`` ``[L, T, F]`` in float32, activations with the first ``zero_positions``
+    positions zeroed. Layer by layer (``lax.map``), so bfloat16-stored encoders are upcast one layer at a time."""
     layers = jnp.arange(x_LTD.shape[0])
-    pre = jax.vmap(lambda l, x: encode_layer(tcfg, tc, l, x, pre=True))(layers, x_LTD)
+    f32 = jnp.float32
+    pre = jax.lax.map(lambda lx: encode_layer(tcfg, tc, lx[0], lx[1].astype(f32), pre=True, dtype=f32), (layers, x_LTD))
     th = tc.threshold
     acts = jax.vmap(lambda l, h: activate(tcfg, h, None if th is None else th[l]))(layers, pre)
     keep = jnp.arange(x_LTD.shape[1]) >= zero_positions
@@ -197,7 +198,9 @@ def check_active_features(active_features, n_layers: int, n_pos: int, n_features
 
 @jax.jit
 def _skip_all(W_skip: jax.Array, x_LTD: jax.Array) -> jax.Array:
-    return jnp.einsum("ltd,lde->lte", x_LTD.astype(W_skip.dtype), W_skip).astype(jnp.float32)
+    """``x @ W_skip`` per layer in float32 (a bfloat16-stored ``W_skip`` upcast one layer at a time)."""
+    f32 = jnp.float32
+    return jax.lax.map(lambda wx: wx[1].astype(f32) @ wx[0].astype(f32), (W_skip, x_LTD))
 
 
 def decode_sparse(
@@ -236,7 +239,9 @@ def replace(
     active_features=None,
     round_off_margin: float = ROUND_OFF_MARGIN,
 ) -> Replacement:
-    """Run the replacement step on one prompt (``tokens [T]`` int, BOS already prepended).
+    """Run the replacement step on one prompt (``tokens [T]`` int, BOS already prepended), in float32 whatever the
+    weights' storage dtype (bfloat16-stored weights are upcast layer by layer, exactly): what decides the node
+    set never sees bfloat16 arithmetic.
 
     ``active_features`` (int ``[n, 3]`` (layer, pos, feature), sorted as this function sorts them): use exactly
     that node set. Each given feature's value is its pre-activation (what the activation function passes when the
@@ -248,7 +253,7 @@ def replace(
     tokens = np.asarray(tokens)
     if tokens.ndim != 1:
         raise ValueError(f"tokens must be one prompt [T], got shape {tokens.shape}")
-    logits, inter = forward(model.params, cfg, tokens[None], capture=True)
+    logits, inter = forward(model.params, cfg, tokens[None], capture=True, dtype=jnp.float32)
     check_finite_logits(logits[0], inter, "the model's forward pass on this prompt")
     x_in = inter.hook(tcfg.input_hook)[:, 0]  # [L, T, D]
     true_out = inter.hook(tcfg.output_hook)[:, 0].astype(jnp.float32)
@@ -278,7 +283,7 @@ def replace(
         errors=true_out - recon,
         mlp_out=true_out,
         feature_inputs=x_in,
-        embeddings=embed(model.params, cfg, jnp.asarray(tokens)[None])[0],
+        embeddings=embed(model.params, cfg, jnp.asarray(tokens)[None], jnp.float32)[0],
         zero_positions=zero_positions,
         round_off=round_off,
         given_features=active_features is not None,

@@ -366,21 +366,6 @@ def _precision(model: Model, transcoders: TranscoderSet, dtype) -> dict:
     }
 
 
-def _float32_weights(model: Model, transcoders: TranscoderSet) -> tuple[Model, TranscoderSet]:
-    """``model`` and ``transcoders`` with their floating device arrays in float32 (the same objects when they
-    already are; an upcast copy of bfloat16-stored weights, exact, alive only for the replacement step)."""
-
-    def up(tree):
-        return jax.tree.map(lambda a: a.astype(jnp.float32) if jnp.issubdtype(a.dtype, jnp.floating) else a, tree)
-
-    if all(a.dtype != jnp.bfloat16 for a in jax.tree.leaves((model.params, transcoders.params))):
-        return model, transcoders
-    return (
-        dataclasses.replace(model, params=up(model.params)),
-        dataclasses.replace(transcoders, params=up(transcoders.params)),
-    )
-
-
 def _replacement_phase(
     model: Model, transcoders: TranscoderSet, prompt, zero_positions: int, dtype, mesh, active_features=None
 ):
@@ -389,9 +374,7 @@ def _replacement_phase(
     encoders, node set, errors) runs in float32 whatever the weights' storage dtype and ``dtype``."""
     tokens = encode_prompt(model, prompt)
     given = _given_node_set(active_features, tokens)
-    m32, t32 = _float32_weights(model, transcoders)
-    rep = replace(m32, t32, tokens, zero_positions=zero_positions, active_features=given)
-    del m32, t32
+    rep = replace(model, transcoders, tokens, zero_positions=zero_positions, active_features=given)
     static, ctx, src_index = build_context(model, transcoders, rep, dtype)
     on_mesh = lambda x: x  # noqa: E731
     if mesh is not None:

@@ -236,10 +236,12 @@ def layer_rope_array(cfg: ModelConfig) -> np.ndarray:
 # ------------------------------------------------------------------------------------------------ pieces
 
 
-def embed(params: Params, cfg: ModelConfig, tokens_BT: jax.Array) -> jax.Array:
+def embed(params: Params, cfg: ModelConfig, tokens_BT: jax.Array, dtype=None) -> jax.Array:
     """Token embeddings as written into the residual stream ``[B, T, D]`` (Gemma: times √d, rounded to the
-    activation dtype as HF does)."""
+    activation dtype as HF does). ``dtype``: the activation dtype (default: the table's)."""
     x = params.embed[tokens_BT]
+    if dtype is not None:
+        x = x.astype(dtype)
     if cfg.embed_scale:
         x = x * jnp.asarray(np.sqrt(cfg.d_model), dtype=x.dtype)
     return x
@@ -351,32 +353,46 @@ def forward(
     mlp_fn: MLPFn | None = None,
     mlp_state: Any = None,
     mlp_at: str = "mlp_out",
+    dtype=None,
 ):
     """Run the model on ``tokens [B, T]`` (int). Returns ``logits [B, T, V]`` (float32, after any final
     soft-cap), or ``(logits, Intermediates)`` with ``capture=True``, plus the final ``mlp_state`` when ``mlp_fn``
     is given: ``(logits, intermediates_or_None, mlp_state)``.
+
+    ``dtype``: compute in this dtype whatever the weights' storage (each layer's weights are cast inside the
+    layer scan, so a bfloat16-stored model runs in float32 with one layer's float32 copy at a time); default: the
+    weights' own dtype.
 
     Validates tokens eagerly (shape, context length, vocabulary) and dispatches to a jitted implementation.
     """
     check_tokens(cfg, tokens)
     if mlp_at not in ("mlp_out", "mlp_out_raw"):
         raise ValueError(f"mlp_at must be 'mlp_out' or 'mlp_out_raw', got {mlp_at!r}")
-    out = _forward_jit(params, cfg, jnp.asarray(tokens), frozen, capture, mlp_fn, mlp_state, mlp_at)
+    dtype = None if dtype is None else jnp.dtype(dtype)
+    out = _forward_jit(params, cfg, jnp.asarray(tokens), frozen, capture, mlp_fn, mlp_state, mlp_at, dtype)
     if mlp_fn is not None:
         return out
     logits, inter, _ = out
     return (logits, inter) if capture else logits
 
 
-@partial(jax.jit, static_argnums=(1, 4, 5, 7))
-def _forward_jit(params, cfg, tokens, frozen, capture, mlp_fn, mlp_state, mlp_at):
+@partial(jax.jit, static_argnums=(1, 4, 5, 7, 8))
+def _forward_jit(params, cfg, tokens, frozen, capture, mlp_fn, mlp_state, mlp_at, dtype):
     return forward_fn(
-        params, cfg, tokens, frozen=frozen, capture=capture, mlp_fn=mlp_fn, mlp_state=mlp_state, mlp_at=mlp_at
+        params,
+        cfg,
+        tokens,
+        frozen=frozen,
+        capture=capture,
+        mlp_fn=mlp_fn,
+        mlp_state=mlp_state,
+        mlp_at=mlp_at,
+        dtype=dtype,
     )
 
 
 def forward_fn(
-    params, cfg, tokens, *, frozen=None, capture=False, mlp_fn=None, mlp_state=None, mlp_at="mlp_out"
+    params, cfg, tokens, *, frozen=None, capture=False, mlp_fn=None, mlp_state=None, mlp_at="mlp_out", dtype=None
 ):
     """Un-jitted ``forward`` for composing inside other jitted functions. Always returns
     ``(logits, intermediates_or_None, mlp_state)``.
@@ -386,7 +402,7 @@ def forward_fn(
     when ``frozen`` is given)."""
     T = tokens.shape[1]
     cos_all, sin_all = nn.rope_cos_sin(jnp.arange(T), cfg)
-    x = embed(params, cfg, tokens)
+    x = embed(params, cfg, tokens, dtype)
     windows = jnp.asarray(layer_windows_array(cfg))
     ropes = jnp.asarray(layer_rope_array(cfg))
     layer_ids = jnp.arange(cfg.n_layers)
@@ -404,6 +420,8 @@ def forward_fn(
     def step(carry, xs):
         x, state = carry
         lp, window, rope, layer, fzl = xs
+        if dtype is not None:  # one layer's copy in the compute dtype at a time
+            lp = jax.tree.map(lambda a: a.astype(dtype), lp)
         cos, sin = nn.layer_rope(cos_all, sin_all, rope)
         mid, (ln1_s, pattern, post_a, a) = block_attention(
             lp, cfg, x, window, cos, sin, None if fzl is None else fzl[:3]

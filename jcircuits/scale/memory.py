@@ -6,8 +6,8 @@ arrays that are alive at the peak of a run, each divided by how ``jcircuits.scal
 * resident: model params and the transcoders' encoder arrays (``param_specs``/``transcoder_specs``) in their
   storage dtype ``params_dtype`` (default ``dtype``);
 * the replacement step, always float32: the captured intermediates (kept for the whole run), attention patterns,
-  the encoder pre-activations/activations ``[L, T, F]``, and a float32 copy of bfloat16-stored weights while it
-  runs;
+  the encoder pre-activations/activations ``[L, T, F]``, and one layer's float32 copy of bfloat16-stored
+  weights and encoders (they are upcast layer by layer);
 * the frozen linear model of the prompt (``LinearContext``): decoder vectors of active features padded by
   (layer, position) ``[L, T, K, D]`` (a CLT keeps one ``[T, K, L-l, D]`` block per source layer), errors, patterns,
   and a cast copy of the weights when ``dtype`` differs from the params' dtype;
@@ -205,7 +205,7 @@ def estimate_attribution(
     pattern = L * heads * T * T * 4  # the replacement step's forward is float32 whatever the storage
     intermediates = (L + 1 + 5 * L) * T * D * 4 + pattern + 4 * T * _split(V, m if V % m == 0 else 1)
     feats_dev = _split(F, m) if F % m == 0 else F
-    upcast = 0 if sp == 4 else (params + transcoders) * 4 // sp  # float32 weights for that one forward
+    upcast = 0 if sp == 4 else (params + transcoders) * 4 // sp // L  # one layer's float32 copy at a time
     replacement = 2 * L * T * feats_dev * 4 + 3 * T * cfg.d_mlp * 4 + upcast
 
     k_dev = _split(k_pad, m) if k_pad % m == 0 else k_pad

@@ -152,10 +152,15 @@ def activate(cfg: TranscoderConfig, pre_TF: jax.Array, threshold_F: jax.Array | 
     return pre_TF * gate.reshape(pre_TF.shape)
 
 
-def encode_layer(cfg: TranscoderConfig, tc: Transcoders, layer, x_TD: jax.Array, *, pre: bool = False):
-    """Pre-activations (``pre=True``) or activations ``[..., F]`` of layer ``layer`` (may be traced)."""
-    W = tc.W_enc[layer]
-    h = (x_TD.astype(W.dtype) @ W + tc.b_enc[layer]).astype(jnp.float32)
+def encode_layer(
+    cfg: TranscoderConfig, tc: Transcoders, layer, x_TD: jax.Array, *, pre: bool = False, dtype=None
+):
+    """Pre-activations (``pre=True``) or activations ``[..., F]`` of layer ``layer`` (may be traced), computed in
+    ``dtype`` (default: the encoder's storage dtype; this layer's encoder is cast to it)."""
+    W, b = tc.W_enc[layer], tc.b_enc[layer]
+    if dtype is not None:
+        W, b = W.astype(dtype), b.astype(dtype)
+    h = (x_TD.astype(W.dtype) @ W + b).astype(jnp.float32)
     if pre:
         return h
     return activate(cfg, h, None if tc.threshold is None else tc.threshold[layer])

@@ -157,13 +157,17 @@ def test_round_off_decided_features_are_recorded():
     assert rec["n"] == len(ro) and rec["margin"] == ro.margin
     assert [tuple(r[:3]) for r in rec["features"]] == [tuple(r) for r in ro.features.tolist()]
     assert g.settings["precision"] == {
+        "mode": "float32",
         "compute": "float32",
+        "accumulate": "float32",
+        "replacement": "float32",
         "weights": "float32",
         "transcoders": "float32",
         "bf16_compute": False,
         "bf16_storage": False,
     }
-    assert attribute(model, ts, TOKENS, dtype=jnp.bfloat16).settings["precision"]["bf16_compute"]
+    mixed = attribute(model, ts, TOKENS, dtype=jnp.bfloat16).settings["precision"]
+    assert mixed["mode"] == "mixed bfloat16" and mixed["bf16_compute"] and not mixed["bf16_storage"]
 
 
 def test_topk_round_off_is_measured_against_the_competing_value():

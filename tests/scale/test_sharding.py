@@ -342,6 +342,23 @@ def test_batch_estimate_brackets_xla_memory_analysis(L, D, T, F, B, kind):
     assert measured <= est <= 1.5 * measured, (est, measured, est / measured)
 
 
+def test_mixed_bfloat16_estimate_halves_the_stored_model_not_the_rows():
+    """bfloat16 storage halves the weights and the frozen model; the replacement step adds one layer's float32
+    upcast of the weights; a batch of rows costs its float32 bytes plus the bfloat16 copies of its matmul inputs."""
+    model = tiny.tiny_model("llama")
+    ts = tiny.tiny_transcoders(model.cfg)
+    f32 = estimate_attribution(model.cfg, ts.cfg, n_tokens=24, l0=8)
+    b16 = estimate_attribution(model.cfg, ts.cfg, n_tokens=24, l0=8, dtype="bfloat16")
+    assert b16.device["params"] * 2 == f32.device["params"]
+    assert b16.device["context"] < f32.device["context"]
+    upcast = (f32.device["params"] + f32.device["transcoders"]) // model.cfg.n_layers  # one layer at a time
+    assert b16.device["replacement"] == f32.device["replacement"] + upcast
+    assert b16.device["intermediates"] == f32.device["intermediates"]  # the forward is float32 in both
+    cfg = model.cfg
+    casts = 256 * 24 * (4 * cfg.d_model + 3 * cfg.n_heads * cfg.head_dim) * 2
+    assert b16.device["batch"] == f32.device["batch"] + casts
+
+
 @needs8
 def test_estimated_param_bytes_per_device_equal_the_placed_shards():
     model = tiny.tiny_model("gemma2", vocab_size=128, n_heads=4, n_kv_heads=2, d_mlp=64)
