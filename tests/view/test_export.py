@@ -14,13 +14,16 @@ from random_demo import demo_model, demo_transcoders
 
 from jcircuits.attribution import attribute
 from jcircuits.cli import main as cli_main
-from jcircuits.graph import Graph, compute_edge_influence, prune_graph
+from jcircuits.graph import Graph, compute_edge_influence, compute_node_influence, find_threshold, prune_graph
 from jcircuits.view.export import (
+    VIEW_KEEP_THRESHOLD,
     cantor_pairing,
     export_graph_json,
     graph_to_json,
+    shown_at_threshold,
     token_strings,
     validate_graph_json,
+    view_document,
 )
 from jcircuits.view.render import compute_layout, render, render_png, render_svg, show_graph
 
@@ -144,7 +147,11 @@ def test_export_ids_and_values_follow_the_graph(demo):
 
 def test_export_caps_keep_tokens_logits_and_the_strongest(demo, tmp_path):
     model, graph = demo
-    full, _ = graph_to_json(graph, "full", tokenizer=model.tokenizer, max_nodes=None, max_links=None)
+    # the export's default keeps nodes to VIEW_KEEP_THRESHOLD (for the viewer's slider); the caps apply to that
+    keep = VIEW_KEEP_THRESHOLD
+    full, _ = graph_to_json(
+        graph, "full", tokenizer=model.tokenizer, max_nodes=None, max_links=None, keep_threshold=keep
+    )
     cap_nodes, cap_links = 60, 400
     assert len(full["nodes"]) > cap_nodes and len(full["links"]) > cap_links
     res = export_graph_json(
@@ -166,7 +173,7 @@ def test_export_caps_keep_tokens_logits_and_the_strongest(demo, tmp_path):
     budget = cap_nodes - graph.n_pos - graph.n_logits
     assert kept <= {nid for _, nid in inner[:budget]}
     # links are ranked by edge influence score among the capped nodes
-    pr = prune_graph(graph)
+    pr = prune_graph(graph, keep)
     assert len(doc["links"]) == cap_links
     node_of = {}
     for i in np.flatnonzero(np.asarray(pr.node_mask)):
@@ -179,6 +186,38 @@ def test_export_caps_keep_tokens_logits_and_the_strongest(demo, tmp_path):
     em = np.asarray(pr.edge_mask) & keep_nodes[:, None] & keep_nodes[None, :]
     all_scores = np.sort(scores[em])[::-1]
     assert min(link_scores) >= all_scores[cap_links - 1] - 1e-12
+
+
+def test_export_keeps_nodes_above_the_default_view_and_the_slider_rule_is_the_pruning(demo):
+    model, graph = demo
+    kept, _ = graph_to_json(graph, "kept", tokenizer=model.tokenizer, keep_threshold=VIEW_KEEP_THRESHOLD)
+    exact, _ = graph_to_json(graph, "exact", tokenizer=model.tokenizer)  # circuit-tracer's file at 0.8
+    assert kept["metadata"]["node_threshold"] == exact["metadata"]["node_threshold"] == 0.8
+    assert len(kept["nodes"]) > len(exact["nodes"]) and max(
+        n["influence"] for n in kept["nodes"] if n["influence"] is not None
+    ) > 0.9
+    # a file pruned at its threshold shows every node at it
+    assert view_document(exact) == exact
+    # at 0.8, the slider shows the kept file's nodes that the pruning's node step (influence >= the score at which
+    # the cumulative share first reaches 0.8) keeps: computed here from the adjacency, not from the file
+    influence = np.asarray(compute_node_influence(graph.adjacency_matrix, graph.logit_weights()))
+    for t in (0.5, 0.8, 0.9):
+        step = influence >= float(find_threshold(influence, t))
+        step[graph.token_slice.start :] = True  # tokens and logits always
+        ids = {_node_id(graph, int(i)) for i in np.flatnonzero(step)}
+        flags = shown_at_threshold(kept, t)
+        assert {n["node_id"] for n, f in zip(kept["nodes"], flags, strict=True) if f} == ids & {
+            n["node_id"] for n in kept["nodes"]
+        }
+    # the opening view: those nodes, their links, and no feature or error node left without one
+    view = view_document(kept)
+    ids = {n["node_id"] for n in view["nodes"]}
+    assert view["links"] == [e for e in kept["links"] if e["source"] in ids and e["target"] in ids]
+    touched = {e[k] for e in view["links"] for k in ("source", "target")}
+    assert all(n["node_id"] in touched for n in view["nodes"] if n["feature_type"] not in ("embedding", "logit"))
+    assert len(view["nodes"]) < len(kept["nodes"])
+    with pytest.raises(ValueError, match="keep_threshold=0.5 must lie between node_threshold=0.8 and 1"):
+        graph_to_json(graph, "bad", keep_threshold=0.5)
 
 
 def _node_id(graph: Graph, i: int) -> str:
@@ -328,7 +367,7 @@ def test_same_nodes_and_links_as_circuit_tracer_create_graph_files(demo, tmp_pat
         ref = json.loads((tmp_path / "ref" / f"{slug}.json").read_text())
         ours = json.loads(
             export_graph_json(
-                graph, slug, tmp_path / "ours", node_t, edge_t, tokenizer=model.tokenizer
+                graph, slug, tmp_path / "ours", node_t, edge_t, tokenizer=model.tokenizer, keep_threshold=None
             ).path.read_text()
         )
         _compare_with_reference(ours, ref)
