@@ -86,7 +86,6 @@ def output_dir(path: str, flag: str) -> Path:
     return p
 
 
-
 def parse_tokens(s: str):
     """``"2,15,7"`` → ``int32 [T]`` token ids (exit with a message on anything else)."""
     import numpy as np
@@ -109,11 +108,18 @@ def add_model_arguments(a: argparse.ArgumentParser) -> None:
         "--model",
         help="HF model directory, org/repo or hf://org/repo?revision=… (default: the embedded default model)",
     )
-    a.add_argument("--transcoders", help="circuit-tracer config.yaml, transcoder directory or hub repo")
+    a.add_argument(
+        "--transcoders",
+        help="circuit-tracer config.yaml, transcoder directory, hub repo (org/repo[/subfolder][@revision]) or one "
+        "of circuit-tracer's presets: gemma (mwhanna/gemma-scope-transcoders), llama (mntss/transcoder-Llama-3.2-1B)",
+    )
     a.add_argument("--prompt", help="prompt text (a special start token is prepended if missing)")
     a.add_argument("--tokens", help="comma-separated token ids, used as given")
     a.add_argument(
-        "--dtype", choices=("float32", "bfloat16"), default="float32", help="weights and compute (default: %(default)s)"
+        "--dtype",
+        choices=("float32", "bfloat16"),
+        default="float32",
+        help="weights and compute (default: %(default)s)",
     )
 
 
@@ -160,6 +166,14 @@ def load_model_and_transcoders(
         from jcircuits.default import DEFAULT_NOTICE, default_model, default_transcoders
 
         if transcoders is not None:
+            from jcircuits.transcoders.io import TRANSCODER_PRESETS
+
+            if transcoders in TRANSCODER_PRESETS:
+                repo, trained_on = TRANSCODER_PRESETS[transcoders]
+                raise UsageError(
+                    f"--transcoders {transcoders} needs --model: circuit-tracer's preset ({repo}) was trained on "
+                    f"{trained_on}, so add --model {trained_on}"
+                )
             raise UsageError("--transcoders needs --model (the demo model comes with its own transcoders)")
         print(DEFAULT_NOTICE, file=sys.stderr)
         m = default_model()
