@@ -61,7 +61,7 @@ def _frozen_effects(model, ts, rep, inject_slot, inject_embed):
     from jcircuits.models import transformer as tr
 
     orig_embed = tr.embed
-    tr.embed = lambda p, c, t: orig_embed(p, c, t) + embed_delta[None]
+    tr.embed = lambda p, c, t, *dtype: orig_embed(p, c, t, *dtype) + embed_delta[None]
     try:
         acc0 = jnp.zeros((cfg.n_layers, len(rep.tokens), tcfg.n_features))
         _, inter, acc = forward_fn(
