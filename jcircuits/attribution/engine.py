@@ -11,8 +11,11 @@
 4. ``_adjacency`` / ``_assemble`` → ``Graph``: the square adjacency over
    ``[selected features | errors | tokens | logits]``.
 
-Shapes are kept static: the prompt length fixes T; feature batches are padded to a few bucket sizes so one
-compilation serves every layer group (the start layer is a traced argument).
+``attribute_batch`` runs these phases for many prompts in one process; every compiled shape is keyed by the
+padded sizes below, so prompts of one length bucket share them.
+
+Shapes are kept static: the frozen model is padded to ``length_bucket(T)`` positions; feature batches are padded
+to a few bucket sizes so one compilation serves every layer group (the start layer is a traced argument).
 """
 
 from __future__ import annotations
@@ -36,19 +39,20 @@ from jcircuits.attribution.linear import (
     rows_for_logits,
     token_rows_for_layer0,
 )
-from jcircuits.attribution.targets import Targets, resolve_targets
+from jcircuits.attribution.targets import Targets, targets_at
+from jcircuits.attribution.targets import target_positions as positions_of
 from jcircuits.common import buckets
 from jcircuits.common.buckets import length_bucket, size_bucket
 from jcircuits.common.runtime import show_progress, use_compilation_cache
 from jcircuits.graph import Graph
 from jcircuits.models import Model, encode_prompt, single_token_id
-from jcircuits.models.transformer import unembed_matrix
+from jcircuits.models.transformer import check_tokens, unembed_matrix
 from jcircuits.replacement import Replacement, replace
 from jcircuits.scale.distributed import to_host
 from jcircuits.scale.sharding import place_context
 from jcircuits.transcoders import TranscoderSet
 
-__all__ = ["attribute", "build_context"]
+__all__ = ["attribute", "attribute_batch", "build_context"]
 
 
 def _source_layout(active: np.ndarray, L: int, T: int, clt: bool):
@@ -373,12 +377,16 @@ def _replacement_phase(
     return _Frozen(tokens, rep, static, ctx, src_index, mesh, on_mesh)
 
 
-def _targets_phase(model: Model, rep: Replacement, attribution_targets, max_n_logits, desired_logit_prob):
-    """Phase 1: the logit targets (the top logits up to ``desired_logit_prob``, or the given ones)."""
+def _targets_phase(
+    model: Model, rep: Replacement, attribution_targets, max_n_logits, desired_logit_prob, positions=None
+):
+    """Phase 1: the logit targets (the top logits up to ``desired_logit_prob``, or the given ones) at each of
+    the target ``positions`` (``target_positions``'s spec; default the last)."""
     tok = model.tokenizer
-    return resolve_targets(
+    return targets_at(
         attribution_targets,
-        np.asarray(rep.logits[-1]),
+        np.asarray(rep.logits),
+        positions_of(positions, len(rep.tokens)),
         np.asarray(unembed_matrix(model.params), np.float32),
         max_n_logits=max_n_logits,
         desired_logit_prob=desired_logit_prob,
@@ -388,13 +396,18 @@ def _targets_phase(model: Model, rep: Replacement, attribution_targets, max_n_lo
 
 
 def _logit_rows(fz: _Frozen, targets: Targets, work: _Rows, batch_size: int, counter: dict, verbose: bool):
-    """Phase 2: the rows of the logit targets (direct effects on ``logit − mean logit``), ``work``'s first rows."""
+    """Phase 2: the rows of the logit targets (direct effects on ``logit − mean logit``), ``work``'s first rows;
+    one batch run per target position (targets are sorted by position)."""
     K = len(targets)
     vec = fz.on_mesh(targets.vectors) if fz.mesh is not None else jnp.asarray(targets.vectors)
-    for i in tqdm(range(0, K, batch_size), desc="logit rows", disable=not verbose, unit="batch"):
-        args = (fz.static, fz.ctx, vec[i : i + batch_size], fz.src_index(fz.Tb), jnp.int32(fz.T - 1))
+    chunks = []  # (position, first row, end row)
+    for p in np.unique(targets.positions):
+        a, b = np.searchsorted(targets.positions, p, side="left"), np.searchsorted(targets.positions, p, "right")
+        chunks += [(int(p), i, min(i + batch_size, int(b))) for i in range(int(a), int(b), batch_size)]
+    for p, i, j in tqdm(chunks, desc="logit rows", disable=not verbose, unit="batch"):
+        args = (fz.static, fz.ctx, vec[i:j], fz.src_index(fz.Tb), jnp.int32(p))
         out = _launch(rows_for_logits, *args, counter=counter)
-        work.store(slice(i, min(i + batch_size, K)), out)
+        work.store(slice(i, j), out)
     work.row_nodes[:K] = work.n_cols + np.arange(K)
     work.filled = K
 
@@ -456,26 +469,30 @@ def _run_features(fz: _Frozen, plan: _BatchPlan, work: _Rows, idx: np.ndarray, c
         bar.update(len(pending[0]))
 
 
-def _influence_queue(work: _Rows, logit_p: np.ndarray, n: int) -> np.ndarray:
-    """The ``n`` unvisited features of highest influence on the logits through the rows computed so far."""
+def _influence_queue(work: _Rows, logit_p: np.ndarray, n: int, eligible: np.ndarray) -> np.ndarray:
+    """The ``n`` unvisited ``eligible`` features of highest influence on the logits through the rows so far."""
     f = work.filled
     influence = _partial_influence(work.rows_hat[:f], work.row_nodes[:f], logit_p, work.n_cols)
     rank = np.argsort(-influence[: work.n_active], kind="stable")
-    return rank[~work.visited[rank]][:n]
+    return rank[~work.visited[rank] & eligible[rank]][:n]
 
 
-def _feature_rows(fz, targets, work: _Rows, n_feat_rows, batch_size, update_interval, plan, counter, verbose):
-    """Phase 3: ``n_feat_rows`` feature rows. All of them when every active feature gets a row; else, as the
-    reference does, the ``update_interval · batch_size`` unvisited features of highest influence on the logits
-    (from the rows so far) at a time."""
+def _feature_rows(
+    fz, targets, work: _Rows, n_feat_rows, batch_size, update_interval, plan, counter, verbose, eligible
+):
+    """Phase 3: ``n_feat_rows`` feature rows, of ``eligible`` features only (``[n_active]`` bool: those at or
+    before the last target position; a later one cannot reach any target). All of them when every eligible
+    feature gets a row; else, as the reference does, the ``update_interval · batch_size`` unvisited features of
+    highest influence on the logits (from the rows so far) at a time."""
     bar = tqdm(total=n_feat_rows, desc="feature rows", disable=not verbose, unit="row")
     K = work.n_logits
     if work.rows_hat is None:
-        _run_features(fz, plan, work, np.arange(work.n_active), counter, bar)
+        _run_features(fz, plan, work, np.flatnonzero(eligible), counter, bar)
     else:
         while work.filled - K < n_feat_rows:
             n = min(update_interval * batch_size, n_feat_rows - (work.filled - K))
-            _run_features(fz, plan, work, _influence_queue(work, targets.probabilities, n), counter, bar)
+            queue = _influence_queue(work, targets.probabilities, n, eligible)
+            _run_features(fz, plan, work, queue, counter, bar)
     bar.close()
 
 
@@ -507,6 +524,7 @@ def _assemble(model: Model, transcoders: TranscoderSet, fz: _Frozen, targets: Ta
         logit_token_ids=targets.ids,
         logit_probabilities=targets.probabilities,
         logit_labels=targets.labels,
+        logit_positions=targets.positions,
         n_layers=model.cfg.n_layers,
         vocab_size=model.cfg.vocab_size,
         scan=transcoders.cfg.scan,
@@ -532,6 +550,7 @@ def attribute(
     verbose: bool | None = None,
     mesh=None,
     active_features=None,
+    target_positions=None,
 ) -> Graph:
     """Compute the attribution graph of ``prompt`` (text or token ids, BOS included for ids).
 
@@ -558,27 +577,41 @@ def attribute(
     computed elsewhere (circuit-tracer, another dtype or machine) can then be compared node for node even where
     round-off puts a feature on the other side of its threshold.
 
+    ``target_positions`` (an int or a sequence of ints, negative from the end; default the last position): read
+    the targets there, ``attribution_targets`` at each (salient targets chosen from each position's own
+    probabilities). ``graph.logit_positions [K]`` records where each logit node is read. A feature after the last
+    target position cannot reach a target (attention is causal), so it gets no row and is no node; its errors
+    and tokens stay nodes, with zero influence.
+
     ``graph.settings`` records the precision (``dtype`` of the rows, ``precision``: the weights' and transcoders'
     storage dtypes) and ``round_off``: the features whose presence round-off decides (``replacement.RoundOff``).
     """
     dtype = _check_arguments(batch_size, position_buckets, update_interval, max_feature_nodes, dtype)
+    tokens = encode_prompt(model, prompt)
+    positions_of(target_positions, len(tokens))  # bad positions fail before any work
     use_compilation_cache()
     verbose = show_progress(verbose)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     with _timed(timings, "precompute_s"):
-        fz = _replacement_phase(model, transcoders, prompt, zero_positions, dtype, mesh, active_features)
-        targets = _targets_phase(model, fz.rep, attribution_targets, max_n_logits, desired_logit_prob)
+        fz = _replacement_phase(model, transcoders, tokens, zero_positions, dtype, mesh, active_features)
+        targets = _targets_phase(
+            model, fz.rep, attribution_targets, max_n_logits, desired_logit_prob, target_positions
+        )
     n_active, K = fz.rep.n_active, len(targets)
-    n_feat_rows = n_active if max_feature_nodes is None else min(max_feature_nodes, n_active)
-    selecting = n_feat_rows < n_active  # influence-ordered selection needs normalised |rows| as they arrive
+    eligible = fz.rep.active_features[:, 1] <= targets.positions.max()  # later features reach no target
+    n_eligible = int(eligible.sum())
+    n_feat_rows = n_eligible if max_feature_nodes is None else min(max_feature_nodes, n_eligible)
+    selecting = n_feat_rows < n_eligible  # influence-ordered selection needs normalised |rows| as they arrive
     work = _Rows.empty(K, n_feat_rows, n_active, model.cfg.n_layers, fz.T, fz.Tb, selecting)
     counter = {"compile_s": 0.0}
     with _timed(timings, "logit_rows_s"):
         _logit_rows(fz, targets, work, batch_size, counter, verbose)
     with _timed(timings, "feature_rows_s"):
         plan = _BatchPlan.make(fz, batch_size, position_buckets)
-        _feature_rows(fz, targets, work, n_feat_rows, batch_size, update_interval, plan, counter, verbose)
+        _feature_rows(
+            fz, targets, work, n_feat_rows, batch_size, update_interval, plan, counter, verbose, eligible
+        )
     timings["compile_s"] = counter["compile_s"]
     selected, adj = _adjacency(work)
     timings["total_s"] = time.perf_counter() - t0
@@ -593,6 +626,7 @@ def attribute(
         dtype=str(dtype),
         zero_positions=zero_positions,
         position_buckets=position_buckets,
+        target_positions=np.unique(targets.positions).tolist(),
         n_active=n_active,
         given_features=fz.rep.given_features,
         precision=_precision(model, transcoders, dtype),
@@ -600,3 +634,43 @@ def attribute(
         timings=timings,
     )
     return _assemble(model, transcoders, fz, targets, selected, adj, settings)
+
+
+def attribute_batch(
+    model: Model,
+    transcoders: TranscoderSet,
+    prompts: Sequence[str | Sequence[int] | np.ndarray],
+    *,
+    target_positions=None,
+    verbose: bool | None = None,
+    **kwargs,
+) -> list[Graph]:
+    """The attribution graphs of ``prompts`` (``P`` texts or token-id sequences), in order: ``[Graph] * P``,
+    each equal bit for bit to ``attribute(model, transcoders, prompt, target_positions=…, **kwargs)``.
+
+    Every prompt is tokenized and its target positions checked before any work, so a bad prompt fails at once
+    (``ValueError`` naming its index). The prompts then run one after another through ``attribute``'s phases:
+    the frozen model of each is padded to its length bucket, and every row function is compiled per padded
+    shape (length bucket, active-feature bucket, batch size), so prompts that share buckets share compiled code
+    and only the first prompt of a bucket compiles. Rows of different prompts do not share a device batch (their
+    frozen constants differ; stacking them would change the compiled shapes and with them float32 round-off,
+    so graphs would no longer equal single calls bit for bit). ``verbose`` shows one bar over the prompts.
+    ``kwargs``: ``attribute``'s other keyword arguments.
+    """
+    if isinstance(prompts, (str, np.ndarray)):
+        raise TypeError("attribute_batch takes a sequence of prompts; for one prompt call attribute")
+    prompts = list(prompts)
+    if not prompts:
+        raise ValueError("attribute_batch: no prompts")
+    tokens = []
+    for i, prompt in enumerate(prompts):
+        try:
+            tokens.append(encode_prompt(model, prompt))
+            check_tokens(model.cfg, tokens[-1][None])
+            positions_of(target_positions, len(tokens[-1]))
+        except (ValueError, TypeError) as e:
+            raise type(e)(f"prompt {i}: {e}") from None
+    graphs = []
+    for t in tqdm(tokens, desc="prompts", disable=not show_progress(verbose), unit="graph"):
+        graphs.append(attribute(model, transcoders, t, target_positions=target_positions, verbose=False, **kwargs))
+    return graphs

@@ -48,7 +48,8 @@ class Graph:
     ``active_features [n, 3]`` holds (layer, pos, feature) of every active feature and ``activation_values [n]``
     their activations; ``selected_features [S]`` (ascending) indexes the ones that are nodes. ``adjacency_matrix
     [N, N]`` is float32, rows = targets, columns = sources. ``logit_token_ids [K]`` uses virtual ids
-    ``vocab_size + i`` for custom targets; ``logit_probabilities [K]`` are the target weights. ``settings`` is a
+    ``vocab_size + i`` for custom targets; ``logit_probabilities [K]`` are the target weights; ``logit_positions
+[K]`` (int, default every one at the last position ``T - 1``) the position each target is read at. ``settings`` is a
     JSON-able record of the attribution arguments and timings. Arrays may be numpy or JAX arrays; shapes and
     index consistency are checked on construction.
     """
@@ -67,6 +68,7 @@ class Graph:
     scan: str | list[str] | None = None
     model_name: str = ""
     settings: dict = dataclasses.field(default_factory=dict)
+    logit_positions: Any = None  # int [K]; None: every target at the last position
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -170,6 +172,7 @@ class Graph:
             "scan": self.scan,
             "model_name": self.model_name,
             "settings": self.settings,
+            "logit_positions": np.asarray(self.logit_positions).tolist(),
         }
         try:
             meta_json = json.dumps(meta, allow_nan=True)
@@ -218,7 +221,8 @@ class Graph:
         absent = [k for k in fields if k not in meta]
         if absent:
             raise ValueError(f"Graph.load: {path}: metadata lacks {absent}")
-        return cls(**{k: tensors[k] for k in _TENSORS}, **{k: meta[k] for k in fields})
+        positions = meta.get("logit_positions")  # absent in files written before targets had positions
+        return cls(**{k: tensors[k] for k in _TENSORS}, **{k: meta[k] for k in fields}, logit_positions=positions)
 
     def to_circuit_tracer(self, path: str | os.PathLike, cfg: Mapping[str, Any] | None = None) -> None:
         """Write circuit-tracer 0.5.0's ``.pt`` graph (what its ``Graph.to_pt`` writes; load with ``Graph.from_pt``).
@@ -234,6 +238,12 @@ class Graph:
         The circuit-tracer classes are written by reference (module + name), so circuit-tracer need not be
         installed here, only where the file is read. Needs torch; it is imported here, not at module import.
         """
+        off_last = sorted(set(np.asarray(self.logit_positions).tolist()) - {self.n_pos - 1})
+        if off_last:
+            raise ValueError(
+                f"to_circuit_tracer: circuit-tracer reads every logit at the last position; this graph has targets "
+                f"at position(s) {off_last} of {self.n_pos} (attribute with the default target_positions)"
+            )
         try:
             import torch
         except ImportError as e:
@@ -311,6 +321,14 @@ def _validate(g: Graph) -> None:
         raise ValueError(f"Graph: logit_probabilities {lp} must match logit_token_ids {K}")
     if len(g.logit_labels) != K[0]:
         raise ValueError(f"Graph: {len(g.logit_labels)} logit_labels for {K[0]} logit targets")
+    if g.logit_positions is None:
+        g.logit_positions = np.full(K, T[0] - 1, np.int64)
+    g.logit_positions = np.asarray(g.logit_positions)
+    if g.logit_positions.shape != K or (K[0] and not np.issubdtype(g.logit_positions.dtype, np.integer)):
+        raise ValueError(f"Graph: logit_positions {g.logit_positions.shape} must be ints matching logit_token_ids {K}")
+    g.logit_positions = g.logit_positions.astype(np.int64)
+    if K[0] and (g.logit_positions.min() < 0 or g.logit_positions.max() >= T[0]):
+        raise ValueError(f"Graph: logit_positions must lie in the prompt's {T[0]} positions (0..{T[0] - 1})")
     if g.n_layers < 0 or g.vocab_size < 0:
         raise ValueError(
             f"Graph: n_layers ({g.n_layers}) and vocab_size ({g.vocab_size}) must be non-negative"

@@ -9,8 +9,9 @@ define (``circuit_tracer/frontend/graph_models.py``; see ``docs/algorithm.md``).
   error"``) — the ids of circuit-tracer after its fix; 0.5.0 wrote ``"0_{layer}_{pos}"`` / ``"{layer}_{pos}-0"``,
   which collide with feature ids;
 - token ``"E_{token id}_{pos}"`` (``layer`` ``"E"``, ``feature`` = pos, type ``"embedding"``);
-- logit ``"{L+1}_{token id}_{T-1}"`` (type ``"logit"``, ``token_prob``, ``is_target_logit`` on the first,
-  clerp ``Output "tok" (p=0.123)``, no ``influence``).
+- logit ``"{L+1}_{token id}_{pos}"`` at its target position (``graph.logit_positions``; ``T-1`` by default;
+  type ``"logit"``, ``token_prob``, ``is_target_logit`` on the first, clerp ``Output "tok" (p=0.123)``, or
+  ``Output "tok" at 5 "is" (p=0.123)`` for a target read before the last position, no ``influence``).
 
 ``influence`` is the node's cumulative influence fraction at its rank (`prune_graph`'s ``cumulative_scores``).
 Links are the kept edges ``{source, target, weight}`` in row-major (target, source) order; nodes that no kept
@@ -190,6 +191,8 @@ def graph_to_json(
     toks = np.asarray(graph.input_tokens).tolist()
     logit_ids = np.asarray(graph.logit_token_ids).tolist()
     probs = np.asarray(graph.logit_probabilities, np.float64).tolist()
+    logit_pos = np.asarray(graph.logit_positions).tolist()
+    prompt_tokens = token_strings(graph, tokenizer)
     err0, tok0, logit0 = graph.error_slice.start, graph.token_slice.start, graph.logit_slice.start
 
     ids: dict[int, str] = {}
@@ -212,13 +215,14 @@ def graph_to_json(
             node.update(jsNodeId=f"E_{toks[pos]}-{pos}", influence=infl)
         else:
             k = i - logit0
-            vid, p, pos = int(logit_ids[k]), float(probs[k]), T - 1
+            vid, p, pos = int(logit_ids[k]), float(probs[k]), int(logit_pos[k])
             node = _node(f"{L + 1}_{vid}_{pos}", vid, str(L + 1), pos, _LOGIT)
+            where = "" if pos == T - 1 else f" at {pos} {json.dumps(prompt_tokens[pos], ensure_ascii=False)}"
             node.update(
                 token_prob=p,
                 is_target_logit=k == 0,
                 jsNodeId=f"L_{vid}-{pos}",
-                clerp=f'Output "{graph.logit_labels[k]}" (p={p:.3f})',
+                clerp=f'Output "{graph.logit_labels[k]}"{where} (p={p:.3f})',
             )
         ids[i] = node["node_id"]
         nodes.append(node)
@@ -242,7 +246,7 @@ def graph_to_json(
             "slug": slug,
             "scan": scan_name,
             "transcoder_list": transcoder_list,
-            "prompt_tokens": token_strings(graph, tokenizer),
+            "prompt_tokens": prompt_tokens,
             "prompt": graph.input_string,
             "node_threshold": float(node_threshold),
             "schema_version": SCHEMA_VERSION,

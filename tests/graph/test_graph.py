@@ -130,6 +130,20 @@ def test_save_load_round_trip_is_bitwise(tmp_path):
     assert json.dumps(g.settings) == json.dumps(h.settings)
 
 
+def test_logit_positions_default_to_the_last_and_survive_a_round_trip(tmp_path):
+    g = random_graph(3, 7, 2, 4, 3, 0.4)
+    assert g.logit_positions.tolist() == [3, 3, 3]
+    g.logit_positions = np.array([1, 1, 3])
+    g.save(tmp_path / "g.safetensors")
+    h = Graph.load(tmp_path / "g.safetensors")
+    assert h.logit_positions.dtype == np.int64 and h.logit_positions.tolist() == [1, 1, 3]
+    with pytest.raises(ValueError, match="reads every logit at the last position"):
+        h.to_circuit_tracer(tmp_path / "g.pt")
+    for bad, words in (([0, 4, 1], "lie in the prompt's 4 positions"), ([1, 2], "must be ints matching")):
+        with pytest.raises(ValueError, match=words):
+            Graph(**{**g.__dict__, "logit_positions": np.array(bad)})
+
+
 def test_save_uses_exact_tensor_names_and_no_pickle(tmp_path):
     from safetensors.numpy import load_file
 
