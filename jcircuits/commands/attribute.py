@@ -281,7 +281,8 @@ def register(sub) -> None:
         "--target-position",
         type=position_list,
         metavar="N[,M…]",
-        help="read the targets at these prompt positions (negative counts from the end; default: the last)",
+        help="read the targets at these prompt positions (negative counts from the end, e.g. --target-position=-2,-1; "
+        "default: the last)",
     )
     a.add_argument(
         "--active-features",
