@@ -25,14 +25,17 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def prompts(n: int) -> list[str]:
-    """``n`` documents of the default model's own corpus, 4 to ~45 tokens long (three length buckets)."""
+    """``n`` documents of the default model's own corpus, up to 45 tokens long (several length buckets)."""
     from jcircuits.training.corpus import make_world, sample_documents
 
     world = make_world(0)
     out = []
-    for i in range(n):
-        doc = sample_documents(world, 1, seq_len=6 + (i * 7) % 40, seed=i)[0]
-        out.append(" ".join(w for w in doc if w != "<bos>"))
+    seed = 0
+    while len(out) < n:
+        doc = sample_documents(world, 1, seq_len=6 + (len(out) * 7) % 40, seed=seed)[0]
+        seed += 1
+        if len(doc) > 1:  # the first sentence drawn may not fit: draw again
+            out.append(" ".join(w for w in doc if w != "<bos>"))
     return out
 
 

@@ -274,3 +274,20 @@ def test_target_positions_default_is_the_last_and_bad_ones_say_so():
         attribute(model, ts, TOKENS, target_positions=[3, 11])
     with pytest.raises(ValueError, match="repeat"):
         attribute(model, ts, TOKENS, target_positions=[3, 3 - T])
+
+
+def test_selection_for_an_early_target_ranks_only_features_that_can_reach_it():
+    """With ``max_feature_nodes`` below the features at or before the target position, influence-ordered
+    selection picks only among those, and its rows equal the full early-target graph's block."""
+    model = tiny_model("llama")
+    ts = tiny_transcoders(model.cfg, "plt", "jumprelu", False)
+    full = attribute(model, ts, TOKENS, batch_size=16, target_positions=5)
+    n = len(full.selected_features)
+    part = attribute(model, ts, TOKENS, batch_size=8, max_feature_nodes=n // 3, update_interval=1, target_positions=5)
+    s = part.selected_features
+    assert len(s) == n // 3 and set(s) <= set(full.selected_features) and (part.active_features[s, 1] <= 5).all()
+    L, T, K = model.cfg.n_layers, len(TOKENS), part.n_logits
+    pick = np.searchsorted(full.selected_features, s)
+    cols_full = np.concatenate([pick, np.arange(n, n + L * T + T + K)])
+    np.testing.assert_allclose(part.adjacency_matrix[: len(s)], full.adjacency_matrix[pick][:, cols_full], atol=1e-5)
+    np.testing.assert_allclose(part.adjacency_matrix[-K:], full.adjacency_matrix[-K:][:, cols_full], atol=1e-5)
