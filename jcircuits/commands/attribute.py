@@ -16,6 +16,7 @@ from jcircuits.commands._common import (
     UsageError,
     add_model_arguments,
     add_scale_arguments,
+    check_prompt_arguments,
     load_model_and_transcoders,
     mesh_of,
     output_dir,
@@ -23,6 +24,7 @@ from jcircuits.commands._common import (
     parse_tokens,
     positive_int,
     probability,
+    prompt_of,
 )
 from jcircuits.commands.serve import add_features_argument
 
@@ -40,6 +42,7 @@ def run_settings(args, prompt: str | None = None):
         model=args.model,
         transcoders=args.transcoders,
         prompt=args.prompt if prompt is None else prompt,
+        chat=args.chat,
         n_tokens=len(parse_tokens(args.tokens)) if args.tokens is not None else None,
         dtype=args.dtype,
         batch_size=args.batch_size,
@@ -84,8 +87,7 @@ def cmd_attribute(args) -> int:
 
     if args.prompts_file is not None:
         return _attribute_prompts_file(args)
-    if (args.prompt is None) == (args.tokens is None):
-        raise UsageError("give exactly one of --prompt TEXT or --tokens 2,15,7,…")
+    check_prompt_arguments(args.prompt, args.tokens, args.chat)
     if (args.slug or args.serve) and not args.graph_dir:
         raise UsageError("--slug and --serve need --graph-dir DIR (where the graph JSON is written)")
     out = output_file(args.output or "graph.safetensors")  # outputs are checked before the work, not after it
@@ -103,9 +105,7 @@ def cmd_attribute(args) -> int:
     t0 = time.perf_counter()
     model, transcoders = load_model_and_transcoders(args.model, args.transcoders, dtype=args.dtype, mesh=args.mesh)
     load_s = time.perf_counter() - t0
-    prompt = args.prompt if args.prompt is not None else parse_tokens(args.tokens)
-    if isinstance(prompt, str) and model.tokenizer is None:
-        raise UsageError("this model directory has no tokenizer.json: pass --tokens instead of --prompt")
+    prompt = prompt_of(model, args.prompt, args.tokens, args.chat)
     graph = attribute(model, transcoders, prompt, verbose=not args.quiet, **_attribute_options(args, nodes))
     out.parent.mkdir(parents=True, exist_ok=True)
     _save_with_token_strings(graph, model, out)
@@ -210,8 +210,9 @@ def _attribute_prompts_file(args) -> int:
     if model.tokenizer is None:
         raise UsageError("this model directory has no tokenizer.json: --prompts-file needs one to read text")
     load_s = time.perf_counter() - t0
+    texts = [prompt_of(model, q, None, args.chat) for q in prompts]  # --chat formats every line as a chat turn
     t1 = time.perf_counter()
-    graphs = attribute_batch(model, transcoders, prompts, verbose=not args.quiet, **_attribute_options(args, None))
+    graphs = attribute_batch(model, transcoders, texts, verbose=not args.quiet, **_attribute_options(args, None))
     run_s = time.perf_counter() - t1
     for slug, graph in zip(prompt_slugs(prompts), graphs, strict=True):
         out_dir.mkdir(parents=True, exist_ok=True)
