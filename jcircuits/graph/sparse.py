@@ -178,9 +178,9 @@ def threshold_score(stored: np.ndarray, n_total: int, threshold: float) -> float
     are given (the rest are zero): the score at which the descending cumulative sum (float64) first reaches
     ``threshold`` of the total; 0 when that index runs into the implicit zeros."""
     s = np.sort(np.asarray(stored, np.float32))[::-1]
-    if not s.size:
-        return 0.0
     cum = np.cumsum(s, dtype=np.float64)
+    if not s.size or cum[-1] == 0:  # every score is 0
+        return 0.0
     idx = int(np.searchsorted(cum / cum[-1], np.float64(np.float32(threshold)), side="left"))
     if idx < s.size:
         return float(s[idx])
