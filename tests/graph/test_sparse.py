@@ -124,7 +124,9 @@ def test_sparse_file_round_trip_is_bitwise_and_dense_files_stay_format_1(tmp_pat
     with safe_open(str(tmp_path / "s.safetensors"), "numpy") as f:
         meta = json.loads(f.metadata()["jcircuits_graph"])
         assert meta["format_version"] == 2 and meta["adjacency"] == "csr"
-        assert {"adjacency_indptr", "adjacency_indices", "adjacency_data", "adjacency_dropped"} <= set(f.keys())
+        assert {"adjacency_indptr", "adjacency_indices", "adjacency_data", "adjacency_dropped"} <= set(
+            f.keys()
+        )
         assert "adjacency_matrix" not in f.keys()
     h = Graph.load(tmp_path / "s.safetensors")
     assert h.is_sparse
