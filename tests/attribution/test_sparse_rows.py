@@ -12,6 +12,7 @@ from jcircuits.attribution import attribute
 from jcircuits.attribution.engine import _partial_influence
 from jcircuits.graph import Graph, prune_graph
 from jcircuits.view.export import graph_to_json
+from jcircuits.view.render import render
 
 TOKENS = np.array([1, 5, 9, 33, 7, 2, 60, 11, 4, 8, 17, 3, 40, 6, 21])
 KW = dict(batch_size=16, update_interval=2, verbose=False)
@@ -89,7 +90,7 @@ def test_top_k_edges_bounds_every_row_and_round_trips_through_a_file(case, tmp_p
     assert h.settings["top_k_edges"] == 7
 
 
-def test_sparse_graph_exports_the_dense_graphs_json(case):
+def test_sparse_graph_exports_and_renders_as_the_dense_graph(case, tmp_path):
     """Pruning and the export give the same document for both layouts (when no mask entry sits within
     round-off of its threshold; the masks are compared apart, in tests/graph/test_sparse.py)."""
     _, _, dense = case
@@ -102,6 +103,12 @@ def test_sparse_graph_exports_the_dense_graphs_json(case):
     if same:
         for caps in ({}, {"max_nodes": 40, "max_links": 200}):
             assert graph_to_json(sparse, "g", **caps) == graph_to_json(dense, "g", **caps)
+        sparse.save(tmp_path / "g.safetensors")  # render reads the file (format 2), prunes and draws it
+        (tmp_path / "d").mkdir()
+        dense.save(tmp_path / "d" / "g.safetensors")  # same stem, so the same slug
+        render(tmp_path / "g.safetensors", tmp_path / "s.svg")
+        render(tmp_path / "d" / "g.safetensors", tmp_path / "d.svg")
+        assert (tmp_path / "s.svg").read_text() == (tmp_path / "d.svg").read_text()
     with pytest.raises(ValueError, match="to_dense"):
         graph_to_json(sparse, "g", keep_zero_weight_links=True)
 
