@@ -4,12 +4,13 @@
 
 0. ``_replacement_phase`` → ``_Frozen``: features, errors and the frozen constants (``build_context``), on device;
 1. ``_targets_phase`` → ``Targets``: the logits to explain;
-2. ``_logit_rows``: their rows, the first rows of the working matrix ``_Rows``;
+2. ``_logit_rows``: their rows, the first rows of the working matrix ``_Rows`` (dense) or ``_SparseRows``
+   (CSR chunks, ``adjacency="sparse"``: exact non-zeros, or sparsified as asked);
 3. ``_feature_rows``: feature rows, grouped by the layer they read from so each batch's backward stops at that
    layer (``_BatchPlan``), with influence-ordered selection when ``max_feature_nodes`` is smaller than the number
    of active features; each batch is dispatched before the previous one is stored (``_run_features``);
-4. ``_adjacency`` / ``_assemble`` → ``Graph``: the square adjacency over
-   ``[selected features | errors | tokens | logits]``.
+4. ``work.adjacency()`` / ``_assemble`` → ``Graph``: the square adjacency over
+   ``[selected features | errors | tokens | logits]`` (a dense array, or a ``SparseAdjacency`` with the same values).
 
 Shapes are kept static: the prompt length fixes T; feature batches are padded to a few bucket sizes so one
 compilation serves every layer group (the start layer is a traced argument).
@@ -352,7 +353,8 @@ class _SparseRows:
     def empty(cls, n_logits, n_feat_rows, n_active, L, T, Tb, selecting, sparsify):
         rows = n_logits + n_feat_rows
         n_cols = n_active + L * T + T
-        return cls(np.zeros(rows, np.int64), np.zeros(n_active, bool), n_logits, L, T, Tb, n_cols, selecting, sparsify)
+        nodes, visited = np.zeros(rows, np.int64), np.zeros(n_active, bool)
+        return cls(nodes, visited, n_logits, L, T, Tb, n_cols, selecting, sparsify)
 
     @property
     def n_active(self) -> int:
@@ -364,8 +366,9 @@ class _SparseRows:
         lengths, indices, data = csr_rows(block, col_offset)
         dropped = None
         if self.sparsify is not None:
+            sp = self.sparsify
             lengths, indices, data, dropped = sparsify_rows(
-                lengths, indices, data, edge_tolerance=self.sparsify.edge_tolerance, top_k_edges=self.sparsify.top_k_edges
+                lengths, indices, data, edge_tolerance=sp.edge_tolerance, top_k_edges=sp.top_k_edges
             )
         hat = None
         if self.selecting:  # |row| / max(Σ|row|, 1e-8), as _normalize_abs_rows on the stored entries
@@ -393,9 +396,9 @@ class _SparseRows:
         lengths = np.concatenate([x[0] for x in c])
         indptr = np.concatenate([[0], np.cumsum(lengths)])
         index = np.int32 if indptr[-1] < 2**31 else np.int64
+        values, indices = np.concatenate([x[which] for x in c]), np.concatenate([x[1] for x in c])
         return scipy.sparse.csr_array(
-            (np.concatenate([x[which] for x in c]), np.concatenate([x[1] for x in c]).astype(index), indptr.astype(index)),
-            shape=(len(lengths), self.n_cols),
+            (values, indices.astype(index), indptr.astype(index)), shape=(len(lengths), self.n_cols)
         )
 
     def influence(self, logit_p: np.ndarray) -> np.ndarray:
@@ -454,7 +457,9 @@ def _check_adjacency(adjacency: str, edge_tolerance, top_k_edges) -> _Sparsify |
         raise ValueError(f"adjacency must be 'auto', 'dense' or 'sparse', got {adjacency!r}")
     if edge_tolerance is not None and not 0.0 <= float(edge_tolerance) < 1.0:
         raise ValueError(f"edge_tolerance must be in [0, 1), got {edge_tolerance}")
-    if top_k_edges is not None and (isinstance(top_k_edges, bool) or int(top_k_edges) != top_k_edges or top_k_edges < 1):
+    if top_k_edges is not None and (
+        isinstance(top_k_edges, bool) or int(top_k_edges) != top_k_edges or top_k_edges < 1
+    ):
         raise ValueError(f"top_k_edges must be a positive integer, got {top_k_edges}")
     if edge_tolerance is None and top_k_edges is None:
         return None
@@ -462,10 +467,15 @@ def _check_adjacency(adjacency: str, edge_tolerance, top_k_edges) -> _Sparsify |
         raise ValueError(
             "edge_tolerance / top_k_edges sparsify rows as they are stored: use adjacency='sparse' (or 'auto')"
         )
-    return _Sparsify(None if edge_tolerance is None else float(edge_tolerance), None if top_k_edges is None else int(top_k_edges))
+    return _Sparsify(
+        None if edge_tolerance is None else float(edge_tolerance),
+        None if top_k_edges is None else int(top_k_edges),
+    )
 
 
-def _layout(adjacency: str, sparsify, K: int, n_feat_rows: int, n_active: int, L: int, T: int, selecting: bool) -> str:
+def _layout(
+    adjacency: str, sparsify, K: int, n_feat_rows: int, n_active: int, L: int, T: int, selecting: bool
+) -> str:
     """``"dense"`` or ``"sparse"``: ``adjacency`` unless ``"auto"``, which is sparse when sparsifying or when the
     dense working rows (twice with selection: raw and normalised) and the final matrix exceed
     ``DENSE_LIMIT_BYTES``."""
