@@ -25,6 +25,7 @@ from jcircuits.commands._common import (
     positive_int,
     probability,
     prompt_of,
+    tolerance,
 )
 from jcircuits.commands.serve import add_features_argument
 
@@ -79,6 +80,9 @@ def _attribute_options(args, nodes) -> dict:
         mesh=mesh_of(args.mesh),  # --mesh DATAxMODEL: rows over data, weights over model
         active_features=nodes,
         target_positions=args.target_position,
+        adjacency=args.adjacency,
+        edge_tolerance=args.edge_tolerance,
+        top_k_edges=args.top_k_edges,
     )
 
 
@@ -90,6 +94,8 @@ def cmd_attribute(args) -> int:
     check_prompt_arguments(args.prompt, args.tokens, args.chat)
     if (args.slug or args.serve) and not args.graph_dir:
         raise UsageError("--slug and --serve need --graph-dir DIR (where the graph JSON is written)")
+    if args.adjacency == "dense" and (args.edge_tolerance is not None or args.top_k_edges is not None):
+        raise UsageError("--edge-tolerance / --top-k-edges sparsify rows: use --adjacency sparse (or auto)")
     out = output_file(args.output or "graph.safetensors")  # outputs are checked before the work, not after it
     nodes = _node_set_of(args.active_features)
     if args.graph_dir:
@@ -290,6 +296,24 @@ def register(sub) -> None:
         metavar="GRAPH.safetensors",
         help="use this graph's node set (its active features, each at its pre-activation) instead of the one the "
         "transcoders' activation picks: compares graphs across dtypes, machines or tools node for node",
+    )
+    a.add_argument(
+        "--adjacency",
+        choices=("auto", "dense", "sparse"),
+        default="auto",
+        help="store rows densely or as their exact non-zeros (a sparse graph file); auto: sparse once the dense "
+        "rows and matrix would pass 1 GiB (default: %(default)s)",
+    )
+    a.add_argument(
+        "--edge-tolerance",
+        type=tolerance,
+        help="sparsify each row as it arrives: drop its weakest edges while they add up to at most this fraction "
+        "of the row's total |weight| (recorded per row in the graph; implies a sparse graph)",
+    )
+    a.add_argument(
+        "--top-k-edges",
+        type=positive_int,
+        help="sparsify each row as it arrives: keep its K strongest edges (recorded; implies a sparse graph)",
     )
     a.add_argument(
         "-o", "--output", default=None, help="where to write the graph (default: graph.safetensors)"

@@ -95,6 +95,17 @@ def test_full_adjacency_pruning_and_scores_match_circuit_tracer(loaded, case):
     rs, cs = compute_graph_scores(g)
     assert abs(float(rs) - float(ref["replacement_score"])) < 1e-4
     assert abs(float(cs) - float(ref["completeness_score"])) < 1e-4
+    # rows stored sparse as they arrive: the same matrix bit for bit (-0.0 is not stored), pruned as the dense
+    sp = attribute(
+        model, ts, ref["tokens"], batch_size=64, active_features=ref["active_features"], adjacency="sparse"
+    )
+    assert sp.is_sparse and sp.dense_adjacency().tobytes() == (g.adjacency_matrix + np.float32(0)).tobytes()
+    ps = prune_graph(sp, node_threshold=0.8, edge_threshold=0.98)
+    assert (ps.node_mask != ref["node_mask"]).sum() <= 2, np.flatnonzero(ps.node_mask != ref["node_mask"])
+    ref_edges = ref["edge_mask"] & (ref["adjacency_matrix"] != 0)
+    assert (ps.edge_mask.toarray() != ref_edges).sum() <= max(3, int(1e-4 * edge_mask.size))
+    np.testing.assert_allclose(ps.cumulative_scores, ref["cumulative_scores"], atol=1e-4)
+    np.testing.assert_allclose(compute_graph_scores(sp), (rs, cs), rtol=1e-6, atol=1e-7)
 
 
 @pytest.mark.parametrize("case", CASES)
