@@ -291,3 +291,17 @@ def test_selection_for_an_early_target_ranks_only_features_that_can_reach_it():
     cols_full = np.concatenate([pick, np.arange(n, n + L * T + T + K)])
     np.testing.assert_allclose(part.adjacency_matrix[: len(s)], full.adjacency_matrix[pick][:, cols_full], atol=1e-5)
     np.testing.assert_allclose(part.adjacency_matrix[-K:], full.adjacency_matrix[-K:][:, cols_full], atol=1e-5)
+
+
+def test_early_targets_give_the_same_graph_in_sparse_rows():
+    """Targets at positions 4 and 10, with and without selection: the sparse row layout's graph equals the dense
+    one bit for bit (same selected features, same matrix)."""
+    model = tiny_model("llama")
+    ts = tiny_transcoders(model.cfg, "plt", "jumprelu", False)
+    for n in (None, 30):
+        kw = dict(batch_size=16, max_feature_nodes=n, update_interval=1, target_positions=[4, -1])
+        d = attribute(model, ts, TOKENS, adjacency="dense", **kw)
+        s = attribute(model, ts, TOKENS, adjacency="sparse", **kw)
+        assert np.array_equal(d.selected_features, s.selected_features)
+        assert np.array_equal(d.adjacency_matrix, s.dense_adjacency())
+        assert np.array_equal(d.logit_positions, s.logit_positions)
