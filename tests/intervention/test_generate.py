@@ -141,6 +141,7 @@ REF_CASES = [
     "gemma2_clt",
     "qwen3_plt_relu",
     "gemma3_plt_jumprelu",
+    "gemma3_clt",
 ]
 
 

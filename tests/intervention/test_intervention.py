@@ -29,6 +29,7 @@ CASES = [
     "gemma2_clt",
     "qwen3_plt_relu",
     "gemma3_plt_jumprelu",
+    "gemma3_clt",
 ]
 TOKENS = np.array([1, 5, 9, 33, 7, 2, 60, 11, 4, 8, 17])
 TINY = [

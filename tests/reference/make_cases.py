@@ -113,6 +113,18 @@ CASES: dict[str, dict] = {
         feature_input_hook="ln2.hook_normalized",
         feature_output_hook="hook_mlp_out",
     ),
+    # GemmaScope-2-style cross-layer transcoder on Gemma-3 (nnsight backend), reading the residual after attention.
+    "gemma3_clt": dict(
+        arch="gemma3",
+        backend="nnsight",
+        kind="clt",
+        act="jumprelu",
+        skip=False,
+        n_features=256,
+        seed=17,
+        feature_input_hook="hook_resid_mid",
+        feature_output_hook="hook_mlp_out",
+    ),
 }
 
 TARGET_ACTIVE_FRACTION = 0.035  # of (position >= 1, feature) pairs per layer

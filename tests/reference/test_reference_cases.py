@@ -23,6 +23,7 @@ CASES = [
     "gemma2_clt",
     "qwen3_plt_relu",
     "gemma3_plt_jumprelu",
+    "gemma3_clt",
 ]
 
 FLOAT_KEYS = [
