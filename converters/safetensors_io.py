@@ -161,7 +161,14 @@ def open_checkpoint(path: str | Path) -> SafeFile | ShardedCheckpoint:
         return SafeFile(path)
     found = [path / SINGLE_NAME] if (path / SINGLE_NAME).is_file() else sorted(path.glob("*.safetensors"))
     if not found:
-        raise FileNotFoundError(f"no {INDEX_NAME}, {SINGLE_NAME} or *.safetensors files in {path}")
+        pickled = sorted(p.name for p in path.glob("*") if p.suffix in (".bin", ".pt", ".pth"))
+        hint = (
+            f"; it holds PyTorch pickles ({', '.join(pickled[:3])}), which are never unpickled: convert them once "
+            f"with `jcircuits convert {path} -o OUT_DIR` (needs torch)"
+            if pickled
+            else ""
+        )
+        raise FileNotFoundError(f"no {INDEX_NAME}, {SINGLE_NAME} or *.safetensors files in {path}{hint}")
     if len(found) == 1:
         return SafeFile(found[0])
     opened, weight_map = {f.name: SafeFile(f) for f in found}, {}

@@ -577,8 +577,8 @@ def sniff_format(path: str | Path) -> str:
     if p.suffix in PICKLE_SUFFIXES:
         raise TranscoderFormatError(
             f"{p} is a PyTorch pickle file, and pickles are never read: save the transcoder as safetensors "
-            "(circuit-tracer's layer_{i}.safetensors with W_enc, W_dec, b_enc, b_dec) and pass those files or a "
-            "config.yaml listing them"
+            "(circuit-tracer's layer_{i}.safetensors with W_enc, W_dec, b_enc, b_dec; `jcircuits convert FILE -o "
+            "OUT.safetensors` does it once, with torch) and pass those files or a config.yaml listing them"
         )
     if p.suffix not in (".safetensors", ".npz"):
         raise TranscoderFormatError(

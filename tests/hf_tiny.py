@@ -166,3 +166,53 @@ def prompts(seed: int, batch: int, length: int, bos: int) -> np.ndarray:
     toks = rng.integers(3, VOCAB, size=(batch, length), dtype=np.int32)
     toks[:, 0] = bos
     return toks
+
+
+# ------------------------------------------------------------------ chat tokenizers (Gemma-3- and Qwen3-shaped)
+CHAT_WORDS = ["[UNK]", "the", "capital", "of", "texas", "is", "user", "model", "assistant", "system", "be", "brief"]
+CHAT_SPECIALS = ["<pad>", "<eos>", "<bos>", "<start_of_turn>", "<end_of_turn>", "<|im_start|>", "<|im_end|>"]
+
+GEMMA_LIKE = (
+    "{{ bos_token }}"
+    "{%- if messages[0]['role'] == 'system' -%}"
+    "{%- set first = messages[0]['content'] + ' ' -%}{%- set turns = messages[1:] -%}"
+    "{%- else -%}{%- set first = '' -%}{%- set turns = messages -%}{%- endif -%}"
+    "{%- for m in turns -%}"
+    "{%- if (m['role'] == 'user') != (loop.index0 % 2 == 0) -%}"
+    "{{ raise_exception('turns must alternate user / assistant') }}{%- endif -%}"
+    "<start_of_turn>{{ 'model' if m['role'] == 'assistant' else m['role'] }}\n"
+    "{{ (first if loop.first else '') + m['content'] | trim }}<end_of_turn>\n"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}<start_of_turn>model\n{%- endif -%}"
+)
+QWEN_LIKE = """{%- for m in messages %}
+{%- if loop.index0 > 6 %}{% break %}{% endif %}
+{{- '<|im_start|>' + m.role + '\\n' + m.content + '<|im_end|>\\n' }}
+{%- endfor %}
+{%- if add_generation_prompt %}
+{{- '<|im_start|>assistant\\n' }}
+{%- endif %}"""
+
+
+def chat_tokenizer_folder(tmp_path, *, template=None, jinja=None, bos: str | None = "<bos>"):
+    """A WordLevel ``tokenizer.json`` (ids below ``VOCAB``) with Gemma-3's and Qwen3's turn tokens, and its
+    ``tokenizer_config.json`` carrying ``template`` (and ``chat_template.jinja`` holding ``jinja``)."""
+    import json
+
+    from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers
+
+    vocab = {w: i for i, w in enumerate(CHAT_WORDS)}
+    tk = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tk.pre_tokenizer = pre_tokenizers.Whitespace()
+    tk.add_special_tokens([AddedToken(s, special=True) for s in CHAT_SPECIALS])
+    tk.save(str(tmp_path / "tokenizer.json"))
+    cfg = {"tokenizer_class": "PreTrainedTokenizerFast", "eos_token": "<eos>", "pad_token": "<pad>",
+           "unk_token": "[UNK]"}
+    if bos is not None:
+        cfg["bos_token"] = bos
+    if template is not None:
+        cfg["chat_template"] = template
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(cfg))
+    if jinja is not None:
+        (tmp_path / "chat_template.jinja").write_text(jinja)
+    return tmp_path

@@ -15,6 +15,8 @@ __all__ = [
     "add_model_arguments",
     "add_scale_arguments",
     "parse_tokens",
+    "check_prompt_arguments",
+    "prompt_of",
     "load_model_and_transcoders",
     "mesh_of",
     "positive_int",
@@ -86,7 +88,6 @@ def output_dir(path: str, flag: str) -> Path:
     return p
 
 
-
 def parse_tokens(s: str):
     """``"2,15,7"`` → ``int32 [T]`` token ids (exit with a message on anything else)."""
     import numpy as np
@@ -109,12 +110,48 @@ def add_model_arguments(a: argparse.ArgumentParser) -> None:
         "--model",
         help="HF model directory, org/repo or hf://org/repo?revision=… (default: the embedded default model)",
     )
-    a.add_argument("--transcoders", help="circuit-tracer config.yaml, transcoder directory or hub repo")
+    a.add_argument(
+        "--transcoders",
+        help="circuit-tracer config.yaml, transcoder directory, hub repo (org/repo[/subfolder][@revision]) or one "
+        "of circuit-tracer's presets: gemma (mwhanna/gemma-scope-transcoders), llama (mntss/transcoder-Llama-3.2-1B)",
+    )
     a.add_argument("--prompt", help="prompt text (a special start token is prepended if missing)")
     a.add_argument("--tokens", help="comma-separated token ids, used as given")
     a.add_argument(
+        "--chat",
+        action="store_true",
+        help="put --prompt in one user turn of the tokenizer's chat template, with the generation prompt (for "
+        "instruction-tuned models such as google/gemma-3-4b-it or Qwen/Qwen3-4B)",
+    )
+    a.add_argument(
         "--dtype", choices=("float32", "bfloat16"), default="float32", help="weights and compute (default: %(default)s)"
     )
+
+
+def check_prompt_arguments(prompt: str | None, tokens: str | None, chat: bool = False) -> None:
+    """``--prompt`` / ``--tokens`` / ``--chat`` make sense together (checked before anything loads)."""
+    if (prompt is None) == (tokens is None):
+        raise UsageError("give exactly one of --prompt TEXT or --tokens 2,15,7,…")
+    if chat and prompt is None:
+        raise UsageError("--chat formats a --prompt TEXT as a chat turn; it does not apply to --tokens")
+
+
+def prompt_of(model, prompt: str | None, tokens: str | None, chat: bool = False):
+    """What to trace from ``--prompt`` / ``--tokens`` / ``--chat`` once the model is loaded: the text (tokenized by
+    the engine with the BOS rule), the ids of the chat-formatted text, or the given ids."""
+    check_prompt_arguments(prompt, tokens, chat)
+    if prompt is None:
+        return parse_tokens(tokens)
+    if model.tokenizer is None:
+        raise UsageError("this model directory has no tokenizer.json: pass --tokens instead of --prompt")
+    if chat:
+        if model.tokenizer.chat_template is None:
+            raise UsageError(
+                "--chat: this model's tokenizer has no chat template (tokenizer_config.json has no chat_template): "
+                "drop --chat for a base model"
+            )
+        return model.tokenizer.encode_chat(prompt)
+    return prompt
 
 
 def add_scale_arguments(a: argparse.ArgumentParser) -> None:
@@ -160,6 +197,14 @@ def load_model_and_transcoders(
         from jcircuits.default import DEFAULT_NOTICE, default_model, default_transcoders
 
         if transcoders is not None:
+            from jcircuits.transcoders.io import TRANSCODER_PRESETS
+
+            if transcoders in TRANSCODER_PRESETS:
+                repo, trained_on = TRANSCODER_PRESETS[transcoders]
+                raise UsageError(
+                    f"--transcoders {transcoders} needs --model: circuit-tracer's preset ({repo}) was trained on "
+                    f"{trained_on}, so add --model {trained_on}"
+                )
             raise UsageError("--transcoders needs --model (the demo model comes with its own transcoders)")
         print(DEFAULT_NOTICE, file=sys.stderr)
         m = default_model()

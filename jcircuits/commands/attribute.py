@@ -15,6 +15,7 @@ from jcircuits.commands._common import (
     UsageError,
     add_model_arguments,
     add_scale_arguments,
+    check_prompt_arguments,
     load_model_and_transcoders,
     mesh_of,
     output_dir,
@@ -22,6 +23,7 @@ from jcircuits.commands._common import (
     parse_tokens,
     positive_int,
     probability,
+    prompt_of,
 )
 from jcircuits.commands.serve import add_features_argument
 
@@ -38,6 +40,7 @@ def run_settings(args):
         model=args.model,
         transcoders=args.transcoders,
         prompt=args.prompt,
+        chat=args.chat,
         n_tokens=len(parse_tokens(args.tokens)) if args.tokens is not None else None,
         dtype=args.dtype,
         batch_size=args.batch_size,
@@ -56,8 +59,7 @@ def cmd_attribute(args) -> int:
 
     from jcircuits.attribution import attribute
 
-    if (args.prompt is None) == (args.tokens is None):
-        raise UsageError("give exactly one of --prompt TEXT or --tokens 2,15,7,…")
+    check_prompt_arguments(args.prompt, args.tokens, args.chat)
     if (args.slug or args.serve) and not args.graph_dir:
         raise UsageError("--slug and --serve need --graph-dir DIR (where the graph JSON is written)")
     out = output_file(args.output)  # outputs are checked before the work, not after it
@@ -75,9 +77,7 @@ def cmd_attribute(args) -> int:
     t0 = time.perf_counter()
     model, transcoders = load_model_and_transcoders(args.model, args.transcoders, dtype=args.dtype, mesh=args.mesh)
     load_s = time.perf_counter() - t0
-    prompt = args.prompt if args.prompt is not None else parse_tokens(args.tokens)
-    if isinstance(prompt, str) and model.tokenizer is None:
-        raise UsageError("this model directory has no tokenizer.json: pass --tokens instead of --prompt")
+    prompt = prompt_of(model, args.prompt, args.tokens, args.chat)
     graph = attribute(
         model,
         transcoders,

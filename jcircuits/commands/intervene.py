@@ -14,8 +14,9 @@ import time
 from jcircuits.commands._common import (
     UsageError,
     add_model_arguments,
+    check_prompt_arguments,
     load_model_and_transcoders,
-    parse_tokens,
+    prompt_of,
 )
 
 __all__ = ["register"]
@@ -52,8 +53,7 @@ def cmd_intervene(args) -> int:
     )
     from jcircuits.models import encode_prompt
 
-    if (args.prompt is None) == (args.tokens is None):
-        raise UsageError("give exactly one of --prompt TEXT or --tokens 2,15,7,…")
+    check_prompt_arguments(args.prompt, args.tokens, args.chat)
     if not args.set:
         raise UsageError("give at least one --set L:POS:FEAT=VALUE (e.g. --set 1:-1:42=0 to ablate)")
     if args.top_k < 1:
@@ -63,10 +63,7 @@ def cmd_intervene(args) -> int:
     specs = [parse_intervention(s) for s in args.set]
     t0 = time.perf_counter()
     model, transcoders = load_model_and_transcoders(args.model, args.transcoders, dtype=args.dtype)
-    prompt = args.prompt if args.prompt is not None else parse_tokens(args.tokens)
-    if isinstance(prompt, str) and model.tokenizer is None:
-        raise UsageError("this model directory has no tokenizer.json: pass --tokens instead of --prompt")
-    tokens = encode_prompt(model, prompt)
+    tokens = encode_prompt(model, prompt_of(model, args.prompt, args.tokens, args.chat))
     T = len(tokens)
     constrained = range(model.cfg.n_layers) if args.constrained else None
     before, clean_acts = feature_intervention(model, transcoders, tokens, [])

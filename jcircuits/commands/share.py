@@ -13,12 +13,15 @@ def cmd_share(args) -> int:
     from jcircuits.commands._common import output_file
     from jcircuits.commands.serve import feature_stores
     from jcircuits.default import default_features
+    from jcircuits.view.export import VIEW_KEEP_THRESHOLD
     from jcircuits.view.render import load_document
     from jcircuits.view.share import write_share_html
 
     out = output_file(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
-    doc = load_document(args.graph, args.node_threshold, args.edge_threshold)
+    # a .safetensors graph keeps nodes above the opening view, for the shared viewer's node slider
+    keep = max(VIEW_KEEP_THRESHOLD, args.node_threshold)
+    doc = load_document(args.graph, args.node_threshold, args.edge_threshold, keep_threshold=keep)
     if Path(args.graph).suffix != ".json":
         doc["metadata"]["slug"] = Path(args.graph).stem
     # the default model's dashboards too: a store is used only for graphs of its transcoder set
@@ -46,7 +49,8 @@ def register(sub) -> None:
         "--node-threshold",
         type=float,
         default=0.8,
-        help="pruning (.safetensors input only; default: %(default)s)",
+        help="the view it opens at (.safetensors input only: pruned there, nodes kept up to 0.95 for the node "
+        "slider; default: %(default)s)",
     )
     a.add_argument(
         "--edge-threshold",

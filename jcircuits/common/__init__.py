@@ -1,7 +1,8 @@
 """What every layer may use: the one pytree convention (``pytree``), ``ArrayInfo`` — shape, logical axes and
 init of each array, declared once per tree (``arrays``), the one Hub resolver (``hub``), the shape-bucket policy
 that the engine compiles for and the memory estimator plans with (``buckets``), and run-time defaults: the
-persistent compilation cache and progress bars (``runtime``)."""
+persistent compilation cache and progress bars (``runtime``). ``pytorch_state`` (not imported here) is the one
+reader of PyTorch pickles, for ``jcircuits convert`` only: ``torch.load(weights_only=True)`` into safetensors."""
 
 from jcircuits.common.arrays import ArrayInfo, array_axes, array_init, array_shapes
 from jcircuits.common.buckets import length_bucket, position_buckets, size_bucket

@@ -26,6 +26,7 @@ from jcircuits.models.model import Model
 from jcircuits.models.tokenizer import Tokenizer
 from jcircuits.models.transformer import LayerParams, Params, param_shapes
 from jcircuits_converters import hf as hf_conv
+from jcircuits_converters.transcoders import PICKLE_SUFFIXES as _PICKLE_SUFFIXES
 
 __all__ = [
     "load_model",
@@ -53,7 +54,6 @@ _CONFIG_NAME = "model_config.json"
 _PARAMS_DIR = "params"
 
 
-_PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".pkl", ".pickle")
 _FILE_SUFFIXES = _PICKLE_SUFFIXES + (".safetensors", ".json", ".npz", ".npy", ".yaml", ".yml")
 _CONFIG_FILES = ["config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"]
 
@@ -73,7 +73,8 @@ def resolve_model_dir(
             if p.suffix in _PICKLE_SUFFIXES:
                 raise ValueError(
                     f"{p} is a PyTorch pickle file, and jcircuits never unpickles files; pass a Hugging Face "
-                    "model directory (config.json + *.safetensors), e.g. one written by save_pretrained()"
+                    "model directory (config.json + *.safetensors), e.g. one written by save_pretrained(), or "
+                    f"convert it once with `jcircuits convert {p.parent} -o OUT_DIR` (needs torch)"
                 )
             raise NotADirectoryError(f"{p} is a file; pass the model directory that holds config.json")
         if not _REPO_ID.match(s) or s.startswith((".", "/", "~")) or p.suffix in _FILE_SUFFIXES:

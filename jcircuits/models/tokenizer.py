@@ -10,6 +10,14 @@ the ``<unk>`` as position 0).
 
 Words the vocabulary lacks are never silent: ``encode`` warns, naming them, when it produces the unknown token.
 
+Chat (instruction-tuned) models: ``encode_chat(text)`` renders ``text`` as one user turn through the tokenizer's own
+chat template (``chat_template`` in ``tokenizer_config.json``, or ``chat_template.jinja`` beside it), with the
+generation prompt, and tokenizes the result as ``encode`` does. Templates that write the BOS (Gemma's
+``{{ bos_token }}``) thus start with it once; those that do not (Qwen3's ``<|im_start|>``) start with a special
+token already, so nothing is prepended. The template runs in jinja2's sandbox with the globals and filters
+``transformers`` gives it (``raise_exception``, ``strftime_now``, a non-escaping ``tojson``, trim/lstrip blocks,
+loop controls), so the ids equal ``transformers``' ``apply_chat_template(..., tokenize=True)``.
+
 The BOS/pad/EOS tokens are read, in order of precedence, from ``tokenizer_config.json``,
 ``special_tokens_map.json`` and ``config.json`` beside ``tokenizer.json``, then from conventional names among
 the tokenizer's added special tokens (``<bos>``, ``<s>``, ``<|begin_of_text|>``, …).
@@ -19,6 +27,7 @@ from __future__ import annotations
 
 import json
 import warnings
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -53,9 +62,16 @@ class Tokenizer:
     """A ``tokenizers.Tokenizer`` plus the model's BOS/pad/EOS ids and our BOS rule."""
 
     def __init__(
-        self, tokenizer, *, bos_id: int | None = None, pad_id: int | None = None, eos_id: int | None = None
+        self,
+        tokenizer,
+        *,
+        bos_id: int | None = None,
+        pad_id: int | None = None,
+        eos_id: int | None = None,
+        chat_template: str | None = None,
     ):
         self._tk = tokenizer
+        self.chat_template = chat_template
         decoder = tokenizer.get_added_tokens_decoder()
         self.special_ids: frozenset[int] = frozenset(i for i, t in decoder.items() if t.special)
         found = {"bos": bos_id, "pad": pad_id, "eos": eos_id}
@@ -100,7 +116,8 @@ class Tokenizer:
                 v = v[0] if isinstance(v, list) and v else v
                 if isinstance(v, int) and 0 <= v < tk.get_vocab_size(with_added_tokens=True):
                     ids[role] = v
-        return cls(tk, bos_id=ids["bos"], pad_id=ids["pad"], eos_id=ids["eos"])
+        template = _chat_template(directory, sources[0])
+        return cls(tk, bos_id=ids["bos"], pad_id=ids["pad"], eos_id=ids["eos"], chat_template=template)
 
     @property
     def vocab_size(self) -> int:
@@ -141,6 +158,29 @@ class Tokenizer:
             ids = [self.prefix_id(), *ids]
         return np.asarray(ids, dtype=np.int32)
 
+    def apply_chat_template(self, messages: list[dict[str, str]], *, add_generation_prompt: bool = True) -> str:
+        """The text of ``messages`` (``[{"role": "user", "content": …}, …]``) rendered by the tokenizer's chat
+        template (see the module docstring). ``ValueError`` when the tokenizer has none."""
+        if self.chat_template is None:
+            raise ValueError(
+                "this tokenizer has no chat template (no chat_template in tokenizer_config.json, no "
+                "chat_template.jinja): it is not a chat model's; give the prompt as plain text"
+            )
+        special = {
+            f"{role}_token": None if i is None else self._tk.id_to_token(i)
+            for role, i in (("bos", self.bos_id), ("eos", self.eos_id), ("pad", self.pad_id), ("unk", self.unk_id))
+        }
+        return _compile(self.chat_template).render(
+            messages=messages, add_generation_prompt=add_generation_prompt, **special
+        )
+
+    def encode_chat(self, text: str) -> np.ndarray:
+        """Token ids ``[T]`` of ``text`` as one user turn of a chat, followed by the generation prompt (the
+        model's turn begins), tokenized with ``encode``'s rule."""
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError("empty prompt: nothing to put in a chat turn")
+        return self.encode(self.apply_chat_template([{"role": "user", "content": text}]))
+
     def decode(self, ids, *, skip_special_tokens: bool = False) -> str:
         return self._tk.decode(
             [int(i) for i in np.asarray(ids).reshape(-1)], skip_special_tokens=skip_special_tokens
@@ -157,3 +197,38 @@ class Tokenizer:
         if i is None:
             raise KeyError(f"token {token!r} is not in the vocabulary")
         return i
+
+
+def _chat_template(directory: Path, tokenizer_config: dict[str, Any]) -> str | None:
+    """The default chat template beside a tokenizer: ``chat_template.jinja`` (newer hub layout), else
+    ``tokenizer_config.json``'s ``chat_template`` (a string, or a list of named templates: ``default``)."""
+    jinja = directory / "chat_template.jinja"
+    if jinja.is_file():
+        return jinja.read_text()
+    t = tokenizer_config.get("chat_template")
+    if isinstance(t, list):
+        named = {d.get("name"): d.get("template") for d in t if isinstance(d, dict)}
+        t = named.get("default")
+    return t if isinstance(t, str) else None
+
+
+def _compile(template: str):
+    """A chat template compiled in jinja2's immutable sandbox (hub templates are untrusted), with the
+    environment ``transformers`` renders them in."""
+    try:
+        from jinja2 import TemplateError
+        from jinja2.sandbox import ImmutableSandboxedEnvironment
+    except ImportError as e:  # a dependency of jcircuits; only a broken install lacks it
+        raise ImportError("chat templates need jinja2 (pip install 'jinja2>=3.1.6')") from e
+
+    def raise_exception(message):
+        raise TemplateError(message)
+
+    def tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
+        return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
+    env.filters["tojson"] = tojson
+    env.globals["raise_exception"] = raise_exception
+    env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
+    return env.from_string(template)

@@ -48,6 +48,7 @@ class RunSettings:
     model: str | None = None
     transcoders: str | None = None
     prompt: str | None = None
+    chat: bool = False  # the prompt is one user turn of the tokenizer's chat template
     n_tokens: int | None = None
     dtype: str = "float32"
     batch_size: int = 256
@@ -130,7 +131,8 @@ def _configs(run: RunSettings) -> tuple[ModelConfig, TranscoderConfig, int | Non
 
         with warnings.catch_warnings():  # unknown words: the run itself says so, once
             warnings.simplefilter("ignore")
-            n_tokens = len(Tokenizer.from_file(model_dir).encode(run.prompt))
+            tk = Tokenizer.from_file(model_dir)
+            n_tokens = len(tk.encode_chat(run.prompt) if run.chat else tk.encode(run.prompt))
     return cfg, tcfg, n_tokens
 
 

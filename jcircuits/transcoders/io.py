@@ -10,7 +10,8 @@
   (``layer_{i}.safetensors`` for a set, ``W_enc_{i}``/``W_dec_{i}`` for a CLT). A CLT *with* a ``transcoders``
   list is GemmaScope-2 per-layer files, as in circuit-tracer. Our extensions: ``activation: topk`` + ``top_k``.
 * a directory of ``layer_{i}.safetensors`` or of ``W_enc_{i}``/``W_dec_{i}`` files (hooks from the kwargs);
-* a list of per-layer files (circuit-tracer PLT, GemmaScope ``.npz`` or GemmaScope-2 safetensors; sniffed).
+* a list of per-layer files (circuit-tracer PLT, GemmaScope ``.npz`` or GemmaScope-2 safetensors; sniffed);
+* circuit-tracer's preset names ``gemma`` and ``llama``, which stand for Hub repositories (`TRANSCODER_PRESETS`).
 
 Hub files go through ``huggingface_hub`` with ``local_files_only`` when ``HF_HUB_OFFLINE`` is set (cache from
 ``HF_HUB_CACHE``/``HF_HOME`` read at call time). The format work itself is ``jcircuits_converters.transcoders``.
@@ -57,7 +58,31 @@ from jcircuits_converters.transcoders import (
     write_plt_files,
 )
 
-__all__ = ["load_transcoders", "save_transcoders", "transcoder_set_from_numpy", "transcoder_set_to_numpy"]
+__all__ = [
+    "load_transcoders",
+    "save_transcoders",
+    "transcoder_set_from_numpy",
+    "transcoder_set_to_numpy",
+    "TRANSCODER_PRESETS",
+    "resolve_preset",
+]
+
+# circuit-tracer's preset names and the Hub repositories they stand for (circuit-tracer 0.5.0,
+# circuit_tracer/utils/hf_utils.py `load_transcoder_from_hub`, its "legacy references"), with the model each set
+# was trained on (its CLI's `--model` default for the preset). Other repositories (mntss/clt-gemma-2-2b-426k,
+# mwhanna/qwen3-4b-transcoders, …) are named as they are: `org/repo[/subfolder][@revision]`.
+TRANSCODER_PRESETS: dict[str, tuple[str, str]] = {
+    "gemma": ("mwhanna/gemma-scope-transcoders", "google/gemma-2-2b"),
+    "llama": ("mntss/transcoder-Llama-3.2-1B", "meta-llama/Llama-3.2-1B"),
+}
+
+
+def resolve_preset(source: str) -> str:
+    """The Hub repository a circuit-tracer preset name (``"gemma"``, ``"llama"``) stands for; any other string,
+    and a preset name that is also an existing local path, unchanged."""
+    if source in TRANSCODER_PRESETS and not Path(source).exists():
+        return TRANSCODER_PRESETS[source][0]
+    return source
 
 
 def _resolve_entry(entry: str, base: Path) -> Path:
@@ -172,7 +197,7 @@ def load_transcoders(
     if isinstance(path_or_uri, (list, tuple)):
         lay, where = resolve_layout(path_or_uri), "transcoder files"
     else:
-        s = os.fspath(path_or_uri)
+        s = resolve_preset(os.fspath(path_or_uri))
         p = Path(s).expanduser()
         ref = hub.parse_ref(s) if s.startswith("hf://") or not p.exists() else None
         if ref is not None:

@@ -13,6 +13,10 @@ define (``circuit_tracer/frontend/graph_models.py``; see ``docs/algorithm.md``).
   clerp ``Output "tok" (p=0.123)``, no ``influence``).
 
 ``influence`` is the node's cumulative influence fraction at its rank (`prune_graph`'s ``cumulative_scores``).
+``metadata.node_threshold`` is the view the viewer opens at; `export_graph_json` keeps nodes up to
+``keep_threshold`` (default `VIEW_KEEP_THRESHOLD`, 0.95) so that moving the viewer's node slider above it adds
+nodes (`shown_at_threshold` is the slider's rule; `view_document` the opening view). ``keep_threshold=None``
+prunes at ``node_threshold`` itself, which is circuit-tracer's ``create_graph_files``.
 Links are the kept edges ``{source, target, weight}`` in row-major (target, source) order; nodes that no kept
 link touches are dropped, except tokens and logits. Large graphs are capped (``max_nodes``, ``max_links``:
 the most influential nodes, then the highest-scoring edges are kept) and the counts are reported in the
@@ -51,10 +55,15 @@ __all__ = [
     "cantor_pairing",
     "DEFAULT_MAX_NODES",
     "DEFAULT_MAX_LINKS",
+    "VIEW_KEEP_THRESHOLD",
+    "shown_at_threshold",
+    "view_document",
 ]
 
 DEFAULT_MAX_NODES = 5_000
 DEFAULT_MAX_LINKS = 100_000
+# export_graph_json keeps nodes up to this cumulative influence (within the caps), above the default view
+VIEW_KEEP_THRESHOLD = 0.95
 SCHEMA_VERSION = 1
 INDEX_NAME = "graph-metadata.json"
 _FEATURE, _ERROR, _EMBED, _LOGIT = "cross layer transcoder", "mlp reconstruction error", "embedding", "logit"
@@ -149,6 +158,7 @@ def graph_to_json(
     max_nodes: int | None = DEFAULT_MAX_NODES,
     max_links: int | None = DEFAULT_MAX_LINKS,
     keep_zero_weight_links: bool = False,
+    keep_threshold: float | None = None,
 ) -> tuple[dict[str, Any], tuple[int, int]]:
     """The pruned graph as a schema dict, and the (nodes, links) counts before the caps.
 
@@ -160,8 +170,19 @@ def graph_to_json(
     score of 0 (thresholds near 1, or graphs where little reaches the logits): then every zero entry between
     kept nodes, self-pairs included, becomes a "link" — up to N² of them. ``keep_zero_weight_links=True``
     reproduces that.
+
+    ``keep_threshold`` (≥ ``node_threshold``) prunes at that cumulative influence instead, keeping more nodes
+    than the default view ``node_threshold`` (still written as ``metadata.node_threshold``) for the viewer's
+    node slider; None prunes at ``node_threshold``.
     """
     check_slug(slug)
+    if not 0 <= node_threshold <= 1:
+        raise ValueError(f"node_threshold must be between 0.0 and 1.0, got {node_threshold}")
+    if keep_threshold is not None and not node_threshold <= keep_threshold <= 1:
+        raise ValueError(
+            f"keep_threshold={keep_threshold} must lie between node_threshold={node_threshold} and 1 (it keeps "
+            "nodes above the default view for the viewer's slider); pass None to prune at node_threshold"
+        )
     if max_nodes is not None and max_nodes < graph.n_pos + graph.n_logits:
         raise ValueError(
             f"max_nodes={max_nodes} is below the {graph.n_pos + graph.n_logits} token and logit nodes that are "
@@ -173,7 +194,7 @@ def graph_to_json(
             f"the graph has {bad} non-finite edge weights (NaN/Inf): it was computed from non-finite weights or "
             "activations; check the model and transcoder files"
         )
-    pr = prune_graph(graph, node_threshold, edge_threshold)
+    pr = prune_graph(graph, node_threshold if keep_threshold is None else keep_threshold, edge_threshold)
     node_mask = np.asarray(pr.node_mask)
     edge_mask = np.asarray(pr.edge_mask) & node_mask[:, None] & node_mask[None, :]
     if not keep_zero_weight_links:
@@ -348,11 +369,14 @@ def export_graph_json(
     max_nodes: int | None = DEFAULT_MAX_NODES,
     max_links: int | None = DEFAULT_MAX_LINKS,
     keep_zero_weight_links: bool = False,
+    keep_threshold: float | None = VIEW_KEEP_THRESHOLD,
 ) -> ExportResult:
     """Prune ``graph`` and write ``out_dir/<slug>.json`` (schema in the module docstring) plus its entry in
     ``out_dir/graph-metadata.json``. Caps: at most ``max_nodes`` nodes (tokens and logits always kept, then by
-    influence) and ``max_links`` links (by edge influence score); ``None`` disables a cap. Other arguments as
-    in `graph_to_json`."""
+    influence) and ``max_links`` links (by edge influence score); ``None`` disables a cap. Nodes are kept up to
+    ``keep_threshold`` cumulative influence (default 0.95, at least ``node_threshold``), so the viewer, which
+    opens at ``node_threshold``, can show more; ``keep_threshold=None`` writes exactly circuit-tracer's file.
+    Other arguments as in `graph_to_json`."""
     doc, (n_nodes_pruned, n_links_pruned) = graph_to_json(
         graph,
         slug,
@@ -363,6 +387,7 @@ def export_graph_json(
         max_nodes=max_nodes,
         max_links=max_links,
         keep_zero_weight_links=keep_zero_weight_links,
+        keep_threshold=None if keep_threshold is None else max(keep_threshold, node_threshold),
     )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -379,6 +404,41 @@ def export_graph_json(
         n_links_pruned=n_links_pruned,
         n_bytes=n_bytes,
     )
+
+
+def shown_at_threshold(doc: dict[str, Any], node_threshold: float) -> list[bool]:
+    """Which of ``doc["nodes"]`` the viewer's node slider shows at ``node_threshold``, one bool per node.
+
+    The rule of `prune_graph`'s node step, on the influences the file holds: the cut is the smallest node
+    ``influence`` (cumulative fraction) that reaches ``node_threshold`` (compared in float32, as the pruning
+    does), and nodes up to the cut are shown — so a file pruned at t shows every node at t, and a file kept to
+    0.95 shows at 0.8 the nodes a 0.8 pruning keeps. Tokens, logits and nodes without an influence are always
+    shown; with no influence reaching the threshold, all are."""
+    t = float(np.float32(node_threshold))
+    infl = [n.get("influence") for n in doc["nodes"]]
+    reaching = [v for v in infl if v is not None and v >= t]
+    cut = min(reaching) if reaching else math.inf
+    return [
+        n["feature_type"] in (_EMBED, _LOGIT) or v is None or v <= cut
+        for n, v in zip(doc["nodes"], infl, strict=True)
+    ]
+
+
+def view_document(doc: dict[str, Any], node_threshold: float | None = None) -> dict[str, Any]:
+    """``doc`` as the viewer opens it: at ``node_threshold`` (default ``metadata.node_threshold``, else 0.8),
+    the nodes `shown_at_threshold` hides are dropped with their links, then every feature or error node left
+    without a link (tokens and logits stay). A document pruned at its own threshold comes back unchanged."""
+    if node_threshold is None:
+        t = doc["metadata"].get("node_threshold")
+        node_threshold = float(t) if _is(t, (int, float)) and 0 <= t <= 1 else 0.8
+    shown = shown_at_threshold(doc, node_threshold)
+    ids = {n["node_id"] for n, keep in zip(doc["nodes"], shown, strict=True) if keep}
+    links = [e for e in doc["links"] if e["source"] in ids and e["target"] in ids]
+    touched = {e[k] for e in links for k in ("source", "target")}
+    nodes = [
+        n for n in doc["nodes"] if n["node_id"] in ids and (n["node_id"] in touched or n["feature_type"] in (_EMBED, _LOGIT))
+    ]
+    return {**doc, "nodes": nodes, "links": links}
 
 
 # ----------------------------------------------------------------------------------------------------

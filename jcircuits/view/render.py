@@ -26,7 +26,7 @@ from typing import Any
 from xml.sax.saxutils import escape
 
 from jcircuits.graph import Graph
-from jcircuits.view.export import graph_to_json, validate_graph_json
+from jcircuits.view.export import graph_to_json, validate_graph_json, view_document
 
 __all__ = [
     "Layout",
@@ -489,14 +489,17 @@ def load_document(
     edge_threshold: float = 0.98,
     *,
     tokenizer=None,
+    keep_threshold: float | None = None,
 ) -> dict[str, Any]:
-    """A graph document from a `Graph`, a graph file (``.safetensors``, pruned here), a graph JSON (``.json``,
-    used as saved, annotations included) or a document dict."""
+    """A graph document from a `Graph`, a graph file (``.safetensors``, pruned here; ``keep_threshold`` as in
+    `graph_to_json`), a graph JSON (``.json``, used as saved, annotations included) or a document dict."""
     if isinstance(source, dict):
         validate_graph_json(source)
         return source
     if isinstance(source, Graph):
-        return graph_to_json(source, "graph", node_threshold, edge_threshold, tokenizer=tokenizer)[0]
+        return graph_to_json(
+            source, "graph", node_threshold, edge_threshold, tokenizer=tokenizer, keep_threshold=keep_threshold
+        )[0]
     path = Path(os.fspath(source))
     if not path.exists():
         raise FileNotFoundError(f"no such graph file: {path}")
@@ -513,8 +516,9 @@ def load_document(
             raise ValueError(f"{path} is not a graph JSON: {e}") from e
         return doc
     graph = Graph.load(path)
+    slug = path.stem.replace(" ", "_") or "graph"
     return graph_to_json(
-        graph, path.stem.replace(" ", "_") or "graph", node_threshold, edge_threshold, tokenizer=tokenizer
+        graph, slug, node_threshold, edge_threshold, tokenizer=tokenizer, keep_threshold=keep_threshold
     )[0]
 
 
@@ -531,12 +535,14 @@ def render(
 ) -> Path:
     """Write a picture of ``source`` (see `load_document`) to ``out``; the format follows its suffix
     (``.svg`` or ``.png``). People's labels are drawn beside their nodes, and, with ``features`` (a
-    `jcircuits.features.FeatureStore` of the graph's transcoders), the automatic labels of the other features."""
+    `jcircuits.features.FeatureStore` of the graph's transcoders), the automatic labels of the other features.
+    A graph JSON is drawn as the viewer opens it (`view_document`: at its ``metadata.node_threshold``; exports
+    keep more nodes for the viewer's slider)."""
     out = Path(out)
     suffix = out.suffix.lower()
     if suffix not in (".svg", ".png"):
         raise ValueError(f"cannot tell the picture format of {out}: use a .svg or .png file name")
-    doc = load_document(source, node_threshold, edge_threshold, tokenizer=tokenizer)
+    doc = view_document(load_document(source, node_threshold, edge_threshold, tokenizer=tokenizer))
     labels = node_labels(doc, features)
     out.parent.mkdir(parents=True, exist_ok=True)
     if suffix == ".svg":
@@ -577,5 +583,6 @@ def show_graph(
 ) -> GraphPicture:
     """A picture of the pruned ``graph`` (a `Graph`, a graph file or a graph JSON) that a notebook displays inline
     (SVG, or PNG via ``_repr_png_``); ``.save("g.svg"|"g.png")`` writes it. Layout as ``jcircuits render`` and the
-    viewer."""
-    return GraphPicture(load_document(graph, node_threshold, edge_threshold, tokenizer=tokenizer), width, height)
+    viewer; a graph JSON is drawn as the viewer opens it (`view_document`)."""
+    doc = view_document(load_document(graph, node_threshold, edge_threshold, tokenizer=tokenizer))
+    return GraphPicture(doc, width, height)

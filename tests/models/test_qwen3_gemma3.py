@@ -345,3 +345,37 @@ def test_cli_attribute_traces_the_multimodal_text_tower_like_the_api(dirs, tmp_p
     a_max = np.abs(want.adjacency_matrix).max()
     assert a_max > 0
     np.testing.assert_allclose(got.adjacency_matrix, want.adjacency_matrix, atol=1e-6 * a_max, rtol=0)
+
+
+def test_cli_traces_google_gemma_3_4b_it_from_the_hub_cache_offline_as_a_chat(dirs, tmp_path, monkeypatch):
+    """``--model google/gemma-3-4b-it`` (a multimodal IT checkpoint, here a tiny one laid out as huggingface_hub
+    caches it) resolves offline, and ``--chat`` traces the prompt as one user turn of its chat template: the
+    graph's tokens are ``encode_chat``'s, with one BOS."""
+    import shutil
+
+    import tiny
+
+    from jcircuits.cli import main
+    from jcircuits.graph import Graph
+    from jcircuits.models.tokenizer import Tokenizer
+    from jcircuits.transcoders.io import transcoder_set_to_numpy
+    from jcircuits_converters.transcoders import write_plt_files
+
+    directory, _ = dirs["gemma3_mm"]
+    repo = tmp_path / "hub" / "models--google--gemma-3-4b-it"
+    snap = repo / "snapshots" / "0123456789abcdef0123456789abcdef01234567"
+    shutil.copytree(directory, snap)
+    hf_tiny.chat_tokenizer_folder(snap, template=hf_tiny.GEMMA_LIKE)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(snap.name)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    write_plt_files(transcoder_set_to_numpy(tiny.tiny_transcoders(config_from_hf(directory))), tmp_path / "tc")
+    out = tmp_path / "graph.safetensors"
+    argv = ["attribute", "--model", "google/gemma-3-4b-it", "--transcoders", str(tmp_path / "tc"), "--chat",
+            "--prompt", "the capital of texas is", "--batch-size", "16", "-q", "-o", str(out)]
+    assert main(argv) == 0
+    want = Tokenizer.from_file(snap).encode_chat("the capital of texas is")
+    got = np.asarray(Graph.load(out).input_tokens)
+    np.testing.assert_array_equal(got, want)
+    assert int((got == Tokenizer.from_file(snap).bos_id).sum()) == 1

@@ -4,6 +4,7 @@ sharded loading (each shard read on its own), and sharded computations equal to 
 from __future__ import annotations
 
 import math
+import re
 
 import jax
 import jax.numpy as jnp
@@ -425,8 +426,39 @@ def test_tpu_config_dry_runs_fit_and_a_long_prompt_is_refused(name, capsys):
     assert dryrun.main([config]) == 0
     out = capsys.readouterr().out
     assert "fits: peak" in out and "transcoders.W_enc" in out and "P(None, None, 'model')" in out
+    # tpu/README.md's dry-run table says what the dry run prints, on the config's own mesh and on any other row
+    rows = _tpu_readme_rows(tpu / "README.md")[name]
+    data, model = re.search(r"mesh: data=(\d+) x model=(\d+)", out).groups()
+    assert f"{data}x{model}" == rows[0][0], "the first README row of a config is its own mesh"
+    for k, (mesh, *figures) in enumerate(rows):
+        if k:
+            assert dryrun.main([config, "--mesh", mesh]) == 0
+            out = capsys.readouterr().out
+        assert _dry_run_figures(out) == tuple(figures), (name, mesh)
     assert dryrun.main([config, "--n-tokens", "1024"]) == 2
     assert "will not fit" in capsys.readouterr().err
+
+
+def _tpu_readme_rows(readme) -> dict[str, list[tuple[str, ...]]]:
+    """``{config name: [(mesh "DxM", params/chip, encoders/chip, peak/chip, host peak), …]}`` from the table."""
+    row = re.compile(
+        r"^\| `([\w.-]+)`: [^|]*\| (\d+)×(\d+) \| ([\d.]+) GiB \| ([\d.]+) GiB \| ([\d.]+) GiB of 16 \| ([\d.]+) GiB \|$"
+    )
+    out: dict[str, list[tuple[str, ...]]] = {}
+    for line in readme.read_text(encoding="utf-8").splitlines():
+        m = row.match(line)
+        if m:
+            name, d, m_, *figs = m.groups()
+            out.setdefault(name, []).append((f"{d}x{m_}", *figs))
+    return out
+
+
+def _dry_run_figures(out: str) -> tuple[str, ...]:
+    """(params, transcoders, peak per device; host peak to 0.1) as the dry run prints them, in GiB."""
+    dev = re.search(r"per device: peak ([\d.]+) GiB = params ([\d.]+) GiB, transcoders ([\d.]+) GiB", out)
+    host = re.search(r"host: +peak ([\d.]+) GiB", out)
+    peak, params, enc = dev.groups()
+    return params, enc, peak, f"{float(host.group(1)):.1f}"
 
 
 @needs8

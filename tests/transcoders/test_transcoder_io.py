@@ -432,3 +432,54 @@ def test_circuit_tracer_reads_our_files(tmp_path):
         for k in ref.files:
             np.testing.assert_allclose(ref[k], want[k], rtol=1e-5, atol=1e-5, err_msg=k)
         assert {"plt_acts", "plt_skip", "gs2_skip", "clt_acts", "clt_dec"} <= set(ref.files)
+
+
+# ------------------------------------------------------------------------------- circuit-tracer's preset names
+
+
+def test_circuit_tracer_preset_names_and_listed_repos_resolve_from_the_hub_cache(
+    tmp_path, monkeypatch, capsys
+):
+    from jcircuits.cli import main
+    from jcircuits.transcoders.io import TRANSCODER_PRESETS, resolve_preset
+
+    # circuit-tracer 0.5.0 (utils/hf_utils.py): "gemma" and "llama" stand for these repositories
+    assert {k: v[0] for k, v in TRANSCODER_PRESETS.items()} == {
+        "gemma": "mwhanna/gemma-scope-transcoders",
+        "llama": "mntss/transcoder-Llama-3.2-1B",
+    }
+    cache = tmp_path / "hub"
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError, match=r"'mntss/transcoder-Llama-3\.2-1B'.*HF_HUB_OFFLINE is set"):
+        load_transcoders("llama")  # not in the cache: the error names the repository
+    plt = tiny_transcoders(tiny_config(), kind="plt")
+    files = ct.write_plt_files(transcoder_set_to_numpy(plt), tmp_path / "plt")
+    conf = {
+        "model_kind": "transcoder_set",
+        "feature_input_hook": "mlp.hook_in",
+        "feature_output_hook": "mlp.hook_out",
+    }
+    repos = [  # the presets' repositories and some that circuit-tracer's README lists, named as they are
+        "mwhanna/gemma-scope-transcoders", "mntss/transcoder-Llama-3.2-1B", "mntss/gemma-scope-transcoders",
+        "mwhanna/qwen3-4b-transcoders",
+    ]  # fmt: skip
+    for k, repo in enumerate(repos):
+        layer_files = {p.name: p for p in files}
+        _fake_hub_repo(cache, repo, f"{k + 1}" * 40, {"config.yaml": yaml.safe_dump(conf), **layer_files})
+    for name in ("gemma", "llama", *repos[2:]):
+        back = load_transcoders(name)
+        assert back.cfg.scan == resolve_preset(name)  # the repository it was read from
+        _same(transcoder_set_to_numpy(back), transcoder_set_to_numpy(plt))
+    assert back.cfg.scan == "mwhanna/qwen3-4b-transcoders" and resolve_preset("llama") == repos[1]
+    # a local directory of that name is what it says
+    save_transcoders(tiny_transcoders(tiny_config(), kind="clt"), tmp_path / "gemma")
+    assert resolve_preset("gemma") == "gemma" and load_transcoders("gemma").cfg.kind == "clt"
+    # on the command line, a preset without --model names the model it was trained on
+    assert (
+        main(["attribute", "--transcoders", "llama", "--prompt", "hi", "-o", str(tmp_path / "g.safetensors")])
+        == 2
+    )
+    err = capsys.readouterr().err
+    assert "--transcoders llama needs --model" in err and "--model meta-llama/Llama-3.2-1B" in err

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -11,16 +12,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 from random_demo import demo_model, demo_transcoders
+from synthetic import synthetic_graph
 
 from jcircuits.attribution import attribute
 from jcircuits.cli import main as cli_main
-from jcircuits.graph import Graph, compute_edge_influence, prune_graph
+from jcircuits.graph import Graph, compute_edge_influence, compute_node_influence, find_threshold, prune_graph
 from jcircuits.view.export import (
+    VIEW_KEEP_THRESHOLD,
     cantor_pairing,
     export_graph_json,
     graph_to_json,
+    shown_at_threshold,
     token_strings,
     validate_graph_json,
+    view_document,
 )
 from jcircuits.view.render import compute_layout, render, render_png, render_svg, show_graph
 
@@ -144,7 +149,11 @@ def test_export_ids_and_values_follow_the_graph(demo):
 
 def test_export_caps_keep_tokens_logits_and_the_strongest(demo, tmp_path):
     model, graph = demo
-    full, _ = graph_to_json(graph, "full", tokenizer=model.tokenizer, max_nodes=None, max_links=None)
+    # the export's default keeps nodes to VIEW_KEEP_THRESHOLD (for the viewer's slider); the caps apply to that
+    keep = VIEW_KEEP_THRESHOLD
+    full, _ = graph_to_json(
+        graph, "full", tokenizer=model.tokenizer, max_nodes=None, max_links=None, keep_threshold=keep
+    )
     cap_nodes, cap_links = 60, 400
     assert len(full["nodes"]) > cap_nodes and len(full["links"]) > cap_links
     res = export_graph_json(
@@ -166,7 +175,7 @@ def test_export_caps_keep_tokens_logits_and_the_strongest(demo, tmp_path):
     budget = cap_nodes - graph.n_pos - graph.n_logits
     assert kept <= {nid for _, nid in inner[:budget]}
     # links are ranked by edge influence score among the capped nodes
-    pr = prune_graph(graph)
+    pr = prune_graph(graph, keep)
     assert len(doc["links"]) == cap_links
     node_of = {}
     for i in np.flatnonzero(np.asarray(pr.node_mask)):
@@ -179,6 +188,38 @@ def test_export_caps_keep_tokens_logits_and_the_strongest(demo, tmp_path):
     em = np.asarray(pr.edge_mask) & keep_nodes[:, None] & keep_nodes[None, :]
     all_scores = np.sort(scores[em])[::-1]
     assert min(link_scores) >= all_scores[cap_links - 1] - 1e-12
+
+
+def test_export_keeps_nodes_above_the_default_view_and_the_slider_rule_is_the_pruning(demo):
+    model, graph = demo
+    kept, _ = graph_to_json(graph, "kept", tokenizer=model.tokenizer, keep_threshold=VIEW_KEEP_THRESHOLD)
+    exact, _ = graph_to_json(graph, "exact", tokenizer=model.tokenizer)  # circuit-tracer's file at 0.8
+    assert kept["metadata"]["node_threshold"] == exact["metadata"]["node_threshold"] == 0.8
+    assert len(kept["nodes"]) > len(exact["nodes"]) and max(
+        n["influence"] for n in kept["nodes"] if n["influence"] is not None
+    ) > 0.9
+    # a file pruned at its threshold shows every node at it
+    assert view_document(exact) == exact
+    # at 0.8, the slider shows the kept file's nodes that the pruning's node step (influence >= the score at which
+    # the cumulative share first reaches 0.8) keeps: computed here from the adjacency, not from the file
+    influence = np.asarray(compute_node_influence(graph.adjacency_matrix, graph.logit_weights()))
+    for t in (0.5, 0.8, 0.9):
+        step = influence >= float(find_threshold(influence, t))
+        step[graph.token_slice.start :] = True  # tokens and logits always
+        ids = {_node_id(graph, int(i)) for i in np.flatnonzero(step)}
+        flags = shown_at_threshold(kept, t)
+        assert {n["node_id"] for n, f in zip(kept["nodes"], flags, strict=True) if f} == ids & {
+            n["node_id"] for n in kept["nodes"]
+        }
+    # the opening view: those nodes, their links, and no feature or error node left without one
+    view = view_document(kept)
+    ids = {n["node_id"] for n in view["nodes"]}
+    assert view["links"] == [e for e in kept["links"] if e["source"] in ids and e["target"] in ids]
+    touched = {e[k] for e in view["links"] for k in ("source", "target")}
+    assert all(n["node_id"] in touched for n in view["nodes"] if n["feature_type"] not in ("embedding", "logit"))
+    assert len(view["nodes"]) < len(kept["nodes"])
+    with pytest.raises(ValueError, match="keep_threshold=0.5 must lie between node_threshold=0.8 and 1"):
+        graph_to_json(graph, "bad", keep_threshold=0.5)
 
 
 def _node_id(graph: Graph, i: int) -> str:
@@ -328,7 +369,7 @@ def test_same_nodes_and_links_as_circuit_tracer_create_graph_files(demo, tmp_pat
         ref = json.loads((tmp_path / "ref" / f"{slug}.json").read_text())
         ours = json.loads(
             export_graph_json(
-                graph, slug, tmp_path / "ours", node_t, edge_t, tokenizer=model.tokenizer
+                graph, slug, tmp_path / "ours", node_t, edge_t, tokenizer=model.tokenizer, keep_threshold=None
             ).path.read_text()
         )
         _compare_with_reference(ours, ref)
@@ -431,3 +472,147 @@ def test_render_cli_and_bad_inputs(demo, tmp_path, capsys):
     (tmp_path / "trunc.json").write_text('{"metadata": ')
     assert cli_main(["render", str(tmp_path / "trunc.json"), "-o", str(tmp_path / "t.svg")]) == 2
     assert "not valid JSON" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------------------------------
+# Neuronpedia's upload schema. No schema is available offline, so the facts are written down here, read from
+# Neuronpedia's source (github.com/hijohnnylin/neuronpedia @ ebb8426f, apps/webapp/app/api/graph/graph-schema.json,
+# which its upload route `api/graph/save-to-db/route.ts` checks with Ajv, then it refuses a slug or scan with a
+# character outside [a-zA-Z0-9_.-]) and circuit-tracer's frontend models (circuit_tracer/frontend/graph_models.py:
+# Metadata, QParams, Node). Only the JSON-Schema keywords used below are implemented (type, properties, required,
+# items); optional fields are typed where present.
+
+_STR, _NUM, _INT = "string", "number", "integer"
+NEURONPEDIA_SCHEMA = {
+    "type": "object",
+    "required": ["metadata", "qParams", "nodes", "links"],
+    "properties": {
+        "metadata": {
+            "type": "object",
+            "required": ["slug", "scan", "prompt_tokens", "prompt"],
+            "properties": {
+                "slug": {"type": _STR},
+                "scan": {"type": _STR},
+                "prompt_tokens": {"type": "array", "items": {"type": _STR}},
+                "prompt": {"type": _STR},
+                "node_threshold": {"type": _NUM},
+                "transcoder_list": {"type": "array", "items": {"type": _STR}},  # circuit-tracer's Metadata
+                "feature_details": {"type": "object"},
+                "info": {"type": "object"},
+                "generation_settings": {"type": "object"},
+                "pruning_settings": {"type": "object"},
+            },
+        },
+        "qParams": {
+            "type": "object",
+            "required": [],
+            "properties": {
+                "pinnedIds": {"type": "array", "items": {"type": _STR}},
+                "supernodes": {"type": "array", "items": {"type": "array", "items": {"type": _STR}}},
+                "linkType": {"type": _STR},
+                "clickedId": {"type": _STR},
+                "sg_pos": {"type": _STR},
+            },
+        },
+        "nodes": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["node_id", "feature", "layer", "ctx_idx", "feature_type", "jsNodeId", "clerp"],
+                "properties": {
+                    "node_id": {"type": _STR},
+                    "feature": {"type": [_INT, "null"]},
+                    "layer": {"type": [_STR, _INT]},
+                    "ctx_idx": {"type": _INT},
+                    "feature_type": {"type": _STR},
+                    "jsNodeId": {"type": _STR},
+                    "clerp": {"type": _STR},
+                    "influence": {"type": [_NUM, "null"]},
+                    "activation": {"type": [_NUM, "null"]},
+                    "token_prob": {"type": _NUM},  # circuit-tracer's Node
+                    "is_target_logit": {"type": "boolean"},
+                    "run_idx": {"type": _INT},
+                    "reverse_ctx_idx": {"type": _INT},
+                },
+            },
+        },
+        "links": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["source", "target", "weight"],
+                "properties": {"source": {"type": _STR}, "target": {"type": _STR}, "weight": {"type": _NUM}},
+            },
+        },
+    },
+}
+_JSON_TYPES = {
+    "object": lambda v: isinstance(v, dict),
+    "array": lambda v: isinstance(v, list),
+    "string": lambda v: isinstance(v, str),
+    "number": lambda v: isinstance(v, int | float) and not isinstance(v, bool),
+    # stricter than Ajv, which also counts a written 1.0 as an integer (Python's json reads it as a float)
+    "integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
+    "boolean": lambda v: isinstance(v, bool),
+    "null": lambda v: v is None,
+}
+NEURONPEDIA_NAME = re.compile(r"[a-zA-Z0-9_.-]+")  # upload: slug and scan
+
+
+def schema_errors(value, schema: dict, path: str = "root") -> list[str]:
+    """Every place where ``value`` breaks ``schema`` (the keywords of `NEURONPEDIA_SCHEMA` only)."""
+    types = schema.get("type")
+    types = [types] if isinstance(types, str) else types or []
+    if types and not any(_JSON_TYPES[t](value) for t in types):
+        return [f"{path}: {type(value).__name__} is not {'/'.join(types)}"]
+    errors = []
+    if isinstance(value, dict):
+        errors += [f"{path}: no {k!r}" for k in schema.get("required", []) if k not in value]
+        for k, sub in schema.get("properties", {}).items():
+            if k in value:
+                errors += schema_errors(value[k], sub, f"{path}.{k}")
+    if isinstance(value, list) and "items" in schema:
+        for i, item in enumerate(value):
+            errors += schema_errors(item, schema["items"], f"{path}[{i}]")
+    return errors
+
+
+def test_schema_checker_finds_what_neuronpedia_refuses():
+    doc = synthetic_graph("ok", n_features=5, n_links=20)
+    assert schema_errors(doc, NEURONPEDIA_SCHEMA) == []
+    bad = json.loads(json.dumps(doc))
+    del bad["qParams"]
+    bad["metadata"]["prompt_tokens"][1] = 7
+    bad["nodes"][0]["ctx_idx"] = 1.5
+    bad["nodes"][1]["feature"] = True
+    del bad["nodes"][2]["clerp"]
+    bad["links"][0]["weight"] = "0.5"
+    assert schema_errors(bad, NEURONPEDIA_SCHEMA) == [
+        "root: no 'qParams'",
+        "root.metadata.prompt_tokens[1]: int is not string",
+        "root.nodes[0].ctx_idx: float is not integer",
+        "root.nodes[1].feature: bool is not integer/null",
+        "root.nodes[2]: no 'clerp'",
+        "root.links[0].weight: str is not number",
+    ]
+
+
+def test_export_and_viewer_saves_are_valid_for_neuronpedias_upload(demo, tmp_path):
+    model, graph = demo
+    for keep in (VIEW_KEEP_THRESHOLD, None):
+        res = export_graph_json(graph, "np-upload", tmp_path, tokenizer=model.tokenizer, keep_threshold=keep)
+        doc = json.loads(res.path.read_text())  # as a file, so the JSON types are the file's
+        assert schema_errors(doc, NEURONPEDIA_SCHEMA) == []
+        assert {n["feature_type"] for n in doc["nodes"]} == TYPES  # every node type was checked
+        meta = doc["metadata"]
+        assert NEURONPEDIA_NAME.fullmatch(meta["slug"]) and NEURONPEDIA_NAME.fullmatch(meta["scan"]), meta
+        assert 0 < meta["node_threshold"] <= 1  # the default view of Neuronpedia's dynamic pruning (influence)
+    # what the viewer saves (labels, pins, supernodes, its sg_pos string) stays valid
+    feats = [n["node_id"] for n in doc["nodes"] if n["feature_type"] == "cross layer transcoder"][:3]
+    doc["nodes"][0]["clerp"] = "says texas"
+    doc["qParams"].update(
+        pinnedIds=feats, supernodes=[["state facts", *feats[:2]]], clickedId=feats[0],
+        sg_pos=json.dumps({"jcircuits": 1, "pos": {feats[0]: [0.25, 0.5]}}),
+    )  # fmt: skip
+    validate_graph_json(doc)
+    assert schema_errors(json.loads(json.dumps(doc)), NEURONPEDIA_SCHEMA) == []

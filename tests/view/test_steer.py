@@ -105,7 +105,7 @@ def test_trace_writes_the_graph_attribute_gives_and_never_overwrites(tmp_path, s
     import json
 
     from jcircuits.attribution import attribute
-    from jcircuits.view.export import graph_to_json, validate_graph_json
+    from jcircuits.view.export import VIEW_KEEP_THRESHOLD, graph_to_json, validate_graph_json
 
     write_graph(tmp_path, synthetic_graph())
     httpd = make_server(tmp_path, 0, steer=steerer)
@@ -117,7 +117,9 @@ def test_trace_writes_the_graph_attribute_gives_and_never_overwrites(tmp_path, s
         doc = json.loads((tmp_path / "add.json").read_text())
         validate_graph_json(doc)
         graph = attribute(steerer.model, steerer.transcoders, "3 plus 4 is", verbose=False)
-        want, _ = graph_to_json(graph, "add", tokenizer=steerer.model.tokenizer)
+        want, _ = graph_to_json(  # what export_graph_json writes: nodes kept above the default view
+            graph, "add", tokenizer=steerer.model.tokenizer, keep_threshold=VIEW_KEEP_THRESHOLD
+        )
         assert [n["node_id"] for n in doc["nodes"]] == [n["node_id"] for n in want["nodes"]]
         np.testing.assert_allclose(
             [e["weight"] for e in doc["links"]], [e["weight"] for e in want["links"]], rtol=1e-5, atol=1e-7

@@ -23,6 +23,7 @@ import pytest
 from synthetic import synthetic_graph, write_graph
 
 from jcircuits.cli import main as cli_main
+from jcircuits.view.export import shown_at_threshold, view_document
 from jcircuits.view.server import make_server
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -319,6 +320,8 @@ def test_supernode_outline_collapse_rename_save_reload(page, server, graph_dir):
     chosen = [feats[0]] + [n for n in feats[1:] if n["ctx_idx"] != feats[0]["ctx_idx"]][:2]
     members = [n["node_id"] for n in chosen]
     open_graph(page, server, "texas-sn")
+    # the whole file (the node slider opens at the default view, 0.8; the export kept nodes above it)
+    set_slider(page, "node-threshold", float(page.locator("#node-threshold").get_attribute("max")))
     assert supernode_boxes(page) == []
     for m in members:
         click_node(page, m, shift=True)
@@ -360,7 +363,7 @@ def test_supernode_outline_collapse_rename_save_reload(page, server, graph_dir):
     centroid = (sum(p["x"] for p in pos) / 3, sum(p["y"] for p in pos) / 3)
     assert (box["x0"] + box["x1"]) / 2 == pytest.approx(centroid[0], abs=0.5)
     assert (box["y0"] + box["y1"]) / 2 == pytest.approx(centroid[1], abs=0.5)
-    assert page.evaluate("window.jcViewer.state.nodeVisible.every((v) => v === 1)")  # sliders at 1: all shown
+    assert page.evaluate("window.jcViewer.state.nodeVisible.every((v) => v === 1)")  # sliders at max: all shown
     inside = set(members)
     expected: dict[tuple, float] = {}
     for e in doc["links"]:
@@ -491,13 +494,16 @@ def _connected(doc, shown: set[str], links: list[dict]) -> set[str]:
 def test_sliders_filter_nodes_and_edges(page, server, graph_dir):
     doc = json.loads((graph_dir / "small.json").read_text())
     open_graph(page, server, "small")
+    # opens at metadata.node_threshold (0.8), as view_document says; the file holds nodes up to 1.0
+    assert page.evaluate("window.jcViewer.state.nodeThreshold") == doc["metadata"]["node_threshold"] == 0.8
+    opening = view_document(doc)
+    assert counts(page) == (len(opening["nodes"]), len(opening["links"]))
+    assert len(opening["nodes"]) < len(doc["nodes"]) and len(opening["links"]) < len(doc["links"])
+    set_slider(page, "node-threshold", 1.0)
     assert counts(page) == (len(doc["nodes"]), len(doc["links"]))
     set_slider(page, "node-threshold", 0.3)
-    always = {"embedding", "logit"}
-    shown = {
-        n["node_id"] for n in doc["nodes"]
-        if n["feature_type"] in always or n["influence"] is None or n["influence"] <= 0.3 + 1e-9
-    }  # fmt: skip
+    flags = shown_at_threshold(doc, 0.3)
+    shown = {n["node_id"] for n, f in zip(doc["nodes"], flags, strict=True) if f}
     links = [e for e in doc["links"] if e["source"] in shown and e["target"] in shown]
     assert counts(page) == (len(_connected(doc, shown, links)), len(links))
     set_slider(page, "edge-threshold", 0.5)

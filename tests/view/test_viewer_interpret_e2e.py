@@ -21,13 +21,16 @@ from test_viewer_e2e import (
     checked_page,
     chromium,
     click_node,
+    counts,
     open_graph,
+    set_slider,
     texas_graph_dir,
 )
 
 from jcircuits.cli import main as cli_main
 from jcircuits.default import default_features
 from jcircuits.features.format import cantor_unpair
+from jcircuits.view.export import view_document
 from jcircuits.view.server import make_server
 
 VIEWPORT = {"width": 1600, "height": 1000}
@@ -346,9 +349,10 @@ def test_metadata_logit_row_repeated_tokens_logit_order_and_slider_range(page, s
     n_layers = int(logit["layer"]) - 1
     assert f"row\tlogits (output, after L{n_layers - 1})" in table and "layer\t" not in table
     # which occurrence of a repeated token a node is at
-    repeated = next(
-        n for n in doc["nodes"] if tokens.count(tokens[n["ctx_idx"]]) > 1 and n["feature_type"] == FEATURE
-    )
+    repeated = next(  # among the nodes shown at the opening view
+        n for n in view_document(doc)["nodes"]
+        if tokens.count(tokens[n["ctx_idx"]]) > 1 and n["feature_type"] == FEATURE
+    )  # fmt: skip
     k = tokens[: repeated["ctx_idx"] + 1].count(tokens[repeated["ctx_idx"]])
     total = tokens.count(tokens[repeated["ctx_idx"]])
     click_node(page, repeated["node_id"])
@@ -357,11 +361,26 @@ def test_metadata_logit_row_repeated_tokens_logit_order_and_slider_range(page, s
         f'{repeated["ctx_idx"]} "{tokens[repeated["ctx_idx"]]}" ({nth} of {total})'
         in page.locator("#details-table").inner_text()
     )
-    # the node slider ends at the most influence the file holds (the export pruned above it)
+    # the node slider ends at the most influence the file holds (the export kept nodes to 0.95) and opens at the
+    # default view, 0.8: the nodes view_document keeps (those a 0.8 pruning keeps); moving it up adds the rest
     most = max(n["influence"] for n in doc["nodes"] if n["influence"] is not None)
-    assert float(page.locator("#node-threshold").get_attribute("max")) == pytest.approx(
-        min(1, math.ceil(most * 100) / 100)
+    top = float(page.locator("#node-threshold").get_attribute("max"))
+    assert top == pytest.approx(min(1, math.ceil(most * 100) / 100)) and top > 0.9
+    assert float(page.locator("#node-threshold").input_value()) == doc["metadata"]["node_threshold"] == 0.8
+    page.keyboard.press("Escape")  # a selected node stays shown whatever the slider says
+    opening = view_document(doc)
+    visible = page.evaluate(
+        "(() => { const s = window.jcViewer.state; return s.nodes.filter((n, i) => s.nodeVisible[i])"
+        ".map((n) => n.node_id); })()"
     )
+    assert sorted(visible) == sorted(n["node_id"] for n in opening["nodes"])
+    assert counts(page) == (len(opening["nodes"]), len(opening["links"]))
+    set_slider(page, "node-threshold", 0.9)
+    middle = view_document(doc, 0.9)
+    assert counts(page) == (len(middle["nodes"]), len(middle["links"]))
+    set_slider(page, "node-threshold", top)
+    assert counts(page) == (len(doc["nodes"]), len(doc["links"]))
+    assert len(opening["nodes"]) < len(middle["nodes"]) < len(doc["nodes"])
 
     syn = json.loads((graph_dir / "syn.json").read_text())
     open_graph(page, server, "syn")

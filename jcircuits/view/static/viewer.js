@@ -243,11 +243,14 @@
     state.occurrence = toks.map((t) => { const k = (seenTok.get(t) || 0) + 1; seenTok.set(t, k); return k; });
     state.tokenCount = seenTok;
     state.fileClerps = new Map(nodes.map((n) => [n.node_id, n.clerp || '']));
-    // the node slider spans what the file holds: the export already pruned above metadata.node_threshold
-    let maxInfl = 0;
-    for (const n of nodes) if (n.influence != null) maxInfl = Math.max(maxInfl, n.influence);
+    // the node slider spans what the file holds (exports keep nodes to 0.95, circuit-tracer's to its threshold)
+    // and opens at metadata.node_threshold, so moving it up adds the nodes kept above the default view
+    state.inflSorted = Float64Array.from(nodes.filter((n) => n.influence != null), (n) => n.influence).sort();
+    const maxInfl = state.inflSorted.length ? state.inflSorted[state.inflSorted.length - 1] : 0;
     state.nodeMax = maxInfl > 0 ? Math.min(1, Math.max(0.05, Math.ceil(maxInfl * 100) / 100)) : 1;  // 0.05: the slider min
     $('node-threshold').max = String(state.nodeMax);
+    const metaT = Number(doc.metadata.node_threshold);
+    state.nodeDefault = Math.min(Number.isFinite(metaT) && metaT > 0 ? metaT : 0.8, state.nodeMax);
 
     const url = new URL(window.location.href);
     const fromUrl = !state.urlApplied && url.searchParams.get('graph') === slug ? readUrlState(url) : {};
@@ -258,7 +261,7 @@
       if (i !== undefined && typeof label === 'string') nodes[i].clerp = label;
     }
     for (const [key, input] of [['nodeThreshold', 'node-threshold'], ['edgeThreshold', 'edge-threshold']]) {
-      const v = key in fromUrl ? fromUrl[key] : Number($(input).max);
+      const v = key in fromUrl ? fromUrl[key] : key === 'nodeThreshold' ? state.nodeDefault : 1;
       state[key] = Math.min(Math.max(v, Number($(input).min)), Number($(input).max));
       $(input).value = String(state[key]);
       $(`${input}-value`).textContent = state[key].toFixed(2);
@@ -323,14 +326,25 @@
   // ---------------------------------------------------------------------------------------------------
   // Visibility (sliders)
 
+  // the node slider's rule, prune_graph's node step on the influences the file holds (view_document in
+  // export.py): show nodes up to the smallest cumulative influence that reaches the threshold (in float32, as
+  // the pruning compares), so a file pruned at t shows all its nodes at t
+  function influenceCut(threshold) {
+    const a = state.inflSorted, t = Math.fround(threshold);
+    let lo = 0, hi = a.length;
+    while (lo < hi) { const mid = (lo + hi) >> 1; if (a[mid] >= t) hi = mid; else lo = mid + 1; }
+    return lo < a.length ? a[lo] : Infinity;
+  }
+
   function computeVisibility() {
     const N = state.nodes.length, M = state.nLinks;
     const nodeVisible = new Uint8Array(N);
     const keep = new Set(state.pinned);
     for (const g of state.supernodes) for (let j = 1; j < g.length; j++) keep.add(g[j]);  // outlines need them
+    const nodeCut = influenceCut(state.nodeThreshold);
     for (let i = 0; i < N; i++) {
       const t = state.types[i], infl = state.nodes[i].influence;
-      nodeVisible[i] = t === EMBED || t === LOGIT || infl == null || infl <= state.nodeThreshold + 1e-9 ||
+      nodeVisible[i] = t === EMBED || t === LOGIT || infl == null || infl <= nodeCut ||
         i === state.selected || keep.has(state.nodes[i].node_id) ? 1 : 0;
     }
     let cut = 0;
@@ -1774,7 +1788,7 @@
       .map((n) => [n.node_id, n.clerp || '']);
     if (changed.length) url.searchParams.set('clerps', JSON.stringify(changed));
     if (state.selected >= 0) url.searchParams.set('clickedId', state.nodes[state.selected].node_id);
-    if (state.nodeThreshold < state.nodeMax) url.searchParams.set('nodeThreshold', state.nodeThreshold.toFixed(2));
+    if (state.nodeThreshold !== state.nodeDefault) url.searchParams.set('nodeThreshold', state.nodeThreshold.toFixed(2));
     if (state.edgeThreshold < 1) url.searchParams.set('edgeThreshold', state.edgeThreshold.toFixed(2));
     return url;
   }
