@@ -25,6 +25,7 @@ _PUBLIC = {
     "FeatureStore": "jcircuits.features",
     "build_dashboards": "jcircuits.features",
     "attribute": "jcircuits.attribution",
+    "attribute_batch": "jcircuits.attribution",
     "Graph": "jcircuits.graph",
     "prune_graph": "jcircuits.graph",
     "feature_intervention": "jcircuits.intervention",
@@ -42,6 +43,7 @@ __all__ = [
     "Tokenizer",
     "TranscoderSet",
     "attribute",
+    "attribute_batch",
     "build_dashboards",
     "default_features",
     "default_model",
@@ -58,7 +60,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:  # for readers and type checkers; at run time the names resolve lazily below
-    from jcircuits.attribution import attribute
+    from jcircuits.attribution import attribute, attribute_batch
     from jcircuits.default import default_features, default_model, default_transcoders
     from jcircuits.features import FeatureStore, build_dashboards
     from jcircuits.graph import Graph, prune_graph

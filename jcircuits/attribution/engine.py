@@ -4,15 +4,19 @@
 
 0. ``_replacement_phase`` → ``_Frozen``: features, errors and the frozen constants (``build_context``), on device;
 1. ``_targets_phase`` → ``Targets``: the logits to explain;
-2. ``_logit_rows``: their rows, the first rows of the working matrix ``_Rows``;
+2. ``_logit_rows``: their rows, the first rows of the working matrix ``_Rows`` (dense) or ``_SparseRows``
+   (CSR chunks, ``adjacency="sparse"``: exact non-zeros, or sparsified as asked);
 3. ``_feature_rows``: feature rows, grouped by the layer they read from so each batch's backward stops at that
    layer (``_BatchPlan``), with influence-ordered selection when ``max_feature_nodes`` is smaller than the number
    of active features; each batch is dispatched before the previous one is stored (``_run_features``);
-4. ``_adjacency`` / ``_assemble`` → ``Graph``: the square adjacency over
-   ``[selected features | errors | tokens | logits]``.
+4. ``work.adjacency()`` / ``_assemble`` → ``Graph``: the square adjacency over
+   ``[selected features | errors | tokens | logits]`` (a dense array, or a ``SparseAdjacency`` with the same values).
 
-Shapes are kept static: the prompt length fixes T; feature batches are padded to a few bucket sizes so one
-compilation serves every layer group (the start layer is a traced argument).
+``attribute_batch`` runs these phases for many prompts in one process; every compiled shape is keyed by the
+padded sizes below, so prompts of one length bucket share them.
+
+Shapes are kept static: the frozen model is padded to ``length_bucket(T)`` positions; feature batches are padded
+to a few bucket sizes so one compilation serves every layer group (the start layer is a traced argument).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+import scipy.sparse
 from tqdm.auto import tqdm
 
 from jcircuits.attribution.linear import (
@@ -36,19 +41,21 @@ from jcircuits.attribution.linear import (
     rows_for_logits,
     token_rows_for_layer0,
 )
-from jcircuits.attribution.targets import Targets, resolve_targets
+from jcircuits.attribution.targets import Targets, targets_at
+from jcircuits.attribution.targets import target_positions as positions_of
 from jcircuits.common import buckets
 from jcircuits.common.buckets import length_bucket, size_bucket
 from jcircuits.common.runtime import show_progress, use_compilation_cache
 from jcircuits.graph import Graph
+from jcircuits.graph.sparse import SparseAdjacency, assemble_rows, csr_rows, sparsify_rows
 from jcircuits.models import Model, encode_prompt, single_token_id
-from jcircuits.models.transformer import unembed_matrix
+from jcircuits.models.transformer import check_tokens, unembed_matrix
 from jcircuits.replacement import Replacement, replace
 from jcircuits.scale.distributed import to_host
 from jcircuits.scale.sharding import place_context
 from jcircuits.transcoders import TranscoderSet
 
-__all__ = ["attribute", "build_context"]
+__all__ = ["attribute", "attribute_batch", "build_context"]
 
 
 def _source_layout(active: np.ndarray, L: int, T: int, clt: bool):
@@ -198,11 +205,10 @@ def _normalize_abs_rows(raw: np.ndarray, out: np.ndarray) -> None:
     out /= np.maximum(out.sum(axis=1, keepdims=True), 1e-8)
 
 
-def _partial_influence(
-    rows_hat: np.ndarray, row_nodes: np.ndarray, logit_p: np.ndarray, n_cols: int
-) -> np.ndarray:
+def _partial_influence(rows_hat, row_nodes: np.ndarray, logit_p: np.ndarray, n_cols: int) -> np.ndarray:
     """Influence on the logits of every column node from the rows computed so far, as the reference computes it:
-    ``rows_hat`` holds the rows already made absolute and row-normalised (clamp 1e-8); seeded with the logit
+    ``rows_hat`` (a numpy array or a scipy CSR array, ``[rows, n_cols]``) holds the rows already made absolute
+    and row-normalised (clamp 1e-8); seeded with the logit
     probabilities on the logit nodes; iterate ``x ← x[row_nodes] @ Â`` until it vanishes, summing. Rows whose
     weight is zero are skipped (the first steps touch only a few)."""
     prod = np.zeros(n_cols + len(logit_p), np.float32)
@@ -308,6 +314,123 @@ class _Rows:
         self.visited[part] = True
         self.filled += len(part)
 
+    @property
+    def selecting(self) -> bool:
+        return self.rows_hat is not None
+
+    def influence(self, logit_p: np.ndarray) -> np.ndarray:
+        """``[n_cols]``: each column node's influence on the logits through the rows so far."""
+        f = self.filled
+        return _partial_influence(self.rows_hat[:f], self.row_nodes[:f], logit_p, self.n_cols)
+
+    def adjacency(self) -> tuple[np.ndarray, np.ndarray, None]:
+        """``(selected, [N, N] adjacency, dropped = None)``; see ``_adjacency``."""
+        return (*_adjacency(self), None)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Sparsify:
+    """A stated sparsification of each row as it arrives (``attribute(edge_tolerance=, top_k_edges=)``)."""
+
+    edge_tolerance: float | None
+    top_k_edges: int | None
+
+
+@dataclasses.dataclass
+class _SparseRows:
+    """``_Rows`` for ``adjacency="sparse"``: the same rows (same columns, same order, same float32 values) kept
+    as CSR chunks, one per stored batch — exact non-zeros, or sparsified as asked with the |weight| each row
+    lost in ``dropped``. The normalised rows for selection share the chunks' pattern (``data_hat``), so no
+    array is ever ``[rows, n_active]``."""
+
+    row_nodes: np.ndarray
+    visited: np.ndarray
+    n_logits: int
+    L: int
+    T: int
+    Tb: int
+    n_cols: int
+    selecting: bool
+    sparsify: _Sparsify | None
+    chunks: list = dataclasses.field(default_factory=list)  # (lengths [m], indices, data, data_hat, dropped)
+    stored: int = 0  # rows in chunks
+    filled: int = 0
+
+    @classmethod
+    def empty(cls, n_logits, n_feat_rows, n_active, L, T, Tb, selecting, sparsify):
+        rows = n_logits + n_feat_rows
+        n_cols = n_active + L * T + T
+        nodes, visited = np.zeros(rows, np.int64), np.zeros(n_active, bool)
+        return cls(nodes, visited, n_logits, L, T, Tb, n_cols, selecting, sparsify)
+
+    @property
+    def n_active(self) -> int:
+        return len(self.visited)
+
+    def _append(self, at: slice, block: np.ndarray, col_offset: int) -> None:
+        if at.start != self.stored:
+            raise AssertionError(f"rows must be stored in order: got {at.start}, expected {self.stored}")
+        lengths, indices, data = csr_rows(block, col_offset)
+        dropped = None
+        if self.sparsify is not None:
+            sp = self.sparsify
+            lengths, indices, data, dropped = sparsify_rows(
+                lengths, indices, data, edge_tolerance=sp.edge_tolerance, top_k_edges=sp.top_k_edges
+            )
+        hat = None
+        if self.selecting:  # |row| / max(Σ|row|, 1e-8), as _normalize_abs_rows on the stored entries
+            a = np.abs(data)
+            sums = np.bincount(np.repeat(np.arange(len(lengths)), lengths), weights=a, minlength=len(lengths))
+            hat = a / np.repeat(np.maximum(sums.astype(np.float32), np.float32(1e-8)), lengths)
+        self.chunks.append((lengths, indices, data, hat, dropped))
+        self.stored = at.stop
+
+    def store(self, at: slice, out) -> None:
+        """Rows ``at`` from a device batch ``(features, errors, tokens)`` (padded rows and positions dropped)."""
+        feats, errs, toks = (to_host(o) for o in out)
+        m, L, T = at.stop - at.start, self.L, self.T
+        errs = errs.reshape(-1, L, self.Tb)[:m, :, :T].reshape(m, L * T)
+        self._append(at, np.concatenate([feats[:m, : self.n_active], errs, toks[:m, :T]], axis=1), 0)
+
+    def store_tokens(self, at: slice, toks) -> None:
+        """Rows of layer-0 targets: token edges only."""
+        self._append(at, to_host(toks)[: at.stop - at.start, : self.T], self.n_active + self.L * self.T)
+
+    add_features = _Rows.add_features
+
+    def _csr(self, which: int):
+        c = self.chunks
+        lengths = np.concatenate([x[0] for x in c])
+        indptr = np.concatenate([[0], np.cumsum(lengths)])
+        index = np.int32 if indptr[-1] < 2**31 else np.int64
+        values, indices = np.concatenate([x[which] for x in c]), np.concatenate([x[1] for x in c])
+        return scipy.sparse.csr_array(
+            (values, indices.astype(index), indptr.astype(index)), shape=(len(lengths), self.n_cols)
+        )
+
+    def influence(self, logit_p: np.ndarray) -> np.ndarray:
+        """``[n_cols]``: as ``_Rows.influence``, with sparse mat-vecs."""
+        return _partial_influence(self._csr(3), self.row_nodes[: self.filled], logit_p, self.n_cols)
+
+    def adjacency(self) -> tuple[np.ndarray, SparseAdjacency, np.ndarray | None]:
+        """``(selected, SparseAdjacency over [selected | errors | tokens | logits], dropped [N] or None)``, the
+        same rows and columns as ``_adjacency`` gives densely."""
+        K, n_active, f = self.n_logits, self.n_active, self.filled
+        selected = np.flatnonzero(self.visited)
+        col_map = np.full(self.n_cols, -1, np.int64)
+        col_map[selected] = np.arange(len(selected))
+        col_map[n_active:] = len(selected) + np.arange(self.n_cols - n_active)
+        N = len(selected) + self.L * self.T + self.T + K
+        feat_rows = np.flatnonzero(self.row_nodes[K:f] < n_active) + K
+        feat_rows = feat_rows[np.argsort(self.row_nodes[feat_rows])]
+        order = np.concatenate([feat_rows, np.full(self.L * self.T + self.T, -1), np.arange(K)])
+        adj = assemble_rows([c[:3] for c in self.chunks], order, col_map, N)
+        dropped = None
+        if self.sparsify is not None:
+            lost = np.concatenate([c[4] for c in self.chunks])
+            dropped = np.where(order >= 0, lost[np.maximum(order, 0)], np.float32(0)).astype(np.float32)
+        return selected, adj, dropped
+
 
 @contextlib.contextmanager
 def _timed(timings: dict, key: str):
@@ -330,6 +453,46 @@ def _check_arguments(batch_size, position_buckets, update_interval, max_feature_
     if dtype not in (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16)):
         raise ValueError(f"dtype must be float32 or bfloat16, got {dtype}")
     return dtype
+
+
+DENSE_LIMIT_BYTES = 2**30  # adjacency="auto" is dense up to this much row + matrix memory
+
+
+def _check_adjacency(adjacency: str, edge_tolerance, top_k_edges) -> _Sparsify | None:
+    """Validate ``attribute``'s adjacency knobs; returns the sparsification asked for, if any."""
+    if adjacency not in ("auto", "dense", "sparse"):
+        raise ValueError(f"adjacency must be 'auto', 'dense' or 'sparse', got {adjacency!r}")
+    if edge_tolerance is not None and not 0.0 <= float(edge_tolerance) < 1.0:
+        raise ValueError(f"edge_tolerance must be in [0, 1), got {edge_tolerance}")
+    if top_k_edges is not None and (
+        isinstance(top_k_edges, bool) or int(top_k_edges) != top_k_edges or top_k_edges < 1
+    ):
+        raise ValueError(f"top_k_edges must be a positive integer, got {top_k_edges}")
+    if edge_tolerance is None and top_k_edges is None:
+        return None
+    if adjacency == "dense":
+        raise ValueError(
+            "edge_tolerance / top_k_edges sparsify rows as they are stored: use adjacency='sparse' (or 'auto')"
+        )
+    return _Sparsify(
+        None if edge_tolerance is None else float(edge_tolerance),
+        None if top_k_edges is None else int(top_k_edges),
+    )
+
+
+def _layout(
+    adjacency: str, sparsify, K: int, n_feat_rows: int, n_active: int, L: int, T: int, selecting: bool
+) -> str:
+    """``"dense"`` or ``"sparse"``: ``adjacency`` unless ``"auto"``, which is sparse when sparsifying or when the
+    dense working rows (twice with selection: raw and normalised) and the final matrix exceed
+    ``DENSE_LIMIT_BYTES``."""
+    if adjacency != "auto":
+        return adjacency
+    if sparsify is not None:
+        return "sparse"
+    rows = (K + n_feat_rows) * (n_active + L * T + T) * (2 if selecting else 1)
+    N = n_feat_rows + L * T + T + K
+    return "dense" if 4 * (rows + N * N) <= DENSE_LIMIT_BYTES else "sparse"
 
 
 def _given_node_set(active_features, tokens: np.ndarray):
@@ -383,12 +546,16 @@ def _replacement_phase(
     return _Frozen(tokens, rep, static, ctx, src_index, mesh, on_mesh)
 
 
-def _targets_phase(model: Model, rep: Replacement, attribution_targets, max_n_logits, desired_logit_prob):
-    """Phase 1: the logit targets (the top logits up to ``desired_logit_prob``, or the given ones)."""
+def _targets_phase(
+    model: Model, rep: Replacement, attribution_targets, max_n_logits, desired_logit_prob, positions=None
+):
+    """Phase 1: the logit targets (the top logits up to ``desired_logit_prob``, or the given ones) at each of
+    the target ``positions`` (``target_positions``'s spec; default the last)."""
     tok = model.tokenizer
-    return resolve_targets(
+    return targets_at(
         attribution_targets,
-        np.asarray(rep.logits[-1]),
+        np.asarray(rep.logits),
+        positions_of(positions, len(rep.tokens)),
         np.asarray(unembed_matrix(model.params), np.float32),
         max_n_logits=max_n_logits,
         desired_logit_prob=desired_logit_prob,
@@ -398,13 +565,18 @@ def _targets_phase(model: Model, rep: Replacement, attribution_targets, max_n_lo
 
 
 def _logit_rows(fz: _Frozen, targets: Targets, work: _Rows, batch_size: int, counter: dict, verbose: bool):
-    """Phase 2: the rows of the logit targets (direct effects on ``logit − mean logit``), ``work``'s first rows."""
+    """Phase 2: the rows of the logit targets (direct effects on ``logit − mean logit``), ``work``'s first rows;
+    one batch run per target position (targets are sorted by position)."""
     K = len(targets)
     vec = fz.on_mesh(targets.vectors) if fz.mesh is not None else jnp.asarray(targets.vectors)
-    for i in tqdm(range(0, K, batch_size), desc="logit rows", disable=not verbose, unit="batch"):
-        args = (fz.static, fz.ctx, vec[i : i + batch_size], fz.src_index(fz.Tb), jnp.int32(fz.T - 1))
+    chunks = []  # (position, first row, end row)
+    for p in np.unique(targets.positions):
+        a, b = np.searchsorted(targets.positions, p, side="left"), np.searchsorted(targets.positions, p, "right")
+        chunks += [(int(p), i, min(i + batch_size, int(b))) for i in range(int(a), int(b), batch_size)]
+    for p, i, j in tqdm(chunks, desc="logit rows", disable=not verbose, unit="batch"):
+        args = (fz.static, fz.ctx, vec[i:j], fz.src_index(fz.Tb), jnp.int32(p))
         out = _launch(rows_for_logits, *args, counter=counter)
-        work.store(slice(i, min(i + batch_size, K)), out)
+        work.store(slice(i, j), out)
     work.row_nodes[:K] = work.n_cols + np.arange(K)
     work.filled = K
 
@@ -466,26 +638,29 @@ def _run_features(fz: _Frozen, plan: _BatchPlan, work: _Rows, idx: np.ndarray, c
         bar.update(len(pending[0]))
 
 
-def _influence_queue(work: _Rows, logit_p: np.ndarray, n: int) -> np.ndarray:
-    """The ``n`` unvisited features of highest influence on the logits through the rows computed so far."""
-    f = work.filled
-    influence = _partial_influence(work.rows_hat[:f], work.row_nodes[:f], logit_p, work.n_cols)
+def _influence_queue(work: _Rows | _SparseRows, logit_p: np.ndarray, n: int, eligible: np.ndarray) -> np.ndarray:
+    """The ``n`` unvisited ``eligible`` features of highest influence on the logits through the rows so far."""
+    influence = work.influence(logit_p)
     rank = np.argsort(-influence[: work.n_active], kind="stable")
-    return rank[~work.visited[rank]][:n]
+    return rank[~work.visited[rank] & eligible[rank]][:n]
 
 
-def _feature_rows(fz, targets, work: _Rows, n_feat_rows, batch_size, update_interval, plan, counter, verbose):
-    """Phase 3: ``n_feat_rows`` feature rows. All of them when every active feature gets a row; else, as the
-    reference does, the ``update_interval · batch_size`` unvisited features of highest influence on the logits
-    (from the rows so far) at a time."""
+def _feature_rows(
+    fz, targets, work: _Rows, n_feat_rows, batch_size, update_interval, plan, counter, verbose, eligible
+):
+    """Phase 3: ``n_feat_rows`` feature rows, of ``eligible`` features only (``[n_active]`` bool: those at or
+    before the last target position; a later one cannot reach any target). All of them when every eligible
+    feature gets a row; else, as the reference does, the ``update_interval · batch_size`` unvisited features of
+    highest influence on the logits (from the rows so far) at a time."""
     bar = tqdm(total=n_feat_rows, desc="feature rows", disable=not verbose, unit="row")
     K = work.n_logits
-    if work.rows_hat is None:
-        _run_features(fz, plan, work, np.arange(work.n_active), counter, bar)
+    if not work.selecting:
+        _run_features(fz, plan, work, np.flatnonzero(eligible), counter, bar)
     else:
         while work.filled - K < n_feat_rows:
             n = min(update_interval * batch_size, n_feat_rows - (work.filled - K))
-            _run_features(fz, plan, work, _influence_queue(work, targets.probabilities, n), counter, bar)
+            queue = _influence_queue(work, targets.probabilities, n, eligible)
+            _run_features(fz, plan, work, queue, counter, bar)
     bar.close()
 
 
@@ -504,8 +679,11 @@ def _adjacency(work: _Rows) -> tuple[np.ndarray, np.ndarray]:
     return selected, adj
 
 
-def _assemble(model: Model, transcoders: TranscoderSet, fz: _Frozen, targets: Targets, selected, adj, settings):
-    """The ``Graph``: phase 4's adjacency with the prompt, the features and the targets."""
+def _assemble(
+    model: Model, transcoders: TranscoderSet, fz: _Frozen, targets: Targets, selected, adj, settings, dropped=None
+):
+    """The ``Graph``: phase 4's adjacency (dense or sparse; ``dropped``: the |weight| each row lost to a
+    sparsification) with the prompt, the features and the targets."""
     tok, tokens = model.tokenizer, fz.tokens
     return Graph(
         input_string=tok.decode(tokens.tolist()) if tok is not None else " ".join(map(str, tokens.tolist())),
@@ -517,11 +695,13 @@ def _assemble(model: Model, transcoders: TranscoderSet, fz: _Frozen, targets: Ta
         logit_token_ids=targets.ids,
         logit_probabilities=targets.probabilities,
         logit_labels=targets.labels,
+        logit_positions=targets.positions,
         n_layers=model.cfg.n_layers,
         vocab_size=model.cfg.vocab_size,
         scan=transcoders.cfg.scan,
         model_name=model.name,
         settings=settings,
+        adjacency_dropped=dropped,
     )
 
 
@@ -542,6 +722,10 @@ def attribute(
     verbose: bool | None = None,
     mesh=None,
     active_features=None,
+    adjacency: str = "auto",
+    edge_tolerance: float | None = None,
+    top_k_edges: int | None = None,
+    target_positions=None,
 ) -> Graph:
     """Compute the attribution graph of ``prompt`` (text or token ids, BOS included for ids).
 
@@ -578,30 +762,64 @@ def attribute(
     feature. ``dtype`` never changes how the weights are stored: that is the dtype ``model`` and ``transcoders``
     were loaded in (bfloat16-stored weights are upcast, exactly, for the float32 replacement step).
 
+    ``adjacency``: ``"dense"`` keeps the rows in dense arrays and gives an ``[N, N]`` matrix; ``"sparse"`` keeps
+    each batch of rows, as it arrives, as its exact non-zeros (CSR chunks; the normalised rows that
+    influence-ordered selection needs share their pattern) and gives a `SparseAdjacency` with the same values
+    (``graph.dense_adjacency()`` equals the dense graph's matrix bit for bit when the same features are selected;
+    selection itself ranks influences summed in another order, equal to float32 round-off). ``"auto"``
+    (default) is dense while the dense working rows and the final matrix fit in ``DENSE_LIMIT_BYTES`` (1 GiB),
+    else sparse. Only when asked, rows are sparsified as they arrive (sparse adjacency only):
+    ``edge_tolerance = τ`` drops each row's weakest entries while their |weight| sums to at most ``τ`` of the
+    row's total, ``top_k_edges = k`` keeps each row's ``k`` strongest (`jcircuits.graph.sparse.sparsify_rows`);
+    ``graph.adjacency_dropped [N]`` then holds the |weight| each row lost (over every source the row was computed
+    against, unselected features included).
+
+    ``target_positions`` (an int or a sequence of ints, negative from the end; default the last position): read
+    the targets there, ``attribution_targets`` at each (salient targets chosen from each position's own
+    probabilities). ``graph.logit_positions [K]`` records where each logit node is read. A feature after the last
+    target position cannot reach a target (attention is causal), so it gets no row and is no node; its errors
+    and tokens stay nodes, with zero influence.
+
     ``graph.settings`` records the precision (``dtype`` of the rows; ``precision``: the mode, the matmul input and
-    accumulation dtypes, the weights' and transcoders' storage dtypes) and ``round_off``: the features whose
-    presence round-off decides (``replacement.RoundOff``).
+    accumulation dtypes, the weights' and transcoders' storage dtypes), ``round_off``: the features whose presence
+    round-off decides (``replacement.RoundOff``), and ``adjacency`` (the layout used) with ``edge_tolerance`` /
+    ``top_k_edges``.
     """
     dtype = _check_arguments(batch_size, position_buckets, update_interval, max_feature_nodes, dtype)
+    sparsify = _check_adjacency(adjacency, edge_tolerance, top_k_edges)
+    tokens = encode_prompt(model, prompt)
+    positions_of(target_positions, len(tokens))  # bad positions fail before any work
     use_compilation_cache()
     verbose = show_progress(verbose)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     with _timed(timings, "precompute_s"):
-        fz = _replacement_phase(model, transcoders, prompt, zero_positions, dtype, mesh, active_features)
-        targets = _targets_phase(model, fz.rep, attribution_targets, max_n_logits, desired_logit_prob)
+        fz = _replacement_phase(model, transcoders, tokens, zero_positions, dtype, mesh, active_features)
+        targets = _targets_phase(
+            model, fz.rep, attribution_targets, max_n_logits, desired_logit_prob, target_positions
+        )
     n_active, K = fz.rep.n_active, len(targets)
-    n_feat_rows = n_active if max_feature_nodes is None else min(max_feature_nodes, n_active)
-    selecting = n_feat_rows < n_active  # influence-ordered selection needs normalised |rows| as they arrive
-    work = _Rows.empty(K, n_feat_rows, n_active, model.cfg.n_layers, fz.T, fz.Tb, selecting)
+    eligible = fz.rep.active_features[:, 1] <= targets.positions.max()  # later features reach no target
+    n_eligible = int(eligible.sum())
+    n_feat_rows = n_eligible if max_feature_nodes is None else min(max_feature_nodes, n_eligible)
+    selecting = n_feat_rows < n_eligible  # influence-ordered selection needs normalised |rows| as they arrive
+    L = model.cfg.n_layers
+    layout = _layout(adjacency, sparsify, K, n_feat_rows, n_active, L, fz.T, selecting)
+    if layout == "sparse":
+        work = _SparseRows.empty(K, n_feat_rows, n_active, L, fz.T, fz.Tb, selecting, sparsify)
+    else:
+        work = _Rows.empty(K, n_feat_rows, n_active, L, fz.T, fz.Tb, selecting)
     counter = {"compile_s": 0.0}
     with _timed(timings, "logit_rows_s"):
         _logit_rows(fz, targets, work, batch_size, counter, verbose)
     with _timed(timings, "feature_rows_s"):
         plan = _BatchPlan.make(fz, batch_size, position_buckets)
-        _feature_rows(fz, targets, work, n_feat_rows, batch_size, update_interval, plan, counter, verbose)
+        _feature_rows(
+            fz, targets, work, n_feat_rows, batch_size, update_interval, plan, counter, verbose, eligible
+        )
     timings["compile_s"] = counter["compile_s"]
-    selected, adj = _adjacency(work)
+    selected, adj, dropped = work.adjacency()
+    del work
     timings["total_s"] = time.perf_counter() - t0
     busy = timings["logit_rows_s"] + timings["feature_rows_s"] - timings["compile_s"]
     timings["rows_per_s"] = (K + n_feat_rows) / max(busy, 1e-9)
@@ -614,10 +832,54 @@ def attribute(
         dtype=str(dtype),
         zero_positions=zero_positions,
         position_buckets=position_buckets,
+        target_positions=np.unique(targets.positions).tolist(),
         n_active=n_active,
         given_features=fz.rep.given_features,
         precision=_precision(model, transcoders, dtype),
         round_off=fz.rep.round_off.to_json(),
+        adjacency=layout,
+        edge_tolerance=edge_tolerance,
+        top_k_edges=top_k_edges,
         timings=timings,
     )
-    return _assemble(model, transcoders, fz, targets, selected, adj, settings)
+    return _assemble(model, transcoders, fz, targets, selected, adj, settings, dropped)
+
+
+def attribute_batch(
+    model: Model,
+    transcoders: TranscoderSet,
+    prompts: Sequence[str | Sequence[int] | np.ndarray],
+    *,
+    target_positions=None,
+    verbose: bool | None = None,
+    **kwargs,
+) -> list[Graph]:
+    """The attribution graphs of ``prompts`` (``P`` texts or token-id sequences), in order: ``[Graph] * P``,
+    each equal bit for bit to ``attribute(model, transcoders, prompt, target_positions=…, **kwargs)``.
+
+    Every prompt is tokenized and its target positions checked before any work, so a bad prompt fails at once
+    (``ValueError`` naming its index). The prompts then run one after another through ``attribute``'s phases:
+    the frozen model of each is padded to its length bucket, and every row function is compiled per padded
+    shape (length bucket, active-feature bucket, batch size), so prompts that share buckets share compiled code
+    and only the first prompt of a bucket compiles. Rows of different prompts do not share a device batch (their
+    frozen constants differ; stacking them would change the compiled shapes and with them float32 round-off,
+    so graphs would no longer equal single calls bit for bit). ``verbose`` shows one bar over the prompts.
+    ``kwargs``: ``attribute``'s other keyword arguments.
+    """
+    if isinstance(prompts, (str, np.ndarray)):
+        raise TypeError("attribute_batch takes a sequence of prompts; for one prompt call attribute")
+    prompts = list(prompts)
+    if not prompts:
+        raise ValueError("attribute_batch: no prompts")
+    tokens = []
+    for i, prompt in enumerate(prompts):
+        try:
+            tokens.append(encode_prompt(model, prompt))
+            check_tokens(model.cfg, tokens[-1][None])
+            positions_of(target_positions, len(tokens[-1]))
+        except (ValueError, TypeError) as e:
+            raise type(e)(f"prompt {i}: {e}") from None
+    graphs = []
+    for t in tqdm(tokens, desc="prompts", disable=not show_progress(verbose), unit="graph"):
+        graphs.append(attribute(model, transcoders, t, target_positions=target_positions, verbose=False, **kwargs))
+    return graphs

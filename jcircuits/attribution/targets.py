@@ -1,7 +1,8 @@
 """Attribution targets: which output directions get logit rows, and their weights.
 
-Every target is a direction ``v [D]`` read at the final-normed residual of the last position, a weight (its
-probability, or a user weight for custom directions) and a label. Token targets use the demeaned unembedding
+Every target is a direction ``v [D]`` read at the final-normed residual of one prompt position (the last by
+default; ``targets_at`` places targets at several), a weight (its probability at that position, or a user weight
+for custom directions) and a label. Token targets use the demeaned unembedding
 column ``W_U[:, i] − mean_j W_U[:, j]``, so a logit row holds direct effects on ``logit_i − mean logit``.
 """
 
@@ -11,7 +12,7 @@ import dataclasses
 
 import numpy as np
 
-__all__ = ["Targets", "CustomTarget", "resolve_targets"]
+__all__ = ["Targets", "CustomTarget", "resolve_targets", "target_positions", "targets_at"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,6 +30,7 @@ class Targets:
     probabilities: np.ndarray  # [K] float32 (weights for custom targets)
     vectors: np.ndarray  # [K, D] float32
     labels: list[str]
+    positions: np.ndarray | None = None  # [K] int64: the position each target is read at (``targets_at``)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -110,4 +112,41 @@ def resolve_targets(
         probabilities=np.array([c.weight for c in customs], np.float32),
         vectors=np.stack([np.asarray(c.vector, np.float32) for c in customs]),
         labels=[c.label for c in customs],
+    )
+
+
+def target_positions(spec, T: int) -> np.ndarray:
+    """The positions targets are read at, ascending ``[P]`` int64: ``spec`` is ``None`` (the last position), an
+    int or a sequence of ints (negative counts from the end, as in Python indexing). Out-of-range or repeated
+    positions raise ``ValueError``."""
+    if spec is None:
+        return np.array([T - 1], np.int64)
+    items = [spec] if isinstance(spec, (int, np.integer)) else list(spec)
+    if not items:
+        raise ValueError("target_positions is empty: pass None for the last position, or at least one position")
+    if not all(isinstance(p, (int, np.integer)) and not isinstance(p, bool) for p in items):
+        raise TypeError(f"target_positions must be ints, got {items!r}")
+    bad = [int(p) for p in items if not -T <= p < T]
+    if bad:
+        raise ValueError(
+            f"target position(s) {bad} outside the prompt's {T} tokens (0..{T - 1}, or -{T}..-1 from the end)"
+        )
+    pos = np.array([int(p) % T for p in items], np.int64)
+    if len(np.unique(pos)) != len(pos):
+        raise ValueError(f"target positions repeat: {items} are positions {pos.tolist()} of {T}")
+    return np.sort(pos)
+
+
+def targets_at(spec, logits_TV: np.ndarray, positions: np.ndarray, W_U: np.ndarray, **kwargs) -> Targets:
+    """``resolve_targets`` at each of ``positions`` (``[P]``, ascending; ``logits_TV [T, V]`` the model's output
+    logits), concatenated in position order: salient targets are chosen per position from that position's
+    probabilities; explicit ids, strings and custom directions are read at every position. ``kwargs`` go to
+    ``resolve_targets``. The result's ``positions [K]`` say where each target is read."""
+    parts = [resolve_targets(spec, np.asarray(logits_TV[p]), W_U, **kwargs) for p in positions]
+    return Targets(
+        ids=np.concatenate([t.ids for t in parts]),
+        probabilities=np.concatenate([t.probabilities for t in parts]),
+        vectors=np.concatenate([t.vectors for t in parts]),
+        labels=[lab for t in parts for lab in t.labels],
+        positions=np.repeat(np.asarray(positions, np.int64), [len(t) for t in parts]),
     )

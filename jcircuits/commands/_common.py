@@ -66,6 +66,17 @@ def probability(text: str) -> float:
     return p
 
 
+def tolerance(text: str) -> float:
+    """argparse type: a number in [0, 1)."""
+    try:
+        p = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}") from None
+    if not 0.0 <= p < 1.0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text}")
+    return p
+
+
 def output_file(path: str, flag: str = "-o") -> Path:
     """Check, before any work, that ``path`` can be written as a file: not a directory, parent creatable."""
     p = Path(path)

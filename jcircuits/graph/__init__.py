@@ -1,5 +1,6 @@
 """Attribution graphs: the ``Graph`` container and its files (``container``); influence, pruning and scores as
-circuit-tracer defines them (``prune``). Graphs know only arrays: nothing here imports a model or a viewer."""
+circuit-tracer defines them (``prune``), on a dense matrix or a CSR `SparseAdjacency` (``sparse``). Graphs know
+only arrays: nothing here imports a model or a viewer."""
 
 from jcircuits.graph.container import Graph
 from jcircuits.graph.prune import (
@@ -14,9 +15,11 @@ from jcircuits.graph.prune import (
     prune_graph,
     prune_matrix,
 )
+from jcircuits.graph.sparse import SparseAdjacency
 
 __all__ = [
     "Graph",
+    "SparseAdjacency",
     "PruneResult",
     "normalize_matrix",
     "compute_influence",

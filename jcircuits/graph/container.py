@@ -3,6 +3,11 @@
 Legend: S selected features, L layers, T positions, K logit targets, N = S + L·T + T + K nodes, in the order
 [selected features | errors, layer-major then position | tokens | logits]. ``A_NN[target, source]``.
 
+The adjacency is a dense ``[N, N]`` float32 array or a `SparseAdjacency` (CSR, ``jcircuits.graph.sparse``).
+Files: format version 1 holds a dense matrix (written exactly as before sparse graphs existed); version 2 is
+written only for a sparse adjacency or a recorded ``adjacency_dropped``, with the CSR arrays as the tensors
+``adjacency_indptr`` / ``adjacency_indices`` / ``adjacency_data``.
+
 Pruning, influence and scores are in ``jcircuits.graph.prune``; pictures of a graph in ``jcircuits.view``.
 """
 
@@ -19,11 +24,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jcircuits.graph.sparse import SparseAdjacency
+
 __all__ = ["Graph", "logit_weight_vector"]
 
 FORMAT = "jcircuits.graph"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 _META_KEY = "jcircuits_graph"
+_CSR_TENSORS = ("adjacency_indptr", "adjacency_indices", "adjacency_data")
 _TENSORS = (
     "adjacency_matrix",
     "active_features",
@@ -48,9 +56,15 @@ class Graph:
     ``active_features [n, 3]`` holds (layer, pos, feature) of every active feature and ``activation_values [n]``
     their activations; ``selected_features [S]`` (ascending) indexes the ones that are nodes. ``adjacency_matrix
     [N, N]`` is float32, rows = targets, columns = sources. ``logit_token_ids [K]`` uses virtual ids
-    ``vocab_size + i`` for custom targets; ``logit_probabilities [K]`` are the target weights. ``settings`` is a
+    ``vocab_size + i`` for custom targets; ``logit_probabilities [K]`` are the target weights; ``logit_positions
+[K]`` (int, default every one at the last position ``T - 1``) the position each target is read at. ``settings`` is a
     JSON-able record of the attribution arguments and timings. Arrays may be numpy or JAX arrays; shapes and
     index consistency are checked on construction.
+
+    ``adjacency_matrix`` may instead be a `SparseAdjacency` (its exact non-zeros; pruning, influence, scores,
+    files and the JSON export take either). ``adjacency_dropped [N]`` (float32, or None) is, for a graph whose
+    rows were sparsified when asked (``attribute(edge_tolerance=…, top_k_edges=…)``), the sum of |weight| each
+    row lost, over all the sources the row was computed against.
     """
 
     input_string: str
@@ -67,6 +81,8 @@ class Graph:
     scan: str | list[str] | None = None
     model_name: str = ""
     settings: dict = dataclasses.field(default_factory=dict)
+    adjacency_dropped: Any = None  # f32 [N] or None
+    logit_positions: Any = None  # int [K]; None: every target at the last position
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -143,17 +159,49 @@ class Graph:
             raise IndexError(f"token position {pos} out of range for {self.n_pos} positions")
         return self.n_selected + self.n_errors + pos
 
+    @property
+    def is_sparse(self) -> bool:
+        return isinstance(self.adjacency_matrix, SparseAdjacency)
+
+    def dense_adjacency(self) -> np.ndarray:
+        """``[N, N]`` float32 numpy: the adjacency as a dense array (a copy for a sparse graph)."""
+        if self.is_sparse:
+            return self.adjacency_matrix.toarray()
+        return np.asarray(self.adjacency_matrix)
+
+    def to_sparse(self) -> Graph:
+        """The same graph with its adjacency's exact non-zeros in a `SparseAdjacency` (``self`` if sparse)."""
+        if self.is_sparse:
+            return self
+        return dataclasses.replace(self, adjacency_matrix=SparseAdjacency.from_dense(self.adjacency_matrix))
+
+    def to_dense(self) -> Graph:
+        """The same graph with a dense ``[N, N]`` adjacency (``self`` if dense)."""
+        return dataclasses.replace(self, adjacency_matrix=self.dense_adjacency()) if self.is_sparse else self
+
     def logit_weights(self) -> jax.Array:
         """``[N]`` float32: the logit probabilities on the logit slots, zero elsewhere."""
         return logit_weight_vector(jnp.asarray(self.logit_probabilities, jnp.float32), self.n_nodes)
 
     # files ----------------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> None:
-        """Write a safetensors file: the seven arrays as tensors, everything else as JSON in ``__metadata__``."""
+        """Write a safetensors file: the seven arrays as tensors, everything else as JSON in ``__metadata__``.
+
+        A dense graph without ``adjacency_dropped`` gives a format-1 file, byte for byte what jcircuits wrote
+        before sparse graphs; otherwise format 2: a sparse adjacency as its three CSR arrays (int64 indptr,
+        int32 indices, float32 data) in place of ``adjacency_matrix``, and ``adjacency_dropped`` when recorded."""
         from jcircuits_converters.safetensors_io import save_file
 
-        tensors = {name: np.ascontiguousarray(np.asarray(getattr(self, name))) for name in _TENSORS}
-        for name in ("adjacency_matrix", "activation_values", "logit_probabilities"):
+        names = [n for n in _TENSORS if not (self.is_sparse and n == "adjacency_matrix")]
+        tensors = {name: np.ascontiguousarray(np.asarray(getattr(self, name))) for name in names}
+        if self.is_sparse:
+            a = self.adjacency_matrix
+            tensors.update(adjacency_indptr=a.indptr, adjacency_indices=a.indices, adjacency_data=a.data)
+        if self.adjacency_dropped is not None:
+            tensors["adjacency_dropped"] = np.ascontiguousarray(np.asarray(self.adjacency_dropped, np.float32))
+        version = 2 if self.is_sparse or self.adjacency_dropped is not None else 1
+        values = "adjacency_data" if self.is_sparse else "adjacency_matrix"
+        for name in (values, "activation_values", "logit_probabilities"):
             bad = int(np.count_nonzero(~np.isfinite(tensors[name])))
             if bad:
                 raise ValueError(
@@ -162,7 +210,8 @@ class Graph:
                 )
         meta = {
             "format": FORMAT,
-            "format_version": FORMAT_VERSION,
+            "format_version": version,
+            **({"adjacency": "csr" if self.is_sparse else "dense"} if version > 1 else {}),
             "input_string": self.input_string,
             "logit_labels": list(self.logit_labels),
             "n_layers": int(self.n_layers),
@@ -170,6 +219,7 @@ class Graph:
             "scan": self.scan,
             "model_name": self.model_name,
             "settings": self.settings,
+            "logit_positions": np.asarray(self.logit_positions).tolist(),
         }
         try:
             meta_json = json.dumps(meta, allow_nan=True)
@@ -208,17 +258,33 @@ class Graph:
                 f"Graph.load: {path} has format_version {meta['format_version']}, newer than this jcircuits "
                 f"({FORMAT_VERSION}); upgrade jcircuits"
             )
-        missing = [k for k in _TENSORS if k not in tensors]
+        layout = meta.get("adjacency", "dense")
+        if layout not in ("dense", "csr"):
+            raise ValueError(f"Graph.load: {path}: unknown adjacency layout {layout!r} (dense or csr)")
+        expected = [k for k in _TENSORS if not (layout == "csr" and k == "adjacency_matrix")]
+        expected += list(_CSR_TENSORS) if layout == "csr" else []
+        missing = [k for k in expected if k not in tensors]
         if missing:
             raise ValueError(f"Graph.load: {path} lacks tensor(s) {missing}")
-        extra = sorted(set(tensors) - set(_TENSORS))
+        extra = sorted(set(tensors) - set(expected) - {"adjacency_dropped"})
         if extra:
             raise ValueError(f"Graph.load: {path} has unexpected tensor(s) {extra}")
         fields = ("input_string", "logit_labels", "n_layers", "vocab_size", "scan", "model_name", "settings")
         absent = [k for k in fields if k not in meta]
         if absent:
             raise ValueError(f"Graph.load: {path}: metadata lacks {absent}")
-        return cls(**{k: tensors[k] for k in _TENSORS}, **{k: meta[k] for k in fields})
+        arrays = {k: tensors[k] for k in _TENSORS if k != "adjacency_matrix"}
+        if layout == "csr":
+            indptr = tensors["adjacency_indptr"]
+            try:
+                adj = SparseAdjacency(indptr, *(tensors[k] for k in _CSR_TENSORS[1:]), n=len(indptr) - 1)
+            except ValueError as e:
+                raise ValueError(f"Graph.load: {path}: corrupt sparse adjacency ({e})") from e
+        else:
+            adj = tensors["adjacency_matrix"]
+        dropped = tensors.get("adjacency_dropped")
+        return cls(**arrays, adjacency_matrix=adj, **{k: meta[k] for k in fields}, adjacency_dropped=dropped,
+                   logit_positions=meta.get("logit_positions"))  # absent in files before target positions
 
     def to_circuit_tracer(self, path: str | os.PathLike, cfg: Mapping[str, Any] | None = None) -> None:
         """Write circuit-tracer 0.5.0's ``.pt`` graph (what its ``Graph.to_pt`` writes; load with ``Graph.from_pt``).
@@ -233,7 +299,14 @@ class Graph:
 
         The circuit-tracer classes are written by reference (module + name), so circuit-tracer need not be
         installed here, only where the file is read. Needs torch; it is imported here, not at module import.
+        circuit-tracer's graphs are dense: a sparse adjacency is written as its dense ``[N, N]`` matrix.
         """
+        off_last = sorted(set(np.asarray(self.logit_positions).tolist()) - {self.n_pos - 1})
+        if off_last:
+            raise ValueError(
+                f"to_circuit_tracer: circuit-tracer reads every logit at the last position; this graph has targets "
+                f"at position(s) {off_last} of {self.n_pos} (attribute with the default target_positions)"
+            )
         try:
             import torch
         except ImportError as e:
@@ -267,7 +340,7 @@ class Graph:
 
         d = {
             "input_string": self.input_string,
-            "adjacency_matrix": t(self.adjacency_matrix, np.float32),
+            "adjacency_matrix": t(self.dense_adjacency(), np.float32),
             "cfg": _Reduce(unified, (ucfg,)),
             "active_features": t(self.active_features, np.int64),
             "logit_targets": [
@@ -311,12 +384,26 @@ def _validate(g: Graph) -> None:
         raise ValueError(f"Graph: logit_probabilities {lp} must match logit_token_ids {K}")
     if len(g.logit_labels) != K[0]:
         raise ValueError(f"Graph: {len(g.logit_labels)} logit_labels for {K[0]} logit targets")
+    if g.logit_positions is None:
+        g.logit_positions = np.full(K, T[0] - 1, np.int64)
+    g.logit_positions = np.asarray(g.logit_positions)
+    if g.logit_positions.shape != K or (K[0] and not np.issubdtype(g.logit_positions.dtype, np.integer)):
+        raise ValueError(f"Graph: logit_positions {g.logit_positions.shape} must be ints matching logit_token_ids {K}")
+    g.logit_positions = g.logit_positions.astype(np.int64)
+    if K[0] and (g.logit_positions.min() < 0 or g.logit_positions.max() >= T[0]):
+        raise ValueError(f"Graph: logit_positions must lie in the prompt's {T[0]} positions (0..{T[0] - 1})")
     if g.n_layers < 0 or g.vocab_size < 0:
         raise ValueError(
             f"Graph: n_layers ({g.n_layers}) and vocab_size ({g.vocab_size}) must be non-negative"
         )
     n_nodes = g.n_nodes
     adj = shape("adjacency_matrix")
+    if isinstance(g.adjacency_matrix, SparseAdjacency) and g.adjacency_matrix.dtype != np.float32:
+        raise ValueError(f"Graph: a sparse adjacency must hold float32 weights, got {g.adjacency_matrix.dtype}")
+    if g.adjacency_dropped is not None:
+        g.adjacency_dropped = np.asarray(g.adjacency_dropped, np.float32)
+        if g.adjacency_dropped.shape != (n_nodes,):
+            raise ValueError(f"Graph: adjacency_dropped must be [N] = [{n_nodes}], got {g.adjacency_dropped.shape}")
     if adj != (n_nodes, n_nodes):
         raise ValueError(
             f"Graph: adjacency_matrix is {adj} but S + L*T + T + K = {S[0]} + {g.n_layers}*{T[0]} + {T[0]} + {K[0]}"

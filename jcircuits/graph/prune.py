@@ -3,6 +3,9 @@
 Definition for definition, in float32, as jitted functions; every place where the reference does something a
 reader may not expect is noted in the docstring of the function that reproduces it. Legend as in
 ``jcircuits.graph.container``: ``A_NN[target, source]`` over [features | errors | tokens | logits].
+
+Every public function also takes a `SparseAdjacency` (``jcircuits.graph.sparse``) and then runs the same
+definitions on its stored entries, in numpy / scipy on the host, without an ``[N, N]`` array.
 """
 
 from __future__ import annotations
@@ -12,8 +15,17 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jcircuits.graph.container import Graph, logit_weight_vector
+from jcircuits.graph.sparse import (
+    SparseAdjacency,
+    sparse_edge_influence,
+    sparse_graph_scores,
+    sparse_influence,
+    sparse_normalize,
+    sparse_prune,
+)
 
 __all__ = [
     "PruneResult",
@@ -31,10 +43,16 @@ __all__ = [
 _HI = jax.lax.Precision.HIGHEST
 
 
-@jax.jit
-def normalize_matrix(A: jax.Array) -> jax.Array:
+def normalize_matrix(A: jax.Array | SparseAdjacency) -> jax.Array | SparseAdjacency:
     """``[N, N] -> [N, N]``: ``|A|`` with each row divided by its sum (sums clamped below at 1e-10, so all-zero
-    rows, e.g. error and token rows, stay zero)."""
+    rows, e.g. error and token rows, stay zero). A `SparseAdjacency` gives one of the same pattern."""
+    if isinstance(A, SparseAdjacency):
+        return sparse_normalize(A)
+    return _normalize(jnp.asarray(A))
+
+
+@jax.jit
+def _normalize(A: jax.Array) -> jax.Array:
     a = jnp.abs(A.astype(jnp.float32))
     return a / jnp.maximum(a.sum(axis=1, keepdims=True), 1e-10)
 
@@ -70,8 +88,11 @@ def compute_influence(A: jax.Array, logit_weights: jax.Array, max_iter: int = 10
 
     As in circuit-tracer, the series is summed term by term until a term is *exactly* zero (A of an acyclic
     graph is nilpotent, so this ends after at most the graph's depth); ``max_iter`` extra products are allowed
-    before a RuntimeError. The loop is a ``lax.while_loop``; the convergence check happens outside jit.
+    before a RuntimeError. The loop is a ``lax.while_loop``; the convergence check happens outside jit. A
+    `SparseAdjacency` gives a numpy ``[N]`` (one sparse mat-vec per term).
     """
+    if isinstance(A, SparseAdjacency):
+        return sparse_influence(A, np.asarray(logit_weights, np.float32), max_iter)
     total, converged = _influence(jnp.asarray(A), jnp.asarray(logit_weights), max_iter=max_iter)
     _check_converged(converged, max_iter)
     return total
@@ -79,12 +100,12 @@ def compute_influence(A: jax.Array, logit_weights: jax.Array, max_iter: int = 10
 
 def compute_node_influence(adjacency_matrix: jax.Array, logit_weights: jax.Array) -> jax.Array:
     """``[N, N], [N] -> [N]``: influence of each node through the normalised graph (`normalize_matrix`)."""
-    return compute_influence(normalize_matrix(jnp.asarray(adjacency_matrix)), logit_weights)
+    return compute_influence(normalize_matrix(adjacency_matrix), logit_weights)
 
 
 @jax.jit
 def _edge_scores(pruned: jax.Array, w: jax.Array) -> tuple[jax.Array, jax.Array]:
-    normalized = normalize_matrix(pruned)
+    normalized = _normalize(pruned)
     influence, converged = _influence(normalized, w)
     return normalized * (influence + w)[:, None], converged
 
@@ -93,7 +114,9 @@ def compute_edge_influence(pruned_matrix: jax.Array, logit_weights: jax.Array) -
     """``[N, N], [N] -> [N, N]``: edge score ``Â[t, s] · (influence[t] + w[t])`` on the normalised matrix Â.
 
     An edge scores its share of its target's inputs times how much the target matters (its own influence plus,
-    for logits, its weight)."""
+    for logits, its weight). A `SparseAdjacency` gives the scores of its stored entries (same pattern)."""
+    if isinstance(pruned_matrix, SparseAdjacency):
+        return sparse_edge_influence(pruned_matrix, np.asarray(logit_weights, np.float32))
     scores, converged = _edge_scores(jnp.asarray(pruned_matrix), jnp.asarray(logit_weights))
     _check_converged(converged, 1000)
     return scores
@@ -122,6 +145,9 @@ def find_threshold(scores: jax.Array, threshold: float) -> jax.Array:
 
 
 class PruneResult(NamedTuple):
+    """Masks of the kept nodes and edges. For a `SparseAdjacency` graph the arrays are numpy and
+    ``edge_mask`` is a `SparseAdjacency` of bools over the graph's stored entries (same pattern)."""
+
     node_mask: jax.Array  # [N] bool, nodes kept
     edge_mask: jax.Array  # [N, N] bool, edges kept (target, source)
     cumulative_scores: jax.Array  # [N] f32, each node's cumulative influence fraction at its rank
@@ -139,7 +165,7 @@ def _prune(A, logit_probabilities, node_threshold, edge_threshold, *, n_features
     w = logit_weight_vector(logit_probabilities, n)
     n_fe = n - n_logits - n_tokens  # features and errors
 
-    influence, conv_nodes = _influence(normalize_matrix(A), w)
+    influence, conv_nodes = _influence(_normalize(A), w)
     node_mask = influence >= find_threshold(influence, node_threshold)
     node_mask = node_mask.at[n_fe:].set(True)
 
@@ -184,6 +210,18 @@ def prune_matrix(
     """`prune_graph` on a bare ``[N, N]`` adjacency (node order as in `Graph`) and ``[K]`` logit weights."""
     _check_threshold("node_threshold", node_threshold)
     _check_threshold("edge_threshold", edge_threshold)
+    if isinstance(adjacency_matrix, SparseAdjacency):
+        return PruneResult(
+            *sparse_prune(
+                adjacency_matrix,
+                np.asarray(logit_probabilities, np.float32),
+                n_features=int(n_features),
+                n_tokens=int(n_tokens),
+                n_logits=int(n_logits),
+                node_threshold=float(node_threshold),
+                edge_threshold=float(edge_threshold),
+            )
+        )
     result, converged = _prune(
         jnp.asarray(adjacency_matrix),
         jnp.asarray(logit_probabilities, jnp.float32),
@@ -215,7 +253,8 @@ def prune_graph(graph: Graph, node_threshold: float = 0.8, edge_threshold: float
     ``cumulative_scores [N]``: each node's cumulative influence fraction at its rank in descending influence
     (what the graph JSON shows as ``influence``). Tied influences are ranked by node index here; the reference
     uses an unstable sort, so tied non-zero influences may get different cumulative values there. Thresholds
-    must lie in [0, 1] (ValueError). Masks are JAX bool arrays.
+    must lie in [0, 1] (ValueError). Masks are JAX bool arrays; for a sparse graph (`SparseAdjacency`) numpy,
+    with the edge mask over its stored entries (``jcircuits.graph.sparse.sparse_prune``).
     """
     return prune_matrix(
         graph.adjacency_matrix,
@@ -234,7 +273,7 @@ def _scores(A, logit_probabilities, *, n_features, n_layers, n_tokens):
     w = logit_weight_vector(logit_probabilities, n)
     err = slice(n_features, n_features + n_tokens * n_layers)
     tok = slice(err.stop, err.stop + n_tokens)
-    normalized = normalize_matrix(A)
+    normalized = _normalize(A)
     influence, converged = _influence(normalized, w)
     token_influence = influence[tok].sum()
     error_influence = influence[err].sum()
@@ -254,6 +293,14 @@ def graph_scores(
     n_tokens: int,
 ) -> tuple[float, float]:
     """`compute_graph_scores` on a bare ``[N, N]`` adjacency (node order as in `Graph`)."""
+    if isinstance(adjacency_matrix, SparseAdjacency):
+        return sparse_graph_scores(
+            adjacency_matrix,
+            np.asarray(logit_probabilities, np.float32),
+            n_features=int(n_features),
+            n_layers=int(n_layers),
+            n_tokens=int(n_tokens),
+        )
     r, c, converged = _scores(
         jnp.asarray(adjacency_matrix),
         jnp.asarray(logit_probabilities, jnp.float32),

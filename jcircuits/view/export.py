@@ -9,8 +9,9 @@ define (``circuit_tracer/frontend/graph_models.py``; see ``docs/algorithm.md``).
   error"``) — the ids of circuit-tracer after its fix; 0.5.0 wrote ``"0_{layer}_{pos}"`` / ``"{layer}_{pos}-0"``,
   which collide with feature ids;
 - token ``"E_{token id}_{pos}"`` (``layer`` ``"E"``, ``feature`` = pos, type ``"embedding"``);
-- logit ``"{L+1}_{token id}_{T-1}"`` (type ``"logit"``, ``token_prob``, ``is_target_logit`` on the first,
-  clerp ``Output "tok" (p=0.123)``, no ``influence``).
+- logit ``"{L+1}_{token id}_{pos}"`` at its target position (``graph.logit_positions``; ``T-1`` by default;
+  type ``"logit"``, ``token_prob``, ``is_target_logit`` on the first, clerp ``Output "tok" (p=0.123)``, or
+  ``Output "tok" at 5 "is" (p=0.123)`` for a target read before the last position, no ``influence``).
 
 ``influence`` is the node's cumulative influence fraction at its rank (`prune_graph`'s ``cumulative_scores``).
 ``metadata.node_threshold`` is the view the viewer opens at; `export_graph_json` keeps nodes up to
@@ -123,8 +124,46 @@ def _scan_fields(scan: str | list[str] | None) -> tuple[str, list[str]]:
     return (str(scan) if scan else "local"), []
 
 
-def _cap(graph: Graph, node_mask, edge_mask, cumulative, max_nodes, max_links):
-    """Apply the node and link caps to the pruned masks (numpy bool [N] and [N, N])."""
+def _kept_edges(graph: Graph, pr, node_mask: np.ndarray, keep_zero_weight_links: bool):
+    """The kept edges between kept nodes as ``(targets, sources, entries)`` in row-major order; ``entries``
+    indexes a sparse graph's stored entries (None for a dense graph)."""
+    if not graph.is_sparse:
+        mask = np.asarray(pr.edge_mask) & node_mask[:, None] & node_mask[None, :]
+        if not keep_zero_weight_links:
+            mask &= np.asarray(graph.adjacency_matrix) != 0
+        t, s = np.nonzero(mask)
+        return t, s, None
+    if keep_zero_weight_links:
+        raise ValueError(
+            "keep_zero_weight_links: a sparse graph stores no zero-weight entries; pass graph.to_dense() instead"
+        )
+    A = graph.adjacency_matrix
+    rows = A.row_ids()
+    entries = np.flatnonzero(pr.edge_mask.data & node_mask[rows] & node_mask[A.indices] & (A.data != 0))
+    return rows[entries], A.indices[entries], entries
+
+
+def _edge_weights(graph: Graph, t: np.ndarray, s: np.ndarray, entries) -> np.ndarray:
+    """The adjacency's weights at the edges ``(t, s)`` (float64)."""
+    if entries is None:
+        return np.asarray(graph.adjacency_matrix)[t, s].astype(np.float64)
+    return graph.adjacency_matrix.data[entries].astype(np.float64)
+
+
+def _edge_scores(graph: Graph, node_mask: np.ndarray, t, s, entries) -> np.ndarray:
+    """`compute_edge_influence` of the adjacency restricted to the kept nodes, at the edges ``(t, s)``."""
+    if entries is None:
+        keep = node_mask[:, None] & node_mask[None, :]
+        pruned = np.where(keep, np.asarray(graph.adjacency_matrix), 0.0)
+        return np.asarray(compute_edge_influence(pruned, graph.logit_weights()))[t, s]
+    A = graph.adjacency_matrix
+    pruned = A.with_data(np.where(node_mask[A.row_ids()] & node_mask[A.indices], A.data, np.float32(0)))
+    return compute_edge_influence(pruned, np.asarray(graph.logit_weights())).data[entries]
+
+
+def _cap(graph: Graph, node_mask, edges, cumulative, max_nodes, max_links):
+    """Apply the node and link caps to the pruned node mask (numpy bool [N]) and kept edges ``(t, s, entries)``."""
+    t, s, entries = edges
     n = node_mask.shape[0]
     always = np.zeros(n, bool)
     always[graph.token_slice] = True
@@ -136,15 +175,13 @@ def _cap(graph: Graph, node_mask, edge_mask, cumulative, max_nodes, max_links):
         keep = candidates[np.argsort(cumulative[candidates], kind="stable")[:budget]]
         node_mask = always.copy()
         node_mask[keep] = True
-        edge_mask = edge_mask & node_mask[:, None] & node_mask[None, :]
-    if max_links is not None and edge_mask.sum() > max_links:
-        pruned = np.where(node_mask[:, None] & node_mask[None, :], np.asarray(graph.adjacency_matrix), 0.0)
-        scores = np.asarray(compute_edge_influence(pruned, graph.logit_weights()))
-        t, s = np.nonzero(edge_mask)
-        order = np.lexsort((s, t, -scores[t, s]))[:max_links]  # best scores; ties in node order
-        edge_mask = np.zeros_like(edge_mask)
-        edge_mask[t[order], s[order]] = True
-    return node_mask, edge_mask
+        on = node_mask[t] & node_mask[s]
+        t, s, entries = t[on], s[on], None if entries is None else entries[on]
+    if max_links is not None and len(t) > max_links:
+        scores = _edge_scores(graph, node_mask, t, s, entries)
+        order = np.sort(np.lexsort((s, t, -scores))[:max_links])  # best scores; ties in node order
+        t, s, entries = t[order], s[order], None if entries is None else entries[order]
+    return node_mask, (t, s, entries)
 
 
 def graph_to_json(
@@ -169,7 +206,8 @@ def graph_to_json(
     Edges of weight exactly 0 are not links. circuit-tracer writes them when its edge threshold resolves to a
     score of 0 (thresholds near 1, or graphs where little reaches the logits): then every zero entry between
     kept nodes, self-pairs included, becomes a "link" — up to N² of them. ``keep_zero_weight_links=True``
-    reproduces that.
+    reproduces that (dense graphs only: a sparse graph stores no zero entries). A sparse graph
+    (`SparseAdjacency`) is pruned and exported without a dense ``[N, N]`` array.
 
     ``keep_threshold`` (≥ ``node_threshold``) prunes at that cumulative influence instead, keeping more nodes
     than the default view ``node_threshold`` (still written as ``metadata.node_threshold``) for the viewer's
@@ -188,7 +226,8 @@ def graph_to_json(
             f"max_nodes={max_nodes} is below the {graph.n_pos + graph.n_logits} token and logit nodes that are "
             "always kept; raise it (or pass None for no cap)"
         )
-    bad = int(np.count_nonzero(~np.isfinite(np.asarray(graph.adjacency_matrix))))
+    values = graph.adjacency_matrix.data if graph.is_sparse else np.asarray(graph.adjacency_matrix)
+    bad = int(np.count_nonzero(~np.isfinite(values)))
     if bad:
         raise ValueError(
             f"the graph has {bad} non-finite edge weights (NaN/Inf): it was computed from non-finite weights or "
@@ -196,13 +235,11 @@ def graph_to_json(
         )
     pr = prune_graph(graph, node_threshold if keep_threshold is None else keep_threshold, edge_threshold)
     node_mask = np.asarray(pr.node_mask)
-    edge_mask = np.asarray(pr.edge_mask) & node_mask[:, None] & node_mask[None, :]
-    if not keep_zero_weight_links:
-        edge_mask &= np.asarray(graph.adjacency_matrix) != 0
+    edges = _kept_edges(graph, pr, node_mask, keep_zero_weight_links)
     cumulative = np.asarray(pr.cumulative_scores, np.float64)
-    n_before = (_connected(graph, node_mask, edge_mask).sum(), int(edge_mask.sum()))
-    node_mask, edge_mask = _cap(graph, node_mask, edge_mask, cumulative, max_nodes, max_links)
-    node_mask = _connected(graph, node_mask, edge_mask)
+    n_before = (_connected(graph, node_mask, edges).sum(), len(edges[0]))
+    node_mask, edges = _cap(graph, node_mask, edges, cumulative, max_nodes, max_links)
+    node_mask = _connected(graph, node_mask, edges)
 
     S, L, T = graph.n_selected, graph.n_layers, graph.n_pos
     af = np.asarray(graph.active_features)
@@ -211,6 +248,8 @@ def graph_to_json(
     toks = np.asarray(graph.input_tokens).tolist()
     logit_ids = np.asarray(graph.logit_token_ids).tolist()
     probs = np.asarray(graph.logit_probabilities, np.float64).tolist()
+    logit_pos = np.asarray(graph.logit_positions).tolist()
+    prompt_tokens = token_strings(graph, tokenizer)
     err0, tok0, logit0 = graph.error_slice.start, graph.token_slice.start, graph.logit_slice.start
 
     ids: dict[int, str] = {}
@@ -233,20 +272,20 @@ def graph_to_json(
             node.update(jsNodeId=f"E_{toks[pos]}-{pos}", influence=infl)
         else:
             k = i - logit0
-            vid, p, pos = int(logit_ids[k]), float(probs[k]), T - 1
+            vid, p, pos = int(logit_ids[k]), float(probs[k]), int(logit_pos[k])
             node = _node(f"{L + 1}_{vid}_{pos}", vid, str(L + 1), pos, _LOGIT)
+            where = "" if pos == T - 1 else f" at {pos} {json.dumps(prompt_tokens[pos], ensure_ascii=False)}"
             node.update(
                 token_prob=p,
                 is_target_logit=k == 0,
                 jsNodeId=f"L_{vid}-{pos}",
-                clerp=f'Output "{graph.logit_labels[k]}" (p={p:.3f})',
+                clerp=f'Output "{graph.logit_labels[k]}"{where} (p={p:.3f})',
             )
         ids[i] = node["node_id"]
         nodes.append(node)
 
-    adj = np.asarray(graph.adjacency_matrix)
-    t_idx, s_idx = np.nonzero(edge_mask)
-    weights = adj[t_idx, s_idx].astype(np.float64)
+    t_idx, s_idx, entries = edges
+    weights = _edge_weights(graph, t_idx, s_idx, entries)
     if not np.all(np.isfinite(weights)):
         raise ValueError(
             "the graph's adjacency matrix has NaN/inf entries on kept edges (overflow in attribution? try "
@@ -263,7 +302,7 @@ def graph_to_json(
             "slug": slug,
             "scan": scan_name,
             "transcoder_list": transcoder_list,
-            "prompt_tokens": token_strings(graph, tokenizer),
+            "prompt_tokens": prompt_tokens,
             "prompt": graph.input_string,
             "node_threshold": float(node_threshold),
             "schema_version": SCHEMA_VERSION,
@@ -294,9 +333,12 @@ def _node(node_id: str, feature: int, layer: str, ctx_idx: int, feature_type: st
     }
 
 
-def _connected(graph: Graph, node_mask: np.ndarray, edge_mask: np.ndarray) -> np.ndarray:
-    """Nodes touched by a kept edge, plus every token and logit node (the reference drops the rest)."""
-    touched = edge_mask.any(axis=0) | edge_mask.any(axis=1)
+def _connected(graph: Graph, node_mask: np.ndarray, edges) -> np.ndarray:
+    """Nodes touched by a kept edge ``(t, s, _)``, plus every token and logit node (the reference drops the
+    rest)."""
+    touched = np.zeros(node_mask.shape[0], bool)
+    touched[edges[0]] = True
+    touched[edges[1]] = True
     keep = node_mask & touched
     keep[graph.token_slice] = node_mask[graph.token_slice]
     keep[graph.logit_slice] = node_mask[graph.logit_slice]

@@ -81,8 +81,9 @@ def _frozen_effects(model, ts, rep, inject_slot, inject_embed):
 
 def _assert_columns_match_perturbations(model, ts, g, rep, cols, row_tol=None):
     """Each adjacency column in ``cols`` equals the frozen model's response to adding that source's vector: the
-    change of every node-set feature's pre-activation and of every target's demeaned logit. ``row_tol [N]``: an
-    extra absolute tolerance per target row (the adjacency's row order), for rows computed in mixed precision."""
+    change of every selected feature's pre-activation and of every target's demeaned logit at its position.
+    ``row_tol [N]``: an extra absolute tolerance per target row (the adjacency's row order), for rows computed in
+    mixed precision."""
     cfg, kind = model.cfg, ts.cfg.kind
     L, T, D = cfg.n_layers, len(rep.tokens), cfg.d_model
     n_sel = len(g.selected_features)
@@ -91,13 +92,14 @@ def _assert_columns_match_perturbations(model, ts, g, rep, cols, row_tol=None):
     zero_slot, zero_emb = jnp.zeros((L, T, D)), jnp.zeros((T, D))
     base_pre, base_final = _frozen_effects(model, ts, rep, zero_slot, zero_emb)
     act_f = rep.active_features
+    sel = np.asarray(g.selected_features)
     dec = ts.decoders
     a_max = float(np.abs(g.adjacency_matrix).max())  # float32 round-off scales with the largest edge
     for col in cols:
         slot, emb = np.zeros((L, T, D), np.float32), np.zeros((T, D), np.float32)
         if col < n_sel:
-            l, t, f = act_f[col]
-            rows = dec.rows(int(l), np.array([f]))[0] * rep.activation_values[col]
+            l, t, f = act_f[sel[col]]
+            rows = dec.rows(int(l), np.array([f]))[0] * rep.activation_values[sel[col]]
             if kind == "plt":
                 slot[l, t] = rows
             else:
@@ -110,8 +112,8 @@ def _assert_columns_match_perturbations(model, ts, g, rep, cols, row_tol=None):
             t = col - n_sel - L * T
             emb[t] = np.asarray(rep.embeddings[t])
         pre, final = _frozen_effects(model, ts, rep, jnp.asarray(slot), jnp.asarray(emb))
-        d_pre = np.asarray(pre - base_pre)[act_f[:, 0], act_f[:, 1], act_f[:, 2]]
-        d_logit = vecs @ np.asarray(final - base_final)[T - 1]
+        d_pre = np.asarray(pre - base_pre)[act_f[sel, 0], act_f[sel, 1], act_f[sel, 2]]
+        d_logit = np.einsum("kd,kd->k", vecs, np.asarray(final - base_final)[g.logit_positions])
         col_feats = g.adjacency_matrix[:n_sel, col]
         col_logits = g.adjacency_matrix[-len(vecs) :, col]
         scale = max(np.abs(d_pre).max(), np.abs(d_logit).max(), 1e-3)
@@ -292,3 +294,79 @@ def test_bad_arguments_raise_clear_errors():
         attribute(model, ts, np.ones(model.cfg.max_position_embeddings + 1, np.int32))
     with pytest.raises(ValueError, match="desired_logit_prob"):
         attribute(model, ts, TOKENS, desired_logit_prob=1.5)
+
+
+@pytest.mark.parametrize("case", [CASES[0], CASES[4]], ids=["llama-plt-jumprelu", "gemma2-clt-jumprelu"])
+def test_targets_before_the_last_position_keep_the_definition(case):
+    """Logits read at positions 4 and 7 of 11 (salient targets chosen per position): every sampled column moves
+    each target by its edge; features after position 7 are not nodes, and no source after a target's position
+    has an edge into it."""
+    arch, kind, act, skip, ih, oh = case
+    model = tiny_model(arch)
+    ts = tiny_transcoders(model.cfg, kind, act, skip, input_hook=ih, output_hook=oh)
+    g = attribute(model, ts, TOKENS, batch_size=64, target_positions=[7, -7])
+    rep = replace(model, ts, TOKENS)
+    L, T = model.cfg.n_layers, len(TOKENS)
+    assert sorted(set(g.logit_positions.tolist())) == [4, 7] and g.settings["target_positions"] == [4, 7]
+    assert np.all(np.diff(g.logit_positions) >= 0)
+    act_f, sel = rep.active_features, g.selected_features
+    np.testing.assert_array_equal(sel, np.flatnonzero(act_f[:, 1] <= 7))  # every earlier feature, no later one
+    n_sel = len(sel)
+    rng = np.random.default_rng(1)
+    feat_cols = rng.choice(n_sel, size=min(6, n_sel), replace=False)
+    err_cols = [n_sel + l * T + t for l, t in [(0, 3), (L - 1, 7), (1, 5), (L - 1, T - 1)]]
+    tok_cols = [n_sel + L * T + t for t in (0, 4, 7, T - 1)]
+    _assert_columns_match_perturbations(model, ts, g, rep, [*feat_cols, *err_cols, *tok_cols])
+    logits = g.adjacency_matrix[g.logit_slice]
+    src_pos = np.concatenate([act_f[sel, 1], np.tile(np.arange(T), L), np.arange(T)])
+    late = src_pos[None, :] > g.logit_positions[:, None]
+    assert not logits[:, : len(src_pos)][late].any()
+    assert np.abs(logits[:, : len(src_pos)][~late]).max() > 0
+
+
+def test_target_positions_default_is_the_last_and_bad_ones_say_so():
+    """``None``, ``-1`` and ``[T-1]`` give the same graph bit for bit; out-of-range and repeated positions raise."""
+    model = tiny_model("llama")
+    ts = tiny_transcoders(model.cfg)
+    T = len(TOKENS)
+    a = attribute(model, ts, TOKENS, batch_size=64, max_feature_nodes=40, update_interval=1)
+    for spec in (-1, [T - 1]):
+        b = attribute(model, ts, TOKENS, batch_size=64, max_feature_nodes=40, update_interval=1, target_positions=spec)
+        assert np.array_equal(a.adjacency_matrix, b.adjacency_matrix)
+        assert np.array_equal(a.selected_features, b.selected_features)
+    assert a.logit_positions.tolist() == [T - 1] * a.n_logits
+    with pytest.raises(ValueError, match=r"target position\(s\) \[11\] outside the prompt's 11 tokens"):
+        attribute(model, ts, TOKENS, target_positions=[3, 11])
+    with pytest.raises(ValueError, match="repeat"):
+        attribute(model, ts, TOKENS, target_positions=[3, 3 - T])
+
+
+def test_selection_for_an_early_target_ranks_only_features_that_can_reach_it():
+    """With ``max_feature_nodes`` below the features at or before the target position, influence-ordered
+    selection picks only among those, and its rows equal the full early-target graph's block."""
+    model = tiny_model("llama")
+    ts = tiny_transcoders(model.cfg, "plt", "jumprelu", False)
+    full = attribute(model, ts, TOKENS, batch_size=16, target_positions=5)
+    n = len(full.selected_features)
+    part = attribute(model, ts, TOKENS, batch_size=8, max_feature_nodes=n // 3, update_interval=1, target_positions=5)
+    s = part.selected_features
+    assert len(s) == n // 3 and set(s) <= set(full.selected_features) and (part.active_features[s, 1] <= 5).all()
+    L, T, K = model.cfg.n_layers, len(TOKENS), part.n_logits
+    pick = np.searchsorted(full.selected_features, s)
+    cols_full = np.concatenate([pick, np.arange(n, n + L * T + T + K)])
+    np.testing.assert_allclose(part.adjacency_matrix[: len(s)], full.adjacency_matrix[pick][:, cols_full], atol=1e-5)
+    np.testing.assert_allclose(part.adjacency_matrix[-K:], full.adjacency_matrix[-K:][:, cols_full], atol=1e-5)
+
+
+def test_early_targets_give_the_same_graph_in_sparse_rows():
+    """Targets at positions 4 and 10, with and without selection: the sparse row layout's graph equals the dense
+    one bit for bit (same selected features, same matrix)."""
+    model = tiny_model("llama")
+    ts = tiny_transcoders(model.cfg, "plt", "jumprelu", False)
+    for n in (None, 30):
+        kw = dict(batch_size=16, max_feature_nodes=n, update_interval=1, target_positions=[4, -1])
+        d = attribute(model, ts, TOKENS, adjacency="dense", **kw)
+        s = attribute(model, ts, TOKENS, adjacency="sparse", **kw)
+        assert np.array_equal(d.selected_features, s.selected_features)
+        assert np.array_equal(d.adjacency_matrix, s.dense_adjacency())
+        assert np.array_equal(d.logit_positions, s.logit_positions)

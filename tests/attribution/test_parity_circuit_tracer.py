@@ -1,5 +1,6 @@
-"""Parity with circuit-tracer 0.5.0 on seeded tiny Gemma-2 / Llama-3 models and transcoders it reads from the
-same files (cases built by tests/reference/make_cases.py in .venv-ref; see tests/reference/README.md).
+"""Parity with circuit-tracer 0.5.0 on seeded tiny Gemma-2 / Llama-3 / Qwen3 models (its TransformerLens backend)
+and Gemma-3 (its nnsight backend) with transcoders it reads from the same files (cases built by
+tests/reference/make_cases.py in .venv-ref; see tests/reference/README.md).
 
 Checked: model logits (HF and TransformerLens), active-feature sets and activation values, error vectors, the full
 adjacency matrix, influence-ordered feature selection, pruning masks and graph scores.
@@ -22,7 +23,15 @@ from jcircuits.attribution import attribute
 from jcircuits.graph import compute_graph_scores, prune_graph
 from jcircuits.replacement import replace
 
-CASES = ["gemma2_plt_jumprelu", "llama_plt_relu_skip", "llama_clt", "gemma2_clt"]
+CASES = [
+    "gemma2_plt_jumprelu",
+    "llama_plt_relu_skip",
+    "llama_clt",
+    "gemma2_clt",
+    "qwen3_plt_relu",
+    "gemma3_plt_jumprelu",
+    "gemma3_clt",
+]
 
 
 def _dense(active, values, shape):
@@ -56,12 +65,18 @@ def test_tokens_logits_features_and_errors_match_circuit_tracer(loaded, case):
     )
     if not flips:
         np.testing.assert_array_equal(rep.active_features, ref["active_features"])
-    np.testing.assert_allclose(np.asarray(rep.feature_inputs), ref["feature_input"], atol=1e-5)
+    # float32 on both sides: each is ~2-3e-6 x the largest value from a float64 forward (gemma3_clt's residual
+    # stream reaches 5: ours 1.3e-5, circuit-tracer 1.6e-5 away), so compare relative to that magnitude
+    in_atol = 1e-5 * max(1.0, float(np.abs(ref["feature_input"]).max()))
+    np.testing.assert_allclose(np.asarray(rep.feature_inputs), ref["feature_input"], atol=in_atol)
     np.testing.assert_allclose(np.asarray(rep.embeddings), ref["token_vectors"], atol=1e-5)
+    # likewise for the MLP side (gemma3_plt_jumprelu, whose post-MLP norm outputs reach 5.05: ours 6.9e-6,
+    # circuit-tracer 9.7e-6 away from float64)
+    atol = 1e-5 * max(1.0, float(np.abs(ref["mlp_out"]).max()))
     # circuit-tracer zeroes the error at position 0 (an attention sink); ours keeps the exact value there
-    np.testing.assert_allclose(np.asarray(rep.errors)[:, 1:], ref["error_vectors"][:, 1:], atol=1e-5)
-    np.testing.assert_allclose(np.asarray(rep.reconstruction)[:, 1:], ref["reconstruction"][:, 1:], atol=1e-5)
-    np.testing.assert_allclose(np.asarray(rep.mlp_out), ref["mlp_out"], atol=1e-5)
+    np.testing.assert_allclose(np.asarray(rep.errors)[:, 1:], ref["error_vectors"][:, 1:], atol=atol)
+    np.testing.assert_allclose(np.asarray(rep.reconstruction)[:, 1:], ref["reconstruction"][:, 1:], atol=atol)
+    np.testing.assert_allclose(np.asarray(rep.mlp_out), ref["mlp_out"], atol=atol)
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -91,10 +106,28 @@ def test_full_adjacency_pruning_and_scores_match_circuit_tracer(loaded, case):
     # masks are threshold decisions on float sums: allow a handful of borderline flips, report them
     assert (node_mask != ref["node_mask"]).sum() <= 2, np.flatnonzero(node_mask != ref["node_mask"])
     assert (edge_mask != ref["edge_mask"]).sum() <= max(3, int(1e-4 * edge_mask.size))
-    np.testing.assert_allclose(np.asarray(pr.cumulative_scores), ref["cumulative_scores"], atol=1e-4)
+    # a node's cumulative score is the running sum at its influence rank: the sorted curve is continuous in the
+    # influences, a node's own value is not where two influences tie (gemma3_plt_jumprelu: nodes 16 and 236 differ
+    # by 6.5e-10 of 6.6e-4 and round-off orders them), so nodes off by more are compared as exchanged values
+    cs, ref_cs = np.asarray(pr.cumulative_scores), ref["cumulative_scores"]
+    np.testing.assert_allclose(np.sort(cs), np.sort(ref_cs), atol=1e-4)
+    off = np.flatnonzero(np.abs(cs - ref_cs) > 1e-4)
+    assert len(off) <= 4, off
+    np.testing.assert_allclose(np.sort(cs[off]), np.sort(ref_cs[off]), atol=1e-4)
     rs, cs = compute_graph_scores(g)
     assert abs(float(rs) - float(ref["replacement_score"])) < 1e-4
     assert abs(float(cs) - float(ref["completeness_score"])) < 1e-4
+    # rows stored sparse as they arrive: the same matrix bit for bit (-0.0 is not stored), pruned as the dense
+    sp = attribute(
+        model, ts, ref["tokens"], batch_size=64, active_features=ref["active_features"], adjacency="sparse"
+    )
+    assert sp.is_sparse and sp.dense_adjacency().tobytes() == (g.adjacency_matrix + np.float32(0)).tobytes()
+    ps = prune_graph(sp, node_threshold=0.8, edge_threshold=0.98)
+    assert (ps.node_mask != ref["node_mask"]).sum() <= 2, np.flatnonzero(ps.node_mask != ref["node_mask"])
+    ref_edges = ref["edge_mask"] & (ref["adjacency_matrix"] != 0)
+    assert (ps.edge_mask.toarray() != ref_edges).sum() <= max(3, int(1e-4 * edge_mask.size))
+    np.testing.assert_allclose(ps.cumulative_scores, ref["cumulative_scores"], atol=1e-4)
+    np.testing.assert_allclose(compute_graph_scores(sp), (rs, cs), rtol=1e-6, atol=1e-7)
 
 
 @pytest.mark.parametrize("case", CASES)

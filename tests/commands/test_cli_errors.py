@@ -40,6 +40,18 @@ def _run(argv, capsys) -> tuple[int, str]:
         (["attribute", *PROMPT, "--transcoders", "x"], "--transcoders needs --model"),
         (["attribute", *PROMPT, "--active-features", "{tmp}/missing.safetensors"], "is not a graph file"),
         (["attribute", *PROMPT, "--active-features", "{tmp}/afile"], "cannot read"),
+        (["attribute", *PROMPT, "--target-position", "x"], "comma list of positions"),
+        (["attribute", *PROMPT, "--target-position", "2,9"], "target position(s) [9] outside the prompt's 6 tokens"),
+        (["attribute", *PROMPT, "--target-position", "2,-4"], "target positions repeat"),
+        (["attribute", "--prompts-file", "{tmp}/missing.txt", "--graph-dir", "{tmp}/g"], "no such file"),
+        (["attribute", "--prompts-file", "{tmp}/afile"], "needs --graph-dir"),
+        (["attribute", "--prompts-file", "{tmp}/afile", "--graph-dir", "{tmp}/g", "--slug", "s"], "drop --slug"),
+        (["attribute", *PROMPT, "--prompts-file", "{tmp}/afile", "--graph-dir", "{tmp}/g"], "drop --prompt"),
+        (["attribute", "--prompts-file", "{tmp}/blank.txt", "--graph-dir", "{tmp}/g"], "holds no prompt"),
+        (["attribute", *PROMPT, "--adjacency", "dense", "--top-k-edges", "5"], "--adjacency sparse"),
+        (["attribute", *PROMPT, "--edge-tolerance", "1.5"], "[0, 1)"),
+        (["attribute", *PROMPT, "--top-k-edges", "0"], "--top-k-edges"),
+        (["attribute", *PROMPT, "--adjacency", "csr"], "--adjacency"),
         (["serve", "--graph-dir", "{tmp}", "--port", "70000"], "0 to 65535"),
         (["serve", "--graph-dir", "{tmp}", "--port", "-1"], "0 to 65535"),
         (["serve", "--graph-dir", "{tmp}/missing"], "does not exist"),
@@ -53,6 +65,7 @@ def _run(argv, capsys) -> tuple[int, str]:
 )
 def test_bad_arguments_exit_2_with_one_clear_line(argv, words, tmp_path, capsys):
     (tmp_path / "afile").write_text("x")
+    (tmp_path / "blank.txt").write_text("\n  \n")
     (tmp_path / "dir.json").mkdir()
     argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
     code, err = _run(argv, capsys)

@@ -130,6 +130,20 @@ def test_save_load_round_trip_is_bitwise(tmp_path):
     assert json.dumps(g.settings) == json.dumps(h.settings)
 
 
+def test_logit_positions_default_to_the_last_and_survive_a_round_trip(tmp_path):
+    g = random_graph(3, 7, 2, 4, 3, 0.4)
+    assert g.logit_positions.tolist() == [3, 3, 3]
+    g.logit_positions = np.array([1, 1, 3])
+    g.save(tmp_path / "g.safetensors")
+    h = Graph.load(tmp_path / "g.safetensors")
+    assert h.logit_positions.dtype == np.int64 and h.logit_positions.tolist() == [1, 1, 3]
+    with pytest.raises(ValueError, match="reads every logit at the last position"):
+        h.to_circuit_tracer(tmp_path / "g.pt")
+    for bad, words in (([0, 4, 1], "lie in the prompt's 4 positions"), ([1, 2], "must be ints matching")):
+        with pytest.raises(ValueError, match=words):
+            Graph(**{**g.__dict__, "logit_positions": np.array(bad)})
+
+
 def test_save_uses_exact_tensor_names_and_no_pickle(tmp_path):
     from safetensors.numpy import load_file
 
@@ -310,10 +324,17 @@ def ref_results(tmp_path_factory):
 
 
 @pytest.mark.ref
+@pytest.mark.parametrize("layout", ["dense", "sparse"])
 @pytest.mark.parametrize("i", range(len(PARITY_CASES)))
-def test_prune_and_scores_match_circuit_tracer(ref_results, i):
+def test_prune_and_scores_match_circuit_tracer(ref_results, i, layout):
+    """Dense and sparse (`SparseAdjacency`, the exact non-zeros) graphs give circuit-tracer's influence, edge
+    scores, masks and scores; a sparse edge mask covers the stored (non-zero) entries."""
     graphs, ref = ref_results
     g, (_, *_, node_thr, edge_thr) = graphs[i], PARITY_CASES[i]
+    nonzero = g.adjacency_matrix != 0
+    if layout == "sparse":
+        g = g.to_sparse()
+    dense = (lambda a: a.toarray()) if layout == "sparse" else np.asarray
     w = g.logit_weights()
     np.testing.assert_allclose(
         np.asarray(compute_node_influence(g.adjacency_matrix, w)),
@@ -322,20 +343,20 @@ def test_prune_and_scores_match_circuit_tracer(ref_results, i):
         atol=1e-7,
     )
     np.testing.assert_allclose(
-        np.asarray(compute_edge_influence(g.adjacency_matrix, w)),
+        dense(compute_edge_influence(g.adjacency_matrix, w)),
         ref[f"edge_scores_{i}"],
         rtol=1e-5,
         atol=1e-7,
     )
     res = prune_graph(g, node_threshold=node_thr, edge_threshold=edge_thr)
-    node_mask, edge_mask = np.asarray(res.node_mask), np.asarray(res.edge_mask)
+    node_mask, edge_mask = np.asarray(res.node_mask), dense(res.edge_mask)
     np.testing.assert_array_equal(node_mask, ref[f"node_mask_{i}"])
-    np.testing.assert_array_equal(edge_mask, ref[f"edge_mask_{i}"])
+    np.testing.assert_array_equal(edge_mask, ref[f"edge_mask_{i}"] & (nonzero if layout == "sparse" else True))
     np.testing.assert_allclose(np.asarray(res.cumulative_scores), ref[f"cumulative_{i}"], atol=1e-5)
     np.testing.assert_allclose(compute_graph_scores(g), ref[f"scores_{i}"], atol=1e-5)
     # the thresholds bite: something is pruned on the larger graphs
     if g.n_selected >= 60:
-        assert 0 < node_mask.sum() < len(node_mask) and 0 < edge_mask.sum() < (g.adjacency_matrix != 0).sum()
+        assert 0 < node_mask.sum() < len(node_mask) and 0 < edge_mask.sum() < nonzero.sum()
 
 
 @pytest.mark.ref

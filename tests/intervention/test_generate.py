@@ -134,7 +134,15 @@ def test_greedy_is_deterministic_and_sampling_reproducible_from_the_key():
     np.testing.assert_array_equal(plain.tokens, np.asarray(ref)[0])
 
 
-REF_CASES = ["gemma2_plt_jumprelu", "llama_plt_relu_skip", "llama_clt", "gemma2_clt"]
+REF_CASES = [
+    "gemma2_plt_jumprelu",
+    "llama_plt_relu_skip",
+    "llama_clt",
+    "gemma2_clt",
+    "qwen3_plt_relu",
+    "gemma3_plt_jumprelu",
+    "gemma3_clt",
+]
 
 
 def _thresholds(ts):

@@ -22,7 +22,15 @@ from jcircuits.models import forward
 from jcircuits.replacement import replace
 from jcircuits.transcoders.io import load_transcoders
 
-CASES = ["gemma2_plt_jumprelu", "llama_plt_relu_skip", "llama_clt", "gemma2_clt"]
+CASES = [
+    "gemma2_plt_jumprelu",
+    "llama_plt_relu_skip",
+    "llama_clt",
+    "gemma2_clt",
+    "qwen3_plt_relu",
+    "gemma3_plt_jumprelu",
+    "gemma3_clt",
+]
 TOKENS = np.array([1, 5, 9, 33, 7, 2, 60, 11, 4, 8, 17])
 TINY = [
     # arch, kind, activation, skip, input hook, output hook

@@ -87,6 +87,44 @@ CASES: dict[str, dict] = {
         feature_input_hook="ln2.hook_normalized",
         feature_output_hook="hook_mlp_out",
     ),
+    # Qwen3 (QK-norm, head_dim != d_model / n_heads, GQA, sliding layers, tied embeddings) on the
+    # TransformerLens backend (TL 3.2.1 has Qwen3: use_qk_norm); mwhanna/qwen3-*-transcoders-style hooks.
+    "qwen3_plt_relu": dict(
+        arch="qwen3",
+        backend="transformerlens",
+        kind="plt",
+        act="relu",
+        skip=False,
+        n_features=256,
+        seed=15,
+        feature_input_hook="mlp.hook_in",
+        feature_output_hook="mlp.hook_out",
+    ),
+    # Gemma-3 (QK-norm with the (1+w) gain, local/global layers with two RoPE bases, linear scaling on the
+    # global ones) on circuit-tracer's nnsight backend: its TransformerLens backend cannot run it (README.md).
+    "gemma3_plt_jumprelu": dict(
+        arch="gemma3",
+        backend="nnsight",
+        kind="plt",
+        act="jumprelu",
+        skip=False,
+        n_features=256,
+        seed=16,
+        feature_input_hook="ln2.hook_normalized",
+        feature_output_hook="hook_mlp_out",
+    ),
+    # GemmaScope-2-style cross-layer transcoder on Gemma-3 (nnsight backend), reading the residual after attention.
+    "gemma3_clt": dict(
+        arch="gemma3",
+        backend="nnsight",
+        kind="clt",
+        act="jumprelu",
+        skip=False,
+        n_features=256,
+        seed=17,
+        feature_input_hook="hook_resid_mid",
+        feature_output_hook="hook_mlp_out",
+    ),
 }
 
 TARGET_ACTIVE_FRACTION = 0.035  # of (position >= 1, feature) pairs per layer
@@ -136,7 +174,10 @@ def build_tokenizer(model_dir: Path):
 # Models
 # ----------------------------------------------------------------------------------------------------
 
-N_LAYERS, D_MODEL, N_HEADS, N_KV, HEAD_DIM, D_MLP = 4, 64, 4, 2, 16, 128
+N_LAYERS, D_MODEL, N_HEADS, N_KV, D_MLP = 4, 64, 4, 2, 128
+# head_dim per architecture: Qwen3 and Gemma-3 take 24 != D_MODEL / N_HEADS (q/k/v are 96 wide)
+HEAD_DIM = {"gemma2": 16, "llama": 16, "qwen3": 24, "gemma3": 24}
+GEMMA_ARCHS = ("gemma2", "gemma3")  # RMSNorm gain stored as w (gain = 1 + w), embeddings scaled by sqrt(d)
 
 
 def hf_config(arch: str, vocab_size: int):
@@ -147,7 +188,7 @@ def hf_config(arch: str, vocab_size: int):
         num_hidden_layers=N_LAYERS,
         num_attention_heads=N_HEADS,
         num_key_value_heads=N_KV,
-        head_dim=HEAD_DIM,
+        head_dim=HEAD_DIM[arch],
         max_position_embeddings=64,
         pad_token_id=0,
         eos_token_id=1,
@@ -188,21 +229,58 @@ def hf_config(arch: str, vocab_size: int):
             mlp_bias=False,
             attn_implementation="eager",
         )
+    if arch == "qwen3":
+        from transformers import Qwen3Config
+
+        return Qwen3Config(
+            **common,
+            hidden_act="silu",
+            rms_norm_eps=1e-6,
+            rope_theta=10000.0,
+            tie_word_embeddings=True,
+            use_sliding_window=True,
+            sliding_window=6,
+            layer_types=["sliding_attention", "full_attention"] * (N_LAYERS // 2),
+            attention_bias=False,
+            attn_implementation="eager",
+        )
+    if arch == "gemma3":
+        from transformers import Gemma3TextConfig
+
+        return Gemma3TextConfig(
+            **common,
+            hidden_activation="gelu_pytorch_tanh",
+            rms_norm_eps=1e-6,
+            rope_theta=1e5,  # global layers, linearly scaled by 4
+            rope_scaling={"rope_type": "linear", "factor": 4.0},
+            rope_local_base_freq=1e3,  # local layers
+            query_pre_attn_scalar=20,
+            sliding_window=6,
+            layer_types=["sliding_attention", "sliding_attention", "full_attention", "sliding_attention"],
+            final_logit_softcapping=None,
+            attn_logit_softcapping=None,
+            tie_word_embeddings=True,
+            attn_implementation="eager",
+        )
     raise ValueError(arch)
 
 
 def init_weights(model, arch: str, rng: np.random.Generator) -> None:
     """Overwrite every parameter with a seeded numpy draw, scaled so the model is not degenerate."""
     d = D_MODEL
+    gemma = arch in GEMMA_ARCHS
     for name, p in sorted(model.named_parameters()):
         shape = tuple(p.shape)
         if name.endswith("embed_tokens.weight"):
-            std = 0.25 if arch == "gemma2" else 1.0
+            std = {"gemma2": 0.25, "gemma3": 0.1, "llama": 1.0, "qwen3": 0.15}[arch]
             v = rng.normal(0, std, shape)
         elif name.endswith("lm_head.weight"):
             v = rng.normal(0, 3.0 / math.sqrt(d), shape)
+        elif name.endswith(("q_norm.weight", "k_norm.weight")):  # QK-norm gains spread over ~[0.3, 3]
+            gain = np.exp(0.6 * rng.normal(0, 1, shape))
+            v = gain - 1.0 if gemma else gain
         elif "norm" in name:
-            if arch == "gemma2":  # Gemma stores w, gain = 1 + w
+            if gemma:  # Gemma stores w, gain = 1 + w
                 mean = 0.8 if name == "model.norm.weight" else 0.3
                 v = rng.normal(mean, 0.2, shape)
             else:
@@ -213,7 +291,7 @@ def init_weights(model, arch: str, rng: np.random.Generator) -> None:
         elif name.endswith(("v_proj.weight", "gate_proj.weight", "up_proj.weight")):
             v = rng.normal(0, 1.0 / math.sqrt(d), shape)
         elif name.endswith("o_proj.weight"):
-            v = rng.normal(0, 0.8 / math.sqrt(d), shape)
+            v = rng.normal(0, 0.8 / math.sqrt(shape[1]), shape)
         elif name.endswith("down_proj.weight"):
             v = rng.normal(0, 1.5 / math.sqrt(D_MLP), shape)
         else:
@@ -229,7 +307,7 @@ def build_hf_model(arch: str, vocab_size: int, model_dir: Path, seed: int):
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(cfg, attn_implementation="eager", dtype=torch.float32)
     init_weights(model, arch, np.random.default_rng(seed))
-    if arch == "gemma2":
+    if cfg.tie_word_embeddings:
         assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr(), "tied"
     model.save_pretrained(str(model_dir), safe_serialization=True)
     # reload from disk so everything below uses exactly what was written
@@ -279,6 +357,16 @@ def tl_config(hf_cfg, arch: str, model_name: str):
             output_logits_soft_cap=hf_cfg.final_logit_softcapping,
             use_normalization_before_and_after=True,
         )
+    if arch == "qwen3":
+        return HookedTransformerConfig(
+            **common,
+            act_fn=hf_cfg.hidden_act,
+            original_architecture="Qwen3ForCausalLM",
+            use_qk_norm=True,  # RMSNorm over head_dim on q and k (gain w), before RoPE
+            window_size=hf_cfg.sliding_window,
+            use_local_attn=True,
+            attn_types=["local" if t == "sliding_attention" else "global" for t in hf_cfg.layer_types],
+        )
     rs = hf_cfg.rope_scaling
     return HookedTransformerConfig(
         **common,
@@ -296,11 +384,17 @@ def build_tl_model(hf_model, hf_tok, arch: str, model_name: str):
     from circuit_tracer.replacement_model.replacement_model_transformerlens import (
         TransformerLensReplacementModel,
     )
-    from transformer_lens.pretrained.weight_conversions import convert_gemma_weights, convert_llama_weights
+    from transformer_lens.pretrained.weight_conversions import (
+        convert_gemma_weights,
+        convert_llama_weights,
+        convert_qwen3_weights,
+    )
 
     cfg = tl_config(hf_model.config, arch, model_name)
     model = TransformerLensReplacementModel(cfg, tokenizer=hf_tok)
-    conv = convert_gemma_weights if arch == "gemma2" else convert_llama_weights
+    conv = {"gemma2": convert_gemma_weights, "llama": convert_llama_weights, "qwen3": convert_qwen3_weights}[
+        arch
+    ]
     sd = conv(hf_model, cfg)
     model.load_and_process_state_dict(
         sd,
@@ -542,6 +636,94 @@ def _check_equal(got: dict, want: dict, where: str):
 
 
 # ----------------------------------------------------------------------------------------------------
+# nnsight backend (Gemma-3)
+# ----------------------------------------------------------------------------------------------------
+
+
+def hf_hook_values(hf_model, arch: str, tokens: torch.Tensor, in_hook: str, out_hook: str):
+    """Values [L, T, d] at the feature input / output hooks, read from the transformers model with forward
+    hooks at the modules circuit-tracer's nnsight mapping names (to calibrate the transcoders before the
+    nnsight model exists; make_case checks them against what circuit-tracer reads)."""
+    if arch != "gemma3" or out_hook != "hook_mlp_out":
+        raise NotImplementedError(f"hook values for {arch} {in_hook} -> {out_hook}")
+    seen: dict[str, list] = {"pre_in": [], "pre_out": [], "post_out": []}
+
+    def record(*keys):
+        def hook(module, args, output):  # returns None: the module's output is left as it is
+            for k, v in zip(keys, (args[0], output), strict=False):
+                if k:
+                    seen[k].append(v[0])
+
+        return hook
+
+    handles = []
+    for layer in hf_model.model.layers:
+        handles.append(layer.pre_feedforward_layernorm.register_forward_hook(record("pre_in", "pre_out")))
+        handles.append(layer.post_feedforward_layernorm.register_forward_hook(record(None, "post_out")))
+    try:
+        with torch.no_grad():
+            hf_model(tokens[None])
+    finally:
+        for h in handles:
+            h.remove()
+    if in_hook == "ln2.hook_normalized":  # the RMSNorm's x * rsqrt(mean x^2 + eps), before the (1 + w) gain
+        eps = hf_model.config.rms_norm_eps
+        xs = [x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) for x in seen["pre_in"]]
+    elif in_hook == "hook_resid_mid":
+        xs = seen["pre_in"]
+    elif in_hook == "mlp.hook_in":
+        xs = seen["pre_out"]
+    else:
+        raise NotImplementedError(in_hook)
+    return torch.stack(xs).numpy(), torch.stack(seen["post_out"]).numpy()
+
+
+def build_nnsight_model(hf_model, model_dir: Path, tc):
+    """circuit-tracer's NNSightReplacementModel, loaded from the local model directory (offline)."""
+    from circuit_tracer.replacement_model.replacement_model_nnsight import NNSightReplacementModel
+
+    model = NNSightReplacementModel.from_pretrained_and_transcoders(
+        str(model_dir), tc, device=torch.device("cpu"), dtype=torch.float32
+    )
+    # circuit-tracer registers the transcoders as a submodule (their tensors were checked against the files)
+    have = {k: v for k, v in model._model.state_dict().items() if not k.startswith("transcoders.")}
+    want = hf_model.state_dict()
+    if set(have) != set(want):
+        raise RuntimeError(
+            f"nnsight model weights {sorted(set(have) ^ set(want))} differ from the HF model's"
+        )
+    for k, v in want.items():
+        if not torch.equal(have[k], v):
+            raise RuntimeError(f"nnsight weight {k} differs from the HF model's")
+    return model
+
+
+def nnsight_hook_values(model, tokens: torch.Tensor):
+    """Values at the feature input / output locations [L, T, d] and the embedding module's output [T, d] (the
+    token vectors written into the residual stream), read in one nnsight trace as setup_attribution does."""
+    from nnsight import save
+
+    with torch.no_grad(), model.trace(tokens):  # locations in execution order, as nnsight requires
+        emb = save(model.embed_location.output)
+        ins, outs = [], []
+        for in_loc, out_loc in zip(model.feature_input_locs, model.feature_output_locs, strict=True):
+            ins.append(in_loc.output)
+            outs.append(out_loc.output)
+        ins, outs = save(torch.cat(ins, 0)), save(torch.cat(outs, 0))
+    return ins.detach(), outs.detach(), emb.detach()[0]
+
+
+def common_scale(x: torch.Tensor, y: torch.Tensor) -> float:
+    """The scalar s with x == s * y (to float32 round-off); raises if there is none. 1.0 when x == y."""
+    if torch.equal(x, y):
+        return 1.0
+    s = float((x.double() * y.double()).sum() / (y.double() ** 2).sum())
+    if not torch.allclose(x, s * y, rtol=1e-5, atol=1e-6):
+        raise RuntimeError("token vectors are not a common multiple of the residual-stream token vectors")
+    return s
+
+
+# ----------------------------------------------------------------------------------------------------
 # One case
 # ----------------------------------------------------------------------------------------------------
 
@@ -550,6 +732,7 @@ def make_case(name: str, spec: dict, out: Path) -> dict:
     import circuit_tracer
     from circuit_tracer import attribute
     from circuit_tracer.graph import compute_graph_scores, prune_graph
+    from circuit_tracer.replacement_model.common import ensure_tokenized
     from transformers import AutoTokenizer
 
     t0 = time.time()
@@ -562,45 +745,55 @@ def make_case(name: str, spec: dict, out: Path) -> dict:
 
     vocab_size = build_tokenizer(model_dir)
     hf_tok = AutoTokenizer.from_pretrained(str(model_dir))
-    arch_seed = {"gemma2": 1002, "llama": 1003}[spec["arch"]]  # same base model for every case of an arch
+    arch_seed = {"gemma2": 1002, "llama": 1003, "qwen3": 1004, "gemma3": 1005}[spec["arch"]]  # one per arch
     hf_model = build_hf_model(spec["arch"], vocab_size, model_dir, arch_seed)
+    backend = spec.get("backend", "transformerlens")
     model_name = f"jcircuits-tiny-{spec['arch']}"
-    tl = build_tl_model(hf_model, hf_tok, spec["arch"], model_name)
+    in_hook, out_hook = spec["feature_input_hook"], spec["feature_output_hook"]
+    L = N_LAYERS
 
     # tokens exactly as circuit-tracer makes them (add_special_tokens=False, then prepend a special token)
-    tokens = tl.ensure_tokenized(PROMPT)
+    tokens = ensure_tokenized(PROMPT, hf_tok, "cpu", model_name)
     assert int(tokens[0]) == hf_tok.bos_token_id and hf_tok.unk_token_id not in tokens.tolist()
     T = int(tokens.shape[0])
-    L = N_LAYERS
 
     with torch.no_grad():
         hf_logits = hf_model(tokens[None]).logits[0].float().numpy()
+    if backend == "transformerlens":
+        tl = build_tl_model(hf_model, hf_tok, spec["arch"], model_name)
         # feature-input / output activations of the plain TL model, to calibrate the transcoders
-        in_hook, out_hook = spec["feature_input_hook"], spec["feature_output_hook"]
-        _, cache = tl.run_with_cache(tokens[None])
+        with torch.no_grad():
+            _, cache = tl.run_with_cache(tokens[None])
         xin = []
         for l in range(L):
             if in_hook == "mlp.hook_in":  # exists only after circuit-tracer wraps the MLP
                 x = cache[f"blocks.{l}.ln2.hook_normalized"] * tl.blocks[l].ln2.w
             else:
                 x = cache[f"blocks.{l}.{in_hook}"]
-            xin.append(x[0].numpy())
+            xin.append(x[0].detach().numpy())
         xin = np.stack(xin)
         mlp_true = np.stack([cache[f"blocks.{l}.hook_mlp_out"][0].numpy() for l in range(L)])
         if out_hook == "mlp.hook_out" and spec["arch"] == "gemma2":
             raise NotImplementedError("mlp.hook_out on Gemma-2 is before ln2_post; not calibrated here")
-    del cache
+        del cache
+    else:
+        xin, mlp_true = hf_hook_values(hf_model, spec["arch"], tokens, in_hook, out_hook)
 
     scan = f"jcircuits/{name}"
     tensors = (build_plt if spec["kind"] == "plt" else build_clt)(rng, spec, xin, mlp_true)
     tc, tc_cfg = write_and_load_transcoders(case_dir, spec, tensors, scan)
-    tl._configure_replacement_model(tc)
-
-    with torch.no_grad():
-        tl_logits = tl(tokens[None])[0].float().numpy()
+    if backend == "transformerlens":
+        tl._configure_replacement_model(tc)
+        with torch.no_grad():
+            tl_logits = tl(tokens[None])[0].float().numpy()
+    else:
+        tl = build_nnsight_model(hf_model, model_dir, tc)
+        if not torch.equal(tl.ensure_tokenized(PROMPT), tokens):
+            raise RuntimeError(f"{name}: the nnsight model tokenizes the prompt differently")
+        tl_logits = tl.get_activations(tokens)[0][0].float().numpy()
     err = float(np.max(np.abs(hf_logits - tl_logits)))
     if not err <= ATOL_LOGITS:
-        raise RuntimeError(f"{name}: HF vs TL logits differ by {err:.3g} > {ATOL_LOGITS}")
+        raise RuntimeError(f"{name}: HF vs {backend} logits differ by {err:.3g} > {ATOL_LOGITS}")
 
     # --- activations, reconstruction, errors (as circuit-tracer's setup_attribution computes them) ---
     _, acts_dense = tl.get_activations(tokens)
@@ -609,14 +802,18 @@ def make_case(name: str, spec: dict, out: Path) -> dict:
     am = ctx.activation_matrix.coalesce()
     if not torch.equal(am.to_dense(), acts_dense):
         raise RuntimeError(f"{name}: get_activations != setup_attribution activation matrix")
-    in_cache, in_hooks, _ = tl.get_caching_hooks(lambda n: tl.feature_input_hook in n)
-    out_cache, out_hooks, _ = tl.get_caching_hooks(lambda n: tl.feature_output_hook in n)
-    with torch.no_grad():
-        tl.run_with_hooks(tokens, fwd_hooks=in_hooks + out_hooks)
-    mlp_in = torch.cat(list(in_cache.values()), 0)
-    mlp_out = torch.cat(list(out_cache.values()), 0)
-    assert list(in_cache) == [f"blocks.{l}.{tl.feature_input_hook}" for l in range(L)], list(in_cache)
-    assert list(out_cache) == [f"blocks.{l}.{tl.feature_output_hook}" for l in range(L)], list(out_cache)
+    if backend == "transformerlens":
+        in_cache, in_hooks, _ = tl.get_caching_hooks(lambda n: tl.feature_input_hook in n)
+        out_cache, out_hooks, _ = tl.get_caching_hooks(lambda n: tl.feature_output_hook in n)
+        with torch.no_grad():
+            tl.run_with_hooks(tokens, fwd_hooks=in_hooks + out_hooks)
+        mlp_in = torch.cat(list(in_cache.values()), 0)
+        mlp_out = torch.cat(list(out_cache.values()), 0)
+        assert list(in_cache) == [f"blocks.{l}.{tl.feature_input_hook}" for l in range(L)], list(in_cache)
+        assert list(out_cache) == [f"blocks.{l}.{tl.feature_output_hook}" for l in range(L)], list(out_cache)
+        residual_token_vectors = tl.W_E[tokens].detach()
+    else:
+        mlp_in, mlp_out, residual_token_vectors = nnsight_hook_values(tl, tokens)
     comps = tc.compute_attribution_components(mlp_in, tl.zero_positions)
     reconstruction = comps["reconstruction"]
     error_vectors = ctx.error_vectors
@@ -624,6 +821,23 @@ def make_case(name: str, spec: dict, out: Path) -> dict:
         raise RuntimeError(f"{name}: error vectors inconsistent")
     if not np.allclose(mlp_in.numpy(), xin, atol=1e-5):
         raise RuntimeError(f"{name}: feature-input hook values differ from the calibration values")
+    # circuit-tracer's token-node vectors against the vectors written into the residual stream: the same on
+    # the TransformerLens backend (TL's W_E includes Gemma's sqrt(d_model)); the nnsight backend takes rows
+    # of the embedding matrix (`embed_weight`), which for Gemma lack the sqrt(d_model) its embedding module
+    # multiplies in, so its token-node edges come out too small by that factor
+    token_scale = common_scale(residual_token_vectors, ctx.token_vectors)
+    if backend == "transformerlens" and token_scale != 1.0:
+        raise RuntimeError(f"{name}: TL token vectors differ from W_E[tokens] (scale {token_scale})")
+    shipped = None
+    if token_scale != 1.0:
+        # keep the token columns circuit-tracer computes as shipped, then give it the residual-stream token
+        # vectors (scaling `embed_weight`, read only for them) so that every graph below, and its feature
+        # ranking, pruning and scores, use the token-node definition of the TL backend and of jcircuits
+        shipped = attribute(tokens, tl, max_feature_nodes=None, batch_size=ATTR_BATCH_SIZE)
+        tl.embed_weight = tl.embed_weight * token_scale
+        ctx = tl.setup_attribution(tokens)
+        if not torch.allclose(ctx.token_vectors, residual_token_vectors, rtol=1e-6, atol=1e-6):
+            raise RuntimeError(f"{name}: scaled embed_weight does not give the residual token vectors")
     token_vectors = ctx.token_vectors
 
     active = am.indices().T.contiguous()  # [n, 3] (layer, pos, feat), lexicographic
@@ -647,6 +861,20 @@ def make_case(name: str, spec: dict, out: Path) -> dict:
     g_sel = attribute(
         tokens, tl, max_feature_nodes=n_sel, batch_size=SEL_BATCH_SIZE, update_interval=SEL_UPDATE_INTERVAL
     )
+    tok_cols = slice(n_active + L * T, n_active + (L + 1) * T)
+    if shipped is None:
+        token_columns_shipped = g.adjacency_matrix[:, tok_cols]
+    else:  # the shipped graph differs in its token columns only, by the factor 1 / token_scale
+        a, b = shipped.adjacency_matrix, g.adjacency_matrix
+        other = torch.ones(a.shape[1], dtype=torch.bool)
+        other[tok_cols] = False
+        if not torch.allclose(a[:, other], b[:, other], rtol=1e-5, atol=1e-6 * float(b.abs().max())):
+            raise RuntimeError(f"{name}: the shipped graph differs outside its token columns")
+        if not torch.allclose(a[:, tok_cols] * token_scale, b[:, tok_cols], rtol=1e-5, atol=1e-6):
+            raise RuntimeError(
+                f"{name}: the shipped token columns are not 1/{token_scale} of the scaled ones"
+            )
+        token_columns_shipped = a[:, tok_cols]
     pr = prune_graph(g)  # default node_threshold=0.8, edge_threshold=0.98
     replacement_score, completeness_score = compute_graph_scores(g)
     n_logits = len(g.logit_targets)
@@ -673,7 +901,7 @@ def make_case(name: str, spec: dict, out: Path) -> dict:
     il, iacts = tl.feature_intervention(tokens, interventions)
     il_c, iacts_c = tl.feature_intervention(tokens, interventions, constrained_layers=range(L))
     t_gen = time.time()
-    generations = record_generations(tl, tokens, interventions, spec["n_features"])
+    generations = record_generations(tl, backend, tokens, interventions, spec["n_features"])
     t_gen = time.time() - t_gen
 
     ref = {
@@ -688,6 +916,8 @@ def make_case(name: str, spec: dict, out: Path) -> dict:
         "mlp_out": mlp_out.numpy(),
         "feature_input": mlp_in.numpy(),
         "token_vectors": token_vectors.numpy(),
+        "token_vector_scale": np.float32(token_scale),
+        "token_columns_shipped": token_columns_shipped.numpy(),
         "adjacency_matrix": g.adjacency_matrix.numpy(),
         "selected_features": g.selected_features.numpy().astype(np.int64),
         "logit_token_ids": g.logit_token_ids.numpy().astype(np.int64),
@@ -723,7 +953,9 @@ def make_case(name: str, spec: dict, out: Path) -> dict:
         "transformers_version": importlib.metadata.version("transformers"),
         "transformer_lens_version": importlib.metadata.version("transformer-lens"),
         "architecture": spec["arch"],
+        "backend": backend,
         "tl_model_name": model_name,
+        "token_vector_scale": token_scale,
         "transcoder": {
             "kind": spec["kind"],
             "activation": spec["act"],
@@ -841,18 +1073,32 @@ def _encode_interventions(ivs) -> np.ndarray:
     return np.array(rows, dtype=np.float32)
 
 
-def record_generations(tl, tokens: torch.Tensor, interventions, n_features: int) -> dict[str, np.ndarray]:
+def record_generations(
+    tl, backend: str, tokens: torch.Tensor, interventions, n_features: int
+) -> dict[str, np.ndarray]:
     """Greedy `feature_intervention_generate` (defaults: freeze_attention=True, KV cache) for each setting:
     the new token ids [N_GEN], the logits [N_GEN, V] it returns (prompt pass's last position, then one row
     per KV-cache step; after any final soft-cap) and its activations [L, T + N_GEN - 1, F] (prompt pass with
-    position 0 zeroed, then each processed new token)."""
+    position 0 zeroed, then each processed new token).
+
+    The nnsight backend runs transformers' `generate` (greedy with do_sample=False, KV cache; its prompt pass
+    keeps the last position's logits only) and returns the decoded text instead of ids; the ids are the rows'
+    argmax, checked against the decoded text."""
     T = int(tokens.shape[0])
     out = {}
     for name, ivs in generation_interventions(interventions, T).items():
-        seq, logits, acts = tl.feature_intervention_generate(
-            tokens[None], ivs, max_new_tokens=N_GEN, do_sample=False, stop_at_eos=False, verbose=False
-        )
-        seq = torch.as_tensor(seq).reshape(-1)
+        if backend == "transformerlens":
+            seq, logits, acts = tl.feature_intervention_generate(
+                tokens[None], ivs, max_new_tokens=N_GEN, do_sample=False, stop_at_eos=False, verbose=False
+            )
+            seq = torch.as_tensor(seq).reshape(-1)
+        else:
+            text, logits, acts = tl.feature_intervention_generate(
+                tokens[None], ivs, max_new_tokens=N_GEN, do_sample=False
+            )
+            seq = torch.cat([tokens, logits.argmax(-1)])  # shapes are checked below
+            if text != tl.tokenizer.decode(seq):
+                raise RuntimeError(f"{name}: generated text {text!r} is not the argmax continuation")
         if not torch.equal(seq[:T], tokens) or seq.shape[0] != T + N_GEN:
             raise RuntimeError(f"feature_intervention_generate returned {tuple(seq.shape)} tokens")
         logits = logits.float()

@@ -16,6 +16,8 @@ CT_VERSION="0.5.0"
 check() {
   "$VENV/bin/python" - <<PYEOF 2>/dev/null
 import importlib.metadata as m, circuit_tracer, torch, transformer_lens, transformers  # noqa: F401
+# the nnsight backend (Gemma-3 cases): circuit-tracer 0.5.0 imports nnsight.intervention.tracing.tracer, gone in nnsight 0.8
+import circuit_tracer.replacement_model.replacement_model_nnsight  # noqa: F401
 assert m.version("circuit-tracer") == "$CT_VERSION", m.version("circuit-tracer")
 assert torch.__version__.split("+")[0] == "$TORCH_VERSION", torch.__version__
 PYEOF

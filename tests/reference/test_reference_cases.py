@@ -16,7 +16,15 @@ from safetensors.numpy import load_file
 
 pytestmark = pytest.mark.ref
 
-CASES = ["gemma2_plt_jumprelu", "llama_plt_relu_skip", "llama_clt", "gemma2_clt"]
+CASES = [
+    "gemma2_plt_jumprelu",
+    "llama_plt_relu_skip",
+    "llama_clt",
+    "gemma2_clt",
+    "qwen3_plt_relu",
+    "gemma3_plt_jumprelu",
+    "gemma3_clt",
+]
 
 FLOAT_KEYS = [
     "hf_logits",
@@ -28,6 +36,8 @@ FLOAT_KEYS = [
     "mlp_out",
     "feature_input",
     "token_vectors",
+    "token_vector_scale",
+    "token_columns_shipped",
     "adjacency_matrix",
     "logit_probabilities",
     "adjacency_matrix_sel",
@@ -212,12 +222,28 @@ def test_error_plus_reconstruction_is_mlp_out(case):
 
 
 def test_token_vectors_are_residual_embeddings(case):
+    """Token vectors are the vectors written into the residual stream (Gemma: the embedding × sqrt(d_model)).
+
+    circuit-tracer's nnsight backend takes rows of the embedding matrix instead, so for Gemma-3 its token columns
+    are sqrt(d_model) too small; make_cases keeps them as shipped (``token_columns_shipped``) and computes
+    everything else with the residual-stream vectors (``token_vector_scale`` = the factor, 1 on the TL backend)."""
     d, ref, meta = case
     w = load_file(str(d / "model" / "model.safetensors"))["model.embed_tokens.weight"]
     emb = w[ref["tokens"]]
-    if meta["architecture"] == "gemma2":
+    gemma = meta["architecture"] in ("gemma2", "gemma3")
+    if gemma:
         emb = emb * np.float32(math.sqrt(emb.shape[1]))
     np.testing.assert_allclose(ref["token_vectors"], emb, rtol=1e-6, atol=1e-6)
+    want_scale = math.sqrt(emb.shape[1]) if gemma and meta["backend"] == "nnsight" else 1.0
+    assert float(ref["token_vector_scale"]) == pytest.approx(want_scale, rel=1e-6)
+    assert meta["token_vector_scale"] == pytest.approx(want_scale, rel=1e-6)
+    L, T, _ = ref["activations"].shape
+    n = ref["active_features"].shape[0]
+    tok = ref["adjacency_matrix"][:, n + L * T : n + (L + 1) * T]
+    assert np.abs(tok).max() > 0
+    np.testing.assert_allclose(
+        ref["token_columns_shipped"] * ref["token_vector_scale"], tok, rtol=1e-5, atol=1e-6
+    )
 
 
 def test_adjacency_structure(case):

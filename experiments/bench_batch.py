@@ -1,0 +1,116 @@
+"""``attribute_batch`` against a Python loop of single ``attribute`` calls: 64 prompts of mixed length on the
+embedded default, side by side, cold (a fresh process with an empty compilation cache) and warm (the same
+process, a second pass).
+
+    .venv/bin/python experiments/bench_batch.py [--n 64] [--out experiments/results/batch_cpu.md]
+
+Each mode runs in its own fresh process; both passes check that every graph equals the other mode's bit for bit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def prompts(n: int) -> list[str]:
+    """``n`` documents of the default model's own corpus, up to 45 tokens long (several length buckets)."""
+    from jcircuits.training.corpus import make_world, sample_documents
+
+    world = make_world(0)
+    out = []
+    seed = 0
+    while len(out) < n:
+        doc = sample_documents(world, 1, seq_len=6 + (len(out) * 7) % 40, seed=seed)[0]
+        seed += 1
+        if len(doc) > 1:  # the first sentence drawn may not fit: draw again
+            out.append(" ".join(w for w in doc if w != "<bos>"))
+    return out
+
+
+def worker(mode: str, n: int, digest_path: str) -> None:
+    import jcircuits
+    from jcircuits.common.buckets import length_bucket
+
+    model = jcircuits.default_model()
+    ts = jcircuits.default_transcoders(model)
+    ps = prompts(n)
+    times, digests = [], []
+    for _ in range(2):  # cold, then warm
+        t0 = time.perf_counter()
+        if mode == "batch":
+            graphs = jcircuits.attribute_batch(model, ts, ps, verbose=False)
+        else:
+            graphs = [jcircuits.attribute(model, ts, p, verbose=False) for p in ps]
+        times.append(time.perf_counter() - t0)
+        digests.append([hashlib.sha1(g.adjacency_matrix.tobytes()).hexdigest() for g in graphs])
+    lengths = [g.n_pos for g in graphs]
+    compile_s = [g.settings["timings"]["compile_s"] for g in graphs]
+    Path(digest_path).write_text(json.dumps({
+        "times": times, "digests": digests, "lengths": lengths,
+        "buckets": sorted({length_bucket(t) for t in lengths}), "nodes": [g.n_nodes for g in graphs],
+        "compile_warm": sum(compile_s),
+    }))
+
+
+def run(mode: str, n: int, tmp: Path) -> dict:
+    out = tmp / f"{mode}.json"
+    env = dict(os.environ, JCIRCUITS_CACHE_DIR=str(tmp / f"cache-{mode}"), HF_HUB_OFFLINE="1", PYTHONHASHSEED="0")
+    subprocess.run([sys.executable, __file__, "--worker", mode, "--n", str(n), "--digest", str(out)],
+                   env=env, check=True)
+    return json.loads(out.read_text())
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=64)
+    ap.add_argument("--out", default=str(ROOT / "experiments" / "results" / "batch_cpu.md"))
+    ap.add_argument("--worker", choices=("loop", "batch"))
+    ap.add_argument("--digest")
+    args = ap.parse_args()
+    if args.worker:
+        worker(args.worker, args.n, args.digest)
+        return 0
+    with tempfile.TemporaryDirectory() as tmp:
+        res = {m: run(m, args.n, Path(tmp)) for m in ("loop", "batch")}
+    equal = all(res["loop"]["digests"][k] == res["batch"]["digests"][j] for k in (0, 1) for j in (0, 1))
+    lens = res["loop"]["lengths"]
+    load = os.getloadavg()
+    rows = []
+    for m in ("loop", "batch"):
+        cold, warm = res[m]["times"]
+        rows.append(f"| {m} | {cold:.2f} | {args.n / cold:.2f} | {warm:.2f} | {args.n / warm:.2f} |")
+    lines = [
+        "# attribute_batch vs a loop of single attribute calls, CPU",
+        "",
+        f"Command: `.venv/bin/python experiments/bench_batch.py --n {args.n}` (embedded default model; {args.n} "
+        f"prompts of its corpus, {min(lens)}–{max(lens)} tokens, median {int(np.median(lens))}, length buckets "
+        f"{res['loop']['buckets']}; graphs of {min(res['loop']['nodes'])}–{max(res['loop']['nodes'])} nodes, every "
+        "active feature a row). Each mode runs in a fresh process with an empty compilation cache: *cold* is its "
+        "first pass over the prompts (compilation included), *warm* its second pass in the same process.  ",
+        f"Machine: {os.cpu_count()} cores, shared; load average at the end {load[0]:.2f}, {load[1]:.2f}, {load[2]:.2f}.",
+        "",
+        "| mode | cold (s) | cold graphs/s | warm (s) | warm graphs/s |",
+        "|---|---|---|---|---|",
+        *rows,
+        "",
+        f"Graphs of the two modes equal bit for bit, cold and warm: **{equal}**.",
+    ]
+    Path(args.out).write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0 if equal else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
