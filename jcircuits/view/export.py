@@ -32,6 +32,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import tempfile
 import threading
 from collections.abc import Sequence
@@ -115,13 +116,21 @@ def token_strings(graph: Graph, tokenizer=None) -> list[str]:
     return [f"#{i}" for i in ids]
 
 
+def scan_name(scan: str | None) -> str:
+    """A transcoder set's name as the graph JSON carries it: Neuronpedia's upload takes only ``[a-zA-Z0-9_.-]`` in a
+    scan, so every other run of characters (the ``/`` and ``@`` of a hub set named ``org/repo@revision``) becomes
+    one ``-``; no name gives ``"local"``. Dashboards are matched to graphs by this name (``view.server``)."""
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", str(scan)).strip("-") if scan else ""
+    return name or "local"
+
+
 def _scan_fields(scan: str | list[str] | None) -> tuple[str, list[str]]:
     if isinstance(scan, list | tuple):
         names = [str(s) for s in scan]
         # circuit-tracer names a list of transcoders with Python's hash(), which changes per process; a content
         # hash keeps the name stable across runs.
         return "custom-" + hashlib.sha256("-".join(names).encode()).hexdigest()[:16], names
-    return (str(scan) if scan else "local"), []
+    return scan_name(scan), []
 
 
 def _kept_edges(graph: Graph, pr, node_mask: np.ndarray, keep_zero_weight_links: bool):
@@ -350,11 +359,11 @@ def check_slug(slug: str) -> None:
         not isinstance(slug, str)
         or not slug
         or slug.startswith(".")
-        or not all(c.isalnum() or c in "-_." for c in slug)
+        or not all(c.isascii() and (c.isalnum() or c in "-_.") for c in slug)
     ):
         raise ValueError(
-            f"slug {slug!r} must be a non-empty file name of letters, digits, '-', '_' or '.' (not starting "
-            "with '.'); it names <slug>.json"
+            f"slug {slug!r} must be a non-empty file name of ASCII letters, digits, '-', '_' or '.' (not starting "
+            "with '.', as Neuronpedia's upload requires); it names <slug>.json"
         )
 
 

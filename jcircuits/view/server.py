@@ -51,7 +51,13 @@ from typing import Any
 from jcircuits.features.format import FeatureStore
 from jcircuits.features.labels import auto_label
 from jcircuits.view import DEFAULT_PORT, HOST
-from jcircuits.view.export import INDEX_NAME, validate_graph_json, validate_qparams, write_json_atomic
+from jcircuits.view.export import (
+    INDEX_NAME,
+    scan_name,
+    validate_graph_json,
+    validate_qparams,
+    write_json_atomic,
+)
 
 __all__ = ["make_server", "serve", "pick_store", "STATIC_DIR", "DEFAULT_PORT", "HOST"]
 
@@ -339,7 +345,7 @@ class _Handler(BaseHTTPRequestHandler):
 
 def _store_info(store: FeatureStore) -> dict:
     return {
-        "scan": store.meta.get("scan"),
+        "scan": scan_name(store.meta["scan"]) if store.meta.get("scan") else None,
         "kind": store.meta.get("kind"),
         "n_layers": store.n_layers,
         "source": str(store.root),
@@ -347,13 +353,14 @@ def _store_info(store: FeatureStore) -> dict:
 
 
 def pick_store(stores: list[FeatureStore], scan: str | None) -> FeatureStore:
-    """The store made for transcoder set ``scan`` (the graph's ``metadata.scan``). Failing that, a store that
+    """The store made for transcoder set ``scan`` (the graph's ``metadata.scan``; names compared as
+    ``export.scan_name`` writes them, so a graph JSON's Neuronpedia-safe name finds its store). Failing that, a store that
     records no transcoder set (circuit-tracer's folders do not) stands in when it is the only such store, as
     does the only store when the graph names none (``"local"``): dashboards of another set are never shown.
     LookupError says what is missing."""
     if not stores:
         raise LookupError("no feature dashboards were given (--features DIR)")
-    named = [s for s in stores if scan and s.meta.get("scan") == scan]
+    named = [s for s in stores if scan and s.meta.get("scan") and scan_name(s.meta["scan"]) == scan_name(scan)]
     if named:
         return named[0]
     anonymous = [s for s in stores if not s.meta.get("scan")]

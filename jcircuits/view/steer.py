@@ -23,6 +23,7 @@ import numpy as np
 
 from jcircuits.models import Model
 from jcircuits.transcoders import TranscoderSet
+from jcircuits.view.export import scan_name
 
 __all__ = ["Steerer", "MAX_EDITS", "MAX_GENERATE", "MAX_TOP_K"]
 
@@ -45,7 +46,7 @@ class Steerer:
         return {
             "available": True,
             "model": self.model.name,
-            "scan": self.transcoders.cfg.scan,
+            "scan": scan_name(self.transcoders.cfg.scan),
             "n_layers": self.model.cfg.n_layers,
             "n_features": self.transcoders.cfg.n_features,
         }
@@ -82,9 +83,10 @@ class Steerer:
 
     def check_scan(self, scan: Any) -> None:
         """ValueError unless a graph of transcoder set ``scan`` was traced with this server's transcoders (a
-        graph or a server that names no set is taken at its word)."""
+        graph or a server that names no set is taken at its word; names compared as ``export.scan_name`` writes
+        them)."""
         mine = self.transcoders.cfg.scan
-        if mine and isinstance(scan, str) and scan not in ("", "local") and scan != mine:
+        if mine and isinstance(scan, str) and scan not in ("", "local") and scan_name(scan) != scan_name(mine):
             raise ValueError(
                 f"this graph was traced with transcoders {scan!r} but the server's model has {mine!r}; serve "
                 "it with --model/--transcoders of that graph to steer it"

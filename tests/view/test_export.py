@@ -285,7 +285,7 @@ def test_zero_weight_edges_are_not_links_unless_asked(tmp_path):
     assert all(x["influence"] is None for x in quirk["nodes"])  # 0/0 cumulative influence is not a number
 
 
-@pytest.mark.parametrize("slug", ["", "../x", ".hidden", "a/b", "sp ace"])
+@pytest.mark.parametrize("slug", ["", "../x", ".hidden", "a/b", "sp ace", "déjà-vu"])
 def test_bad_slugs_are_refused(demo, slug, tmp_path):
     with pytest.raises(ValueError, match="slug"):
         export_graph_json(demo[1], slug, tmp_path)
@@ -616,3 +616,31 @@ def test_export_and_viewer_saves_are_valid_for_neuronpedias_upload(demo, tmp_pat
     )  # fmt: skip
     validate_graph_json(doc)
     assert schema_errors(json.loads(json.dumps(doc)), NEURONPEDIA_SCHEMA) == []
+
+
+def test_hub_set_names_become_neuronpedia_safe_scans_that_still_find_their_dashboards_and_model(demo, tmp_path):
+    """A hub transcoder set without a ``scan`` in its config is named ``org/repo@revision``; the graph JSON carries
+    it as ``org-repo-revision`` (Neuronpedia's upload refuses ``/`` and ``@``), and the server's dashboards and
+    steering still match it, from new files and from files written with the raw name."""
+    from types import SimpleNamespace
+
+    from jcircuits.view.export import scan_name
+    from jcircuits.view.server import pick_store
+    from jcircuits.view.steer import Steerer
+
+    raw = "mwhanna/qwen3-4b-transcoders@0123abc"
+    assert scan_name(raw) == "mwhanna-qwen3-4b-transcoders-0123abc"
+    assert scan_name("gemma-2-2b") == "gemma-2-2b" and scan_name(None) == "local" and scan_name("//") == "local"
+    model, graph = demo
+    res = export_graph_json(graph, "hub-set", tmp_path, tokenizer=model.tokenizer, scan=raw)
+    doc = json.loads(res.path.read_text())
+    assert doc["metadata"]["scan"] == scan_name(raw) and NEURONPEDIA_NAME.fullmatch(doc["metadata"]["scan"])
+    assert schema_errors(doc, NEURONPEDIA_SCHEMA) == []
+    mine, other = SimpleNamespace(meta={"scan": raw}), SimpleNamespace(meta={"scan": "gemma-2-2b"})
+    for asked in (doc["metadata"]["scan"], raw):
+        assert pick_store([other, mine], asked) is mine
+    steer = Steerer(model=model, transcoders=SimpleNamespace(cfg=SimpleNamespace(scan=raw, n_features=1)))
+    steer.check_scan(doc["metadata"]["scan"])  # the same set: accepted
+    assert steer.info()["scan"] == doc["metadata"]["scan"]
+    with pytest.raises(ValueError, match="traced with transcoders"):
+        steer.check_scan("gemma-2-2b")

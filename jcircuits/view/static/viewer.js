@@ -989,7 +989,11 @@
 
   const features = {slug: null, labels: new Map(), cache: new Map(), note: '', kind: null};
 
-  function featureScan() { return String(state.doc.metadata.scan || ''); }
+  // the graph's transcoder set under the name the server matches (export.scan_name: runs of characters outside
+  // [A-Za-z0-9_.-] become one '-'), so files written before names were made Neuronpedia-safe still match
+  function featureScan() {
+    return String(state.doc.metadata.scan || '').replace(/[^A-Za-z0-9_.-]+/g, '-').replace(/^-+|-+$/g, '');
+  }
 
   async function postJson(url, body) {
     const res = await fetch(url, {method: 'POST', headers: {'Content-Type': 'application/json'},
