@@ -4,7 +4,7 @@
 #   .venv-ref  torch==2.13.0 + circuit-tracer==0.5.0 (its pins clash with ours, so it lives apart), pinned by
 #              tests/reference/constraints-ref.txt; reference files go through tests/_artifacts (tests/reference/README.md)
 # Extra arguments go to one pytest process, e.g. `bash tests/run_all.sh -k parity -x`.
-# On a fresh 2-core machine: ~3 min of installs, ~1 min of reference cases, ~15 min of tests.
+# On a fresh 2-core machine: ~3-6 min of installs, then the tests in two lanes side by side.
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -41,24 +41,43 @@ if [ "$#" -gt 0 ]; then
   exec .venv/bin/python -m pytest -q "$@"
 fi
 
-# Three pytest processes, grouped by package; every one runs even when an earlier one fails, and a summary of all
-# closes the run. (Each process keeps its pile of compiled XLA executables small; conftest.py also drops compiled
-# code between modules.)
+# Three pytest processes, grouped by package, in two lanes that run side by side (most of a test's time is
+# single-threaded tracing and compilation, so two lanes use the two cores; the reference cases are generated once,
+# under conftest.py's lock): lane 1 the first group, lane 2 the other two in turn. Every group runs even when
+# another fails; each writes its own log, printed whole when both lanes are done, then a summary of all.
+# (Each process keeps its pile of compiled XLA executables small; conftest.py also drops compiled code between
+# modules.)
 groups=(
   "models+transcoders+attribution+graph+reference|tests/test_layout.py tests/test_thresholds.py tests/test_readme.py tests/models tests/transcoders tests/attribution tests/graph tests/reference"
   "intervention+view+scale+commands+features|tests/intervention tests/view tests/scale tests/commands tests/features"
   "training|tests/training"
 )
-summary=() failed=0
-for g in "${groups[@]}"; do
-  name="${g%%|*}" paths="${g#*|}"
-  step "pytest: $name"
+logs=$(mktemp -d)
+run_group() {  # run_group INDEX: one pytest process; its log, exit code and seconds land in $logs
+  local g="${groups[$1]}"
+  local name="${g%%|*}" paths="${g#*|}" s
   s=$(date +%s)
+  step "pytest: $name (started)"
   # shellcheck disable=SC2086
-  .venv/bin/python -m pytest -q $paths 2>&1 | tee .pytest-group.log
-  rc=${PIPESTATUS[0]}
-  last=$(grep -E "^(=+ )?[0-9]+ (passed|failed|error)|no tests ran" .pytest-group.log | tail -n 1 | sed 's/=//g')
-  summary+=("$(printf '%-52s rc=%d %4d s  %s' "$name" "$rc" "$(( $(date +%s) - s ))" "$last")")
+  .venv/bin/python -m pytest -q -p no:cacheprovider $paths >"$logs/$1.log" 2>&1
+  echo $? >"$logs/$1.rc"
+  echo $(( $(date +%s) - s )) >"$logs/$1.s"
+  step "pytest: $name (done, rc=$(cat "$logs/$1.rc"))"
+}
+run_group 0 &
+lane1=$!
+{ run_group 1; run_group 2; }
+wait "$lane1"
+
+summary=() failed=0
+for i in "${!groups[@]}"; do
+  name="${groups[$i]%%|*}"
+  echo
+  echo "run_all: ---------------- log of pytest: $name"
+  cat "$logs/$i.log"
+  rc=$(cat "$logs/$i.rc" 2>/dev/null || echo 1)
+  last=$(grep -E "^(=+ )?[0-9]+ (passed|failed|error)|no tests ran" "$logs/$i.log" | tail -n 1 | sed 's/=//g')
+  summary+=("$(printf '%-52s rc=%d %4d s  %s' "$name" "$rc" "$(cat "$logs/$i.s" 2>/dev/null || echo 0)" "$last")")
   [ "$rc" -eq 0 ] || failed=1
   for k in passed failed skipped; do  # totals over all processes
     n=$(grep -oE "[0-9]+ $k" <<<"$last" | grep -oE "[0-9]+" || true)
@@ -66,7 +85,7 @@ for g in "${groups[@]}"; do
   done
   [ "$rc" -eq 0 ] || [ -n "$(grep -oE '[0-9]+ failed' <<<"$last")" ] || tot_failed=$(( ${tot_failed:-0} + 1 ))
 done
-rm -f .pytest-group.log
+rm -rf "$logs"
 echo
 echo "run_all: summary ($(( $(date +%s) - t0 )) s in all)"
 printf '  %s\n' "${summary[@]}"
