@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jcircuits.graph.container import Graph, logit_weight_vector
+from jcircuits.graph.cumulative import cumulative_fraction, find_threshold
 from jcircuits.graph.sparse import (
     SparseAdjacency,
     sparse_edge_influence,
@@ -122,28 +123,6 @@ def compute_edge_influence(pruned_matrix: jax.Array, logit_weights: jax.Array) -
     return scores
 
 
-def _cumulative_fraction(sorted_desc: jax.Array) -> jax.Array:
-    """Cumulative share of the total along a descending-sorted score vector, as the reference computes it
-    (``cumsum / sum``). The cumsum is float32: circuit-tracer's ``torch.cumsum`` accumulates in double on CPU
-    and in float32 on GPU, so on very large graphs (N² tiny edge scores) the threshold index can move by a few
-    near-tied entries between the tools; on the parity graphs the masks agree exactly."""
-    return jnp.cumsum(sorted_desc) / jnp.sum(sorted_desc)
-
-
-@jax.jit
-def find_threshold(scores: jax.Array, threshold: float) -> jax.Array:
-    """The score at which the descending cumulative sum of ``scores`` first reaches ``threshold`` of the total.
-
-    Keeping ``scores >= find_threshold(...)`` keeps that prefix *and every score tied with its last element*
-    (so ties can keep more than the fraction asked for). At ``threshold = 1.0`` the result depends on float
-    rounding of ``cumsum / sum`` in the reference: if the last non-zero cumulative value rounds below 1 the index
-    runs off the end and is clamped to the smallest score (often 0, keeping everything, zero entries included).
-    """
-    s = jnp.sort(scores.astype(jnp.float32).reshape(-1))[::-1]
-    idx = jnp.searchsorted(_cumulative_fraction(s), jnp.float32(threshold), side="left")
-    return s[jnp.minimum(idx, s.shape[0] - 1)]
-
-
 class PruneResult(NamedTuple):
     """Masks of the kept nodes and edges. For a `SparseAdjacency` graph the arrays are numpy and
     ``edge_mask`` is a `SparseAdjacency` of bools over the graph's stored entries (same pattern)."""
@@ -193,7 +172,7 @@ def _prune(A, logit_probabilities, node_threshold, edge_threshold, *, n_features
     )
 
     order = jnp.argsort(-influence, stable=True)  # ties by node index (the reference's sort is unstable)
-    cumulative = jnp.zeros_like(influence).at[order].set(_cumulative_fraction(influence[order]))
+    cumulative = jnp.zeros_like(influence).at[order].set(cumulative_fraction(influence[order]))
     return PruneResult(node_mask, edge_mask, cumulative), conv_nodes & conv_edges
 
 

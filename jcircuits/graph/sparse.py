@@ -29,6 +29,8 @@ from typing import NamedTuple
 import numpy as np
 import scipy.sparse
 
+from jcircuits.graph.cumulative import cumulative_fraction, find_threshold
+
 __all__ = [
     "SparseAdjacency",
     "SparsePruneResult",
@@ -227,8 +229,6 @@ def sparse_prune(
     When the edge threshold resolves to a score of 0 the dense path keeps all N² entries, zero ones included,
     so no node is then dropped for lack of edges; this keeps every stored entry and likewise drops no node
     (the implicit zeros are non-edges a sparse mask cannot hold)."""
-    from jcircuits.graph.prune import _cumulative_fraction, find_threshold
-
     n = A.n
     w = _logit_weights(logit_probabilities, n)
     n_fe = n - n_logits - n_tokens
@@ -250,7 +250,7 @@ def sparse_prune(
 
     order = np.argsort(-influence, kind="stable")
     cumulative = np.zeros_like(influence)
-    cumulative[order] = np.asarray(_cumulative_fraction(influence[order]))
+    cumulative[order] = np.asarray(cumulative_fraction(influence[order]))
     return SparsePruneResult(node_mask, A.with_data(edge), cumulative)
 
 
