@@ -7,6 +7,7 @@ active feature's pre-activation and every target's demeaned logit moves by exact
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -89,8 +90,9 @@ def _assert_columns_match_perturbations(model, ts, g, rep, cols, row_tol=None):
     n_sel = len(g.selected_features)
     W_U = np.asarray(unembed_matrix(model.params))
     vecs = (W_U[:, g.logit_token_ids] - W_U.mean(axis=1, keepdims=True)).T  # [K, D]
-    zero_slot, zero_emb = jnp.zeros((L, T, D)), jnp.zeros((T, D))
-    base_pre, base_final = _frozen_effects(model, ts, rep, zero_slot, zero_emb)
+    # one compiled frozen forward per case (un-jitted, every call would trace and compile its layer scan anew)
+    effects = jax.jit(lambda slot, emb: _frozen_effects(model, ts, rep, slot, emb))
+    base_pre, base_final = effects(jnp.zeros((L, T, D)), jnp.zeros((T, D)))
     act_f = rep.active_features
     sel = np.asarray(g.selected_features)
     dec = ts.decoders
@@ -111,7 +113,7 @@ def _assert_columns_match_perturbations(model, ts, g, rep, cols, row_tol=None):
         else:
             t = col - n_sel - L * T
             emb[t] = np.asarray(rep.embeddings[t])
-        pre, final = _frozen_effects(model, ts, rep, jnp.asarray(slot), jnp.asarray(emb))
+        pre, final = effects(jnp.asarray(slot), jnp.asarray(emb))
         d_pre = np.asarray(pre - base_pre)[act_f[sel, 0], act_f[sel, 1], act_f[sel, 2]]
         d_logit = np.einsum("kd,kd->k", vecs, np.asarray(final - base_final)[g.logit_positions])
         col_feats = g.adjacency_matrix[:n_sel, col]
