@@ -9,17 +9,17 @@ model (8 layers, d_model 512, 8 heads / 4 KV heads, d_mlp 2048, vocab 2048) with
 first; both sides read the same ids. Each run is a fresh process (so its peak RSS is its own), at 1x and at
 ``--scale`` x the tokens:
 
-- **ours**: ``build_dashboards`` (16 top examples, a 64-occurrence reservoir, 64-bin histograms; 4 quantile
+- **ours**: ``build_dashboards`` (16 top examples, a 64-bucket sample of occurrences, 64-bin histograms; 4 quantile
   bands x 2 examples and 16-token contexts in the records), after a one-batch warm-up in the same process
   (compilation is reported apart).
-  *pass* is the jitted loop over the corpus (forward + every layer's encoder + running top-k, reservoir, counts,
+  *pass* is the jitted loop over the corpus (forward + every layer's encoder + running top-k, sample, counts,
   extremes, histogram; its state saved at the end); *finish* is what follows (one more forward over the sequences
   the kept examples come from, the records, the index and labels written); it does not grow with the corpus,
   so only the larger run does it.
 - **torch**: ``transformers``' ``LlamaForCausalLM`` base model under ``torch.inference_mode()``, forward
   pre-hooks on every layer's MLP capturing its input, the JumpReLU encoder as a matmul, and a running per-feature
   top-16 (values and positions, ``torch.topk`` over ``[running | batch]``) with active counts and maxima: the
-  loop people write today. It keeps less than ours (no reservoir, histogram, contexts or records), so the *pass*
+  loop people write today. It keeps less than ours (no sample, histogram, contexts or records), so the *pass*
   comparison flatters it, if anything.
 
 The two sides' per-feature maxima are compared on a sample of features (same tokens, same numbers up to float32).
@@ -119,7 +119,39 @@ def worker_ours(case_dir: Path, n_seq: int, seq_len: int, batch: int, out_json: 
         peak_rss_mb=marks["pass_rss"], peak_rss_finish_mb=peak_rss_mb(), amax=amax,
         bytes_written=sum(p.stat().st_size for p in (tmp / "run").iterdir()) if finish else 0,
     )
+    out.update(floor(model, tcs, tokens[:batch]))
     out_json.write_text(json.dumps(out))
+
+
+def floor(model, tcs, tokens_BS, repeats: int = 5) -> dict:
+    """The part of a batch no statistics can remove: the same jitted forward pass and every layer's encoder over
+    one batch (the activations reduced to a sum, so nothing else is computed), best of ``repeats``; with its
+    matmul FLOPs (projections, MLP and encoders; attention scores are small at this length)."""
+    import jax
+    import jax.numpy as jnp
+
+    from jcircuits.models import forward_fn
+    from jcircuits.transcoders.core import encode_layer
+
+    cfg, tcfg = model.cfg, tcs.cfg
+    B, S = tokens_BS.shape
+
+    @jax.jit
+    def fwd_encode(params, tc, tokens):
+        _, inter, _ = forward_fn(params, cfg, tokens, capture=True)
+        x = inter.hook(tcfg.input_hook)
+        return jax.lax.map(lambda l: encode_layer(tcfg, tc, l, x[l].reshape(B * S, -1)).sum(0), jnp.arange(cfg.n_layers))
+
+    toks = jnp.asarray(tokens_BS)
+    jax.block_until_ready(fwd_encode(model.params, tcs.params, toks))
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        jax.block_until_ready(fwd_encode(model.params, tcs.params, toks))
+        best = min(best, time.perf_counter() - t)
+    D, E = cfg.d_model, cfg.head_dim
+    per_layer = D * E * (cfg.n_heads * 2 + cfg.n_kv_heads * 2) + 3 * D * cfg.d_mlp + D * tcfg.n_features
+    return dict(floor_s=best, floor_tokens=int(B * S), gflop_per_token=2 * cfg.n_layers * per_layer / 1e9)
 
 
 def worker_torch(case_dir: Path, n_seq: int, seq_len: int, batch: int, out_json: Path, finish: bool) -> None:
@@ -249,7 +281,17 @@ def main(argv=None) -> int:
     big = res[("ours", sizes[-1])]
     small_o = res[("ours", sizes[0])]
     rel, n_cmp, dead_ok = diff(sizes[-1])
+    fl = big["floor_s"] / big["floor_tokens"]  # seconds a token of forward + encoders alone
+    gf = big["gflop_per_token"]
+    t_torch = res[("torch", sizes[-1])]["pass_s"] / res[("torch", sizes[-1])]["tokens"]
+    t_ours = big["pass_s"] / big["tokens"]
     lines += [
+        "",
+        "Floor (the same process, after its run): the jitted forward pass and the 8 encoders alone over one batch, "
+        f"no statistics: {1 / fl:.0f} tok/s ({big['floor_s'] * 1e3:.0f} ms a batch of {big['floor_tokens']} tokens; "
+        f"{gf:.3f} GFLOP a token of matmuls, {gf / fl:.0f} GFLOP/s). The statistics add "
+        f"{(t_ours - fl) * big['floor_tokens'] * 1e3:.0f} ms a batch ({(t_ours / fl - 1) * 100:.0f} % over the floor); "
+        f"with free statistics the pass would be {t_torch / fl:.2f}x the torch loop's ({args.scale}x corpus).",
         "",
         f"- ours, {sizes[-1] * args.seq_len} tokens: pass {big['pass_s']:.1f} s, finish {big['finish_s']:.1f} s "
         f"(its cost grows with the features and examples kept, not with the corpus, so the 1x run skips it; "

@@ -6,17 +6,24 @@ the device and never grow with the corpus:
 
 - the top ``n_top`` activations with their global position (``sequence * seq_len + position``), merged with the
   batch by one ``lax.top_k`` over ``[running | batch]``;
-- a uniform reservoir of ``n_reservoir`` active occurrences (a top-k over random keys that hash the occurrence's
-  layer, feature, global position and ``seed``: the same for any batch size, and for a resumed run), from which the
-  quantile bands take their examples;
+- a sample of at most ``n_reservoir`` active occurrences, from which the quantile bands take their examples: each
+  occurrence hashes (its layer, feature, global position and ``seed``) to one of ``n_reservoir`` buckets of its
+  feature and to a key, and a bucket keeps the occurrence of largest key. The sample is the same for any batch size,
+  and for a resumed run; each occurrence is equally likely to be kept (a bucket's occurrences are equally likely to
+  win it). A feature with ``n`` occurrences keeps about ``R (1 - (1 - 1/R)^n)`` of them (``R = n_reservoir``;
+  two that share a bucket keep one: ``0.89 n`` at ``n = 16``, ``R = 64``), plenty for bands that show a few each.
+  (An exact uniform reservoir merges by a top-k over keys every batch, which cost more than the statistics' whole
+  budget here);
 - the number of active positions (activation frequency = active / counted positions), the min and max activation;
 - a histogram of the active values over ``n_bins`` equal bins of ``[0, 2^e)``, ``e`` per feature growing as the
   maximum does (bins are merged by powers of two, so the counts stay exact for those edges).
 
-The update works from each feature's few largest activations of the batch (one ``top_k`` along positions holds
-every active entry of a feature that fired only a few times: transcoders fire on well under 1 % of their features
-per token) and from the rows of the features that fired most, taken whole; a batch with more busy features than
-that takes the dense update over every ``(feature, position)`` instead, which gives the same state.
+The update works from each feature's first ``kc`` active positions of the batch, found from bit-packed masks with
+popcounts (``_first_set``; no sort, which XLA's CPU backend is slow at), which hold every active entry of a feature
+that fired at most ``kc`` times (transcoders fire on well under 1 % of their features per token), and from the
+columns of the features that fired more, taken whole; a batch with more busy features than that takes the dense
+update over every ``(feature, position)`` instead, which gives the same state. What a batch costs on the medium
+CPU case is in ``experiments/results/bench_features_cpu.md``.
 
 Counted positions: every position but 0 (the BOS, excluded as in attribution) and, with ``ignore_pad``, those
 holding the model's pad token. After the pass, one more forward over just the sequences the kept examples come from
@@ -116,17 +123,39 @@ def _merge_topk(vals_FK, idx_FK, new_FP, new_idx_FP, k):
     return top, jnp.take_along_axis(i, pos, axis=1), pos
 
 
-def _reservoir_keys(seed, layer, f, g):
-    """Uniform ``[0, 1)`` keys of occurrences (feature ``f`` at global position ``g`` of ``layer``): a counter-based
-    hash (murmur3's finaliser), so an occurrence's key depends on nothing but itself and the seed: not on the batch
-    size, the batch it falls in or the order occurrences are visited (the dense and sparse updates agree)."""
+def _occurrence_hash(seed, layer, f, g):
+    """A uint32 hash of an occurrence (feature ``f`` at global position ``g`` of ``layer``): counter-based
+    (murmur3's finaliser), so it depends on nothing but the occurrence and the seed: not on the batch size, the
+    batch it falls in or the order occurrences are visited (the dense and sparse updates agree)."""
     u32 = jnp.uint32
     x = (g.astype(u32) * u32(0x9E3779B1)) ^ (f.astype(u32) * u32(0x85EBCA77)) ^ (layer.astype(u32) * u32(0xC2B2AE3D))
     x = x ^ seed.astype(u32)
     for shift, mul in ((16, 0x85EBCA6B), (13, 0xC2B2AE35)):
         x = (x ^ (x >> shift)) * u32(mul)
-    x = x ^ (x >> 16)
-    return (x >> 8).astype(jnp.float32) * jnp.float32(2.0**-24)
+    return x ^ (x >> 16)
+
+
+def _sample_merge(res: tuple, rows, gidx, vals, real, seed, layer):
+    """The running sample ``res = (key, value, position)``, each ``[F, R]``, updated with candidate occurrences
+    ``[X, C]`` (``rows [X, 1]``: their features; ``real``: which are occurrences at all). Each occurrence hashes to
+    one of the ``R`` buckets of its feature and to a key in ``[0, 1)``; a bucket keeps the occurrence of largest key
+    (ties: the earliest position), so the sample is the same whatever the batches, their order or the update that
+    made it. Three scatters over the candidates: no sort."""
+    res_k, res_v, res_i = res
+    F, R = res_k.shape
+    h = _occurrence_hash(seed, layer, rows, gidx)
+    key = jnp.where(real, (h >> 8).astype(jnp.float32) * jnp.float32(2.0**-24), -jnp.inf)
+    bucket = (_occurrence_hash(seed, layer, h, jnp.uint32(0x27D4EB2F)) % jnp.uint32(R)).astype(jnp.int32)
+    r = jnp.broadcast_to(rows, key.shape)
+    best = jnp.full((F, R), -jnp.inf, jnp.float32).at[r, bucket].max(key)
+    wins = (key == best[r, bucket]) & (key > res_k[r, bucket])
+    big = jnp.iinfo(jnp.int32).max
+    g_win = jnp.full((F, R), big, jnp.int32).at[r, bucket].min(jnp.where(wins, gidx, big))
+    v_win = jnp.full((F, R), -jnp.inf, jnp.float32).at[r, bucket].max(
+        jnp.where(wins & (gidx == g_win[r, bucket]), vals, -jnp.inf)
+    )
+    take = best > res_k
+    return jnp.where(take, best, res_k), jnp.where(take, v_win, res_v), jnp.where(take, g_win, res_i)
 
 
 def _stream_stats(st, a_FP, valid_P, active):
@@ -156,15 +185,6 @@ def _bins(v, width, n_bins):
     return jnp.clip(jnp.floor(v / width).astype(jnp.int32), 0, n_bins - 1)
 
 
-def _reservoir_merge(st_k, st_v, st_i, keys, vals, gidx, n):
-    """The ``n`` largest keys of ``[running | candidates]`` with their values and positions (running first on
-    ties, then the candidates in their order)."""
-    res_k, pos = jax.lax.top_k(jnp.concatenate([st_k, keys], 1), n)
-    res_v = jnp.take_along_axis(jnp.concatenate([st_v, vals], 1), pos, 1)
-    res_i = jnp.take_along_axis(jnp.concatenate([st_i, gidx], 1), pos, 1)
-    return res_k, res_v, res_i
-
-
 def _layer_update_dense(st: dict, a_FP, valid_P, gidx_P, seed, layer, s: DashboardSettings):
     """One layer's statistics updated with a batch's activations ``a [F, P]`` (P = batch positions) over every
     ``(feature, position)``: the reference ``_layer_update_sparse`` agrees with, and its fallback."""
@@ -173,40 +193,78 @@ def _layer_update_dense(st: dict, a_FP, valid_P, gidx_P, seed, layer, s: Dashboa
     out, width = _stream_stats(st, a_FP, valid_P, active)
     gi = jnp.broadcast_to(gidx_P[None, :], (F, P))
     top_v, top_i, _ = _merge_topk(st["top_v"], st["top_i"], jnp.where(active, a_FP, -jnp.inf), gi, s.n_top)
-    keys = jnp.where(active, _reservoir_keys(seed, layer, jnp.arange(F)[:, None], gi), -jnp.inf)
-    res = _reservoir_merge(st["res_k"], st["res_v"], st["res_i"], keys, jnp.where(active, a_FP, 0.0), gi, s.n_reservoir)
+    res = _sample_merge((st["res_k"], st["res_v"], st["res_i"]), jnp.arange(F)[:, None], gi, a_FP, active, seed, layer)
     rows = jnp.broadcast_to(jnp.arange(F)[:, None], (F, P))
     hist = out["hist"].at[rows, _bins(a_FP, width[:, None], s.n_bins)].add(active.astype(jnp.int32))
     return dict(out, top_v=top_v, top_i=top_i, res_k=res[0], res_v=res[1], res_i=res[2], hist=hist)
 
 
-def _layer_update_sparse(st: dict, a_FP, valid_P, gidx_P, seed, layer, s: DashboardSettings, kc: int, m: int):
-    """The same update as ``_layer_update_dense`` from one pass over the batch: each feature's ``kc`` largest active
-    entries (a ``top_k`` along positions), which are all of them for a feature that fired fewer than ``kc`` times
-    (nearly every feature: transcoders fire on well under 1 % of their features per token); the features whose
-    table is full are taken whole from their rows, which covers them as long as there are at most ``m`` (the caller
-    checks, and takes the dense update otherwise). Needs activations >= 0 (inactive entries are then exactly 0, so
-    the extremes follow from the active ones). Returns the state and the number of full tables."""
-    F, P = a_FP.shape
-    tv, tp = jax.lax.top_k(jnp.where(valid_P[None, :] & (a_FP > 0), a_FP, -jnp.inf), kc)  # value order; ties: earlier
-    # (the barrier keeps XLA from turning this top_k, whose first columns are sliced below, into a full sort)
-    tv, tp = jax.lax.optimization_barrier((tv, tp))
-    real = tv > -jnp.inf
-    tg = jnp.where(real, gidx_P[tp], -1)
-    full = real[:, -1]
+_WORD = 32  # mask entries packed into one uint32
+
+
+def _first_set(mask_NX, k: int):
+    """``(index [k, X], count [X])``: along axis 0 of ``mask [N, X]``, each column's first ``k`` True entries in
+    order (``N`` where a column has fewer) and its number of True entries. The mask is packed 32 entries a word;
+    the ``j``-th entry is found from the words' running popcounts and a binary search inside its word: passes over
+    the mask and ``[k, X]`` arrays, with no sort (a ``top_k`` along ``N`` costs far more on XLA's CPU backend)."""
+    N, X = mask_NX.shape
+    W = (N + _WORD - 1) // _WORD
+    m = jnp.pad(mask_NX, ((0, W * _WORD - N), (0, 0)))
+    bit = jnp.left_shift(jnp.uint32(1), jnp.arange(_WORD, dtype=jnp.uint32))[None, :, None]
+    words = jnp.sum(jnp.where(m.reshape(W, _WORD, X), bit, jnp.uint32(0)), axis=1, dtype=jnp.uint32)  # [W, X]
+    per_word = jax.lax.population_count(words).astype(jnp.int32)
+    upto = jnp.cumsum(per_word, axis=0)  # set entries in words 0..w
+    j = jnp.arange(k, dtype=jnp.int32)[:, None]
+    w = jnp.sum(upto[None] <= j[:, None], axis=1, dtype=jnp.int32)  # [k, X]: the word holding entry j
+    wc = jnp.minimum(w, W - 1)
+    word = jnp.take_along_axis(words, wc, axis=0)
+    r = (j - jnp.take_along_axis(upto - per_word, wc, axis=0)).astype(jnp.uint32)  # its rank inside the word
+    at = jnp.zeros(word.shape, jnp.uint32)
+    for width in (16, 8, 4, 2, 1):  # binary search for the r-th set bit
+        below = jax.lax.population_count((word >> at) & jnp.uint32((1 << width) - 1))
+        up = r >= below
+        at, r = jnp.where(up, at + jnp.uint32(width), at), jnp.where(up, r - below, r)
+    idx = wc * _WORD + at.astype(jnp.int32)
+    return jnp.where(w < W, idx, N), upto[-1]
+
+
+def _layer_update_sparse(st: dict, a_PF, valid_P, gidx_P, seed, layer, s: DashboardSettings, kc: int, m: int):
+    """The same update as ``_layer_update_dense`` from the batch's active entries, for activations ``a [P, F]``
+    (positions first, as the encoder writes them):
+
+    - each feature's first ``kc`` active positions and its count (``_first_set``: bit-packed masks, no sort), which
+      hold every active entry of a feature that fired ``kc`` times or fewer (nearly every feature: transcoders fire
+      on well under 1 % of their features per token);
+    - the features with more (full tables) are taken whole from their columns, as long as there are at most ``m``
+      (the caller checks, and takes the dense update otherwise);
+    - the running top activations merge with these entries by one ``top_k`` over ``[running | table]``, the sample
+      by scatters (``_sample_merge``), the histogram by a scatter-add.
+
+    Needs activations >= 0 (inactive entries are then exactly 0, so the extremes follow from the active ones).
+    Returns the state and the number of full tables."""
+    P, F = a_PF.shape
+    pos, n_b = _first_set(valid_P[:, None] & (a_PF > 0), kc)  # [kc, F], [F]
+    real = pos < P
+    pc = jnp.minimum(pos, P - 1)
+    tv = jnp.where(real, jnp.take_along_axis(a_PF, pc, axis=0), -jnp.inf).T  # [F, kc], position order
+    tg = jnp.where(real, gidx_P[pc], -1).T
+    real = real.T
+    full = n_b > kc
     n_full = full.sum(dtype=jnp.int32)
     _, sel = jax.lax.top_k(full.astype(jnp.int32), m)  # the full tables first (lowest feature first)
     pick = full[sel]
-    a_m = a_FP[sel]
+    a_m = a_PF[:, sel].T  # [m, P]
     act_m = valid_P[None, :] & (a_m > 0)
+
+    def set_full(x, y):  # rows ``sel`` of ``x`` from ``y`` where those are full tables
+        p = pick.reshape((-1,) + (1,) * (x.ndim - 1))
+        return x.at[sel].set(jnp.where(p, y, x[sel]))
 
     # counts and extremes (inactive valid entries are 0)
     n_valid = valid_P.sum(dtype=jnp.int32)
-    n_b = real.sum(axis=1, dtype=jnp.int32)
-    n_b = n_b.at[sel].set(jnp.where(pick, act_m.sum(axis=1, dtype=jnp.int32), n_b[sel]))
-    top1 = jnp.where(real[:, 0], tv[:, 0], 0.0)
-    lo = jnp.min(jnp.where(real, tv, jnp.inf), axis=1)
-    lo = lo.at[sel].set(jnp.where(pick, jnp.min(jnp.where(act_m, a_m, jnp.inf), axis=1), lo[sel]))
+    hi = set_full(jnp.max(tv, axis=1), jnp.max(jnp.where(act_m, a_m, -jnp.inf), axis=1))
+    lo = set_full(jnp.min(jnp.where(real, tv, jnp.inf), axis=1), jnp.min(jnp.where(act_m, a_m, jnp.inf), axis=1))
+    top1 = jnp.maximum(hi, 0.0)
     b_max = jnp.where(n_valid > 0, top1, -jnp.inf)
     b_min = jnp.where(n_valid == 0, jnp.inf, jnp.where(n_b < n_valid, 0.0, lo))
     _, ex = jnp.frexp(jnp.maximum(top1, 2.0**_E_MIN))
@@ -217,46 +275,35 @@ def _layer_update_sparse(st: dict, a_FP, valid_P, gidx_P, seed, layer, s: Dashbo
         hexp=e_new,
     )
 
-    top_v, top_i, _ = _merge_topk(st["top_v"], st["top_i"], tv[:, : s.n_top], tg[:, : s.n_top], s.n_top)
-
-    # the reservoir and histogram from the tables (their entries put back in position order, so that ties between
-    # keys break as in the dense update) ...
-    order = jnp.argsort(jnp.where(real, tp, P), axis=1, stable=True)
-    tv, tg, real = (jnp.take_along_axis(x, order, 1) for x in (tv, tg, real))
-    f_col = jnp.arange(F)[:, None]
-    keys = jnp.where(real, _reservoir_keys(seed, layer, f_col, tg), -jnp.inf)
-    res_k, res_v, res_i = _reservoir_merge(
-        st["res_k"], st["res_v"], st["res_i"], keys, jnp.where(real, tv, 0.0), tg, s.n_reservoir
-    )
-    fits = real & ~full[:, None]
-    hist = hist.at[jnp.broadcast_to(f_col, (F, kc)), _bins(tv, width[:, None], s.n_bins)].add(fits.astype(jnp.int32))
-
-    # ... and for the full tables, from their rows
+    # top activations and reservoir: the tables merged by insertion, the full tables from their columns
     g_m = jnp.broadcast_to(gidx_P[None, :], (m, P))
-    keys_m = jnp.where(act_m, _reservoir_keys(seed, layer, sel[:, None], g_m), -jnp.inf)
-    rk, rv, ri = _reservoir_merge(
-        st["res_k"][sel], st["res_v"][sel], st["res_i"][sel], keys_m, jnp.where(act_m, a_m, 0.0), g_m, s.n_reservoir
-    )
-    res_k = res_k.at[sel].set(jnp.where(pick[:, None], rk, res_k[sel]))
-    res_v = res_v.at[sel].set(jnp.where(pick[:, None], rv, res_v[sel]))
-    res_i = res_i.at[sel].set(jnp.where(pick[:, None], ri, res_i[sel]))
+    top_v, top_i, _ = _merge_topk(st["top_v"], st["top_i"], tv, tg, s.n_top)
+    mv, mi, _ = _merge_topk(st["top_v"][sel], st["top_i"][sel], jnp.where(act_m, a_m, -jnp.inf), g_m, s.n_top)
+    top_v, top_i = set_full(top_v, mv), set_full(top_i, mi)
+    f_col = jnp.arange(F)[:, None]
+    fits = real & ~full[:, None]
+    res = _sample_merge((st["res_k"], st["res_v"], st["res_i"]), f_col, tg, tv, fits, seed, layer)
+    res_k, res_v, res_i = _sample_merge(res, sel[:, None], g_m, a_m, act_m & pick[:, None], seed, layer)
+
+    # histogram: the tables' entries, then the full tables' columns
+    hist = hist.at[jnp.broadcast_to(f_col, (F, kc)), _bins(tv, width[:, None], s.n_bins)].add(fits.astype(jnp.int32))
     rows_m = jnp.broadcast_to(sel[:, None], (m, P))
     hist = hist.at[rows_m, _bins(a_m, width[sel][:, None], s.n_bins)].add((act_m & pick[:, None]).astype(jnp.int32))
     new = dict(out, top_v=top_v, top_i=top_i, res_k=res_k, res_v=res_v, res_i=res_i, hist=hist)
     return new, n_full
 
 
-def _layer_update(st: dict, a_FP, valid_P, gidx_P, seed, layer, s: DashboardSettings, kc: int, m: int):
-    """One layer's statistics updated with a batch's activations ``a [F, P]``: the sparse update when at most ``m``
-    features fired ``kc`` times or more in the batch, else the dense one (the two give the same state;
+def _layer_update(st: dict, a_PF, valid_P, gidx_P, seed, layer, s: DashboardSettings, kc: int, m: int):
+    """One layer's statistics updated with a batch's activations ``a [P, F]``: the sparse update when at most ``m``
+    features fired more than ``kc`` times in the batch, else the dense one (the two give the same state;
     ``kc == 0``: always dense). Returns ``(state, number of full tables)``."""
     if kc <= 0:
-        return _layer_update_dense(st, a_FP, valid_P, gidx_P, seed, layer, s), jnp.int32(0)
-    new, n_full = _layer_update_sparse(st, a_FP, valid_P, gidx_P, seed, layer, s, kc, m)
+        return _layer_update_dense(st, a_PF.T, valid_P, gidx_P, seed, layer, s), jnp.int32(0)
+    new, n_full = _layer_update_sparse(st, a_PF, valid_P, gidx_P, seed, layer, s, kc, m)
     new = jax.lax.cond(
         n_full <= m,
         lambda: new,
-        lambda: _layer_update_dense(st, a_FP, valid_P, gidx_P, seed, layer, s),
+        lambda: _layer_update_dense(st, a_PF.T, valid_P, gidx_P, seed, layer, s),
     )
     return new, n_full
 
@@ -272,7 +319,7 @@ def _step(cfg, tcfg, s, kc, m, params, tc, state, tokens_BS, valid_BS, gidx_BS, 
 
     def one(args):
         l, st = args
-        a = encode_layer(tcfg, tc, l, x_L[l].reshape(B * S, -1)).T  # [F, P]
+        a = encode_layer(tcfg, tc, l, x_L[l].reshape(B * S, -1))  # [P, F]
         return _layer_update(st, a, valid, gidx, seed, l, s, kc, m)
 
     state, n_full = jax.lax.map(one, (jnp.arange(tcfg.n_layers), state))
@@ -327,7 +374,7 @@ def _fingerprint(model: Model, tcfg: TranscoderConfig, tokens: np.ndarray, s: Da
     h = hashlib.sha256()
     h.update(np.ascontiguousarray(tokens).tobytes())
     h.update(str(tokens.shape).encode())
-    h.update(json.dumps(["state v2", model.name, repr(model.cfg), repr(tcfg), dataclasses.asdict(s), B]).encode())
+    h.update(json.dumps(["state v3", model.name, repr(model.cfg), repr(tcfg), dataclasses.asdict(s), B]).encode())
     return h.hexdigest()[:24]
 
 

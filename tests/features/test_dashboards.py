@@ -114,7 +114,7 @@ def test_top_and_bottom_logits_equal_the_decoder_direction_through_the_unembeddi
         assert store.feature(0, 0)["top_logits"] != [str(i) for i in np.argsort(-first[0])[:10]]
 
 
-def test_quantile_bands_hold_reservoir_examples_in_their_band(built):
+def test_quantile_bands_hold_sampled_examples_in_their_band(built):
     model, tcs, tokens, out, acts, valid = built
     store = FeatureStore(out)
     for l in range(tcs.cfg.n_layers):
@@ -210,11 +210,12 @@ def test_bad_inputs_say_what_is_wrong(tmp_path):
         build_dashboards(model, tcs, tokens, batch_size=3, mesh=make_mesh(4, 2), **kw)
 
 
-@pytest.mark.parametrize("kc,m,path", [(16, 40, "sparse"), (4, 20, "dense")])
+@pytest.mark.parametrize("kc,m,path", [(16, 40, "sparse"), (4, 8, "dense")])
 def test_the_sparse_update_equals_the_dense_one_and_falls_back_when_it_cannot(kc, m, path):
-    """The per-batch update from each feature's ``kc`` largest entries (plus the ``m`` busiest features whole) gives
-    exactly the dense update's state when at most ``m`` tables are full; ``_layer_update`` takes the dense one
-    otherwise, so its state is the dense one's in every case (ties and a feature firing everywhere included)."""
+    """The per-batch update from each feature's first ``kc`` active entries (plus the ``m`` busiest features
+    whole) gives exactly the dense update's state when at most ``m`` tables are full; ``_layer_update`` takes the
+    dense one otherwise, so its state is the dense one's in every case (ties between positions and between values,
+    a feature firing everywhere, rare features included). The path meant is asserted to run."""
     import jax
     import jax.numpy as jnp
 
@@ -228,15 +229,18 @@ def test_the_sparse_update_equals_the_dense_one_and_falls_back_when_it_cannot(kc
     g = np.where(valid, np.arange(P) + 1000, -1).astype(np.int32)
     seed, layer = jnp.uint32(3), jnp.int32(2)
     sparse_equal = fallbacks = 0
-    for it in range(4):
+    for it in range(6):
         a = np.maximum(rng.standard_normal((Fs, P)) - 1.6, 0) * rng.uniform(0.5, 3, Fs)[:, None]
         a[:3] = np.maximum(rng.standard_normal((3, P)), 0)  # busy features
         a[3] = np.abs(rng.standard_normal(P)) + 0.1  # fires at every position
         a[:, 5] = a[:, 7]  # ties between positions
-        args = (jnp.asarray(a, jnp.float32), jnp.asarray(valid), jnp.asarray(g + it * P), seed, layer, s)
-        dense = fb._layer_update_dense(st, *args)
-        sparse, n_full = fb._layer_update_sparse(st, *args, kc, m)
-        chosen, _ = fb._layer_update(st, *args, kc, m)
+        a[8:10, it % 7 :: 7] = 0.75  # ties between the values of one feature, and with the kept ones
+        a[20:] *= rng.random((Fs - 20, P)) < 0.2  # rare features
+        args = (jnp.asarray(valid), jnp.asarray(g + it * P), seed, layer, s)
+        a_FP = jnp.asarray(a, jnp.float32)
+        dense = fb._layer_update_dense(st, a_FP, *args)
+        sparse, n_full = fb._layer_update_sparse(st, a_FP.T, *args, kc, m)
+        chosen, _ = fb._layer_update(st, a_FP.T, *args, kc, m)
         for k in dense:
             assert np.array_equal(np.asarray(chosen[k]), np.asarray(dense[k])), k
         same = all(np.array_equal(np.asarray(sparse[k]), np.asarray(dense[k])) for k in dense)
@@ -247,7 +251,43 @@ def test_the_sparse_update_equals_the_dense_one_and_falls_back_when_it_cannot(kc
             fallbacks += 1
         st = dense
     assert int(np.asarray(st["count"]).sum()) > 0
-    assert (sparse_equal, fallbacks) == ((4, 0) if path == "sparse" else (0, 4))  # the path meant was exercised
+    assert (sparse_equal, fallbacks) == ((6, 0) if path == "sparse" else (0, 6))  # the path meant was exercised
+
+
+def test_the_sample_is_the_same_whatever_the_batches():
+    """``_sample_merge`` keeps, per feature and hash bucket, the occurrence of largest key (ties: earliest
+    position): one batch of all candidates, the same split in two in either order, or candidates repeated give the
+    same sample, and each kept occurrence is a real one with its own value."""
+    import jax.numpy as jnp
+
+    import jcircuits.features.build as fb
+
+    rng = np.random.default_rng(0)
+    Fs, P, R = 6, 300, 8
+    vals = np.where(rng.random((Fs, P)) < 0.3, rng.random((Fs, P)), 0.0).astype(np.float32)
+    g = np.broadcast_to(np.arange(P, dtype=np.int32), (Fs, P))
+    rows = jnp.arange(Fs)[:, None]
+    seed, layer = jnp.uint32(5), jnp.int32(1)
+    empty = (jnp.full((Fs, R), -jnp.inf), jnp.zeros((Fs, R)), jnp.full((Fs, R), -1, jnp.int32))
+
+    def run(parts):
+        res = empty
+        for sl in parts:
+            res = fb._sample_merge(res, rows, jnp.asarray(g[:, sl]), jnp.asarray(vals[:, sl]),
+                                   jnp.asarray(vals[:, sl] > 0), seed, layer)
+        return [np.asarray(x) for x in res]
+
+    whole = run([slice(None)])
+    for parts in ([slice(0, 137), slice(137, None)], [slice(137, None), slice(0, 137)],
+                  [slice(None), slice(0, 150)]):
+        for x, y in zip(whole, run(parts), strict=True):
+            assert np.array_equal(x, y)
+    k, v, i = whole
+    kept = i >= 0
+    assert kept.sum() >= Fs * R * 0.75  # most buckets hold an occurrence (about 90 occurrences a feature)
+    f_ix = np.nonzero(kept)[0]
+    assert np.all(vals[f_ix, i[kept]] == v[kept]) and np.all(v[kept] > 0)
+    assert np.all((k[kept] >= 0) & (k[kept] < 1)) and np.all(np.isneginf(k[~kept]))
 
 
 def test_records_round_like_pythons_format():
