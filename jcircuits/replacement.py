@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jcircuits.common.buckets import length_bucket
 from jcircuits.models import Intermediates, forward, forward_fn
 from jcircuits.models.hooks import input_field, output_field
 from jcircuits.models.model import Model
@@ -116,22 +117,29 @@ class Replacement:
         return int(self.active_features.shape[0])
 
 
+def _counted(T: int, zero_positions, n_pos) -> jax.Array:
+    """``[T]``: the positions a feature may be active at: from ``zero_positions`` up to the prompt's ``n_pos``
+    (positions past it pad the prompt to its length bucket)."""
+    ix = jnp.arange(T)
+    return (ix >= zero_positions) & (ix < n_pos)
+
+
 @partial(jax.jit, static_argnums=(0,))
-def _encode_all(tcfg: TranscoderConfig, tc: Transcoders, x_LTD: jax.Array, zero_positions: int):
-    """``(activations, pre-activations)`` ``[L, T, F]`` in float32, activations with the first ``zero_positions``
-    positions zeroed. Layer by layer (``lax.map``), so bfloat16-stored encoders are upcast one layer at a time."""
+def _encode_all(tcfg: TranscoderConfig, tc: Transcoders, x_LTD: jax.Array, zero_positions, n_pos):
+    """``(activations, pre-activations)`` ``[L, T, F]`` in float32, activations zeroed at the first
+    ``zero_positions`` positions and from ``n_pos`` on. Layer by layer (``lax.map``), so bfloat16-stored encoders
+    are upcast one layer at a time."""
     layers = jnp.arange(x_LTD.shape[0])
     f32 = jnp.float32
     pre = jax.lax.map(lambda lx: encode_layer(tcfg, tc, lx[0], lx[1].astype(f32), pre=True, dtype=f32), (layers, x_LTD))
     th = tc.threshold
     acts = jax.vmap(lambda l, h: activate(tcfg, h, None if th is None else th[l]))(layers, pre)
-    keep = jnp.arange(x_LTD.shape[1]) >= zero_positions
-    return acts * keep[None, :, None], pre
+    return acts * _counted(x_LTD.shape[1], zero_positions, n_pos)[None, :, None], pre
 
 
 @partial(jax.jit, static_argnums=(0,))
 def _deciding_values(
-    tcfg: TranscoderConfig, tc: Transcoders, pre: jax.Array, active: jax.Array, margin, zero_positions
+    tcfg: TranscoderConfig, tc: Transcoders, pre: jax.Array, active: jax.Array, margin, zero_positions, n_pos
 ):
     """``(near [L, T, F] bool, theta [L, T, F])``: the value each feature's presence is decided against (see
     ``RoundOff``) and whether its pre-activation lies within the margin of it."""
@@ -146,12 +154,12 @@ def _deciding_values(
         top, _ = jax.lax.top_k(pre, tcfg.top_k + 1)  # [L, T, k+1]
         theta = jnp.where(active, top[..., tcfg.top_k, None], top[..., tcfg.top_k - 1, None])
     near = jnp.abs(pre - theta) <= margin * jnp.maximum(1.0, jnp.abs(theta))
-    near = near & (jnp.arange(T) >= zero_positions)[None, :, None]
+    near = near & _counted(T, zero_positions, n_pos)[None, :, None]
     return near, theta
 
 
-def _round_off(tcfg, tc, pre: jax.Array, acts: jax.Array, zero_positions: int, margin: float) -> RoundOff:
-    near, theta = _deciding_values(tcfg, tc, pre, acts != 0, jnp.float32(margin), zero_positions)
+def _round_off(tcfg, tc, pre: jax.Array, acts: jax.Array, zero_positions: int, n_pos: int, margin: float) -> RoundOff:
+    near, theta = _deciding_values(tcfg, tc, pre, acts != 0, jnp.float32(margin), zero_positions, n_pos)
     idx = np.argwhere(np.asarray(near)).astype(np.int32)
     at = tuple(jnp.asarray(idx[:, i]) for i in range(3))
     return RoundOff(
@@ -201,6 +209,37 @@ def _skip_all(W_skip: jax.Array, x_LTD: jax.Array) -> jax.Array:
     """``x @ W_skip`` per layer in float32 (a bfloat16-stored ``W_skip`` upcast one layer at a time)."""
     f32 = jnp.float32
     return jax.lax.map(lambda wx: wx[1].astype(f32) @ wx[0].astype(f32), (W_skip, x_LTD))
+
+
+@partial(jax.jit, static_argnums=(0, 1))
+def _finish(cfg, T: int, params, b_dec, W_skip, tokens, logits, inter, x_in, true_out, recon_sparse):
+    """The reconstruction (``Σ a·W_dec`` + ``b_dec`` + skip) and errors at the padded length, and everything the
+    ``Replacement`` holds trimmed to the prompt's ``T`` positions: one small program per ``T``, while the forward
+    pass and the encoders compile once per length bucket."""
+    f32 = jnp.float32
+    recon = recon_sparse + b_dec.astype(f32)[:, None, :]
+    if W_skip is not None:
+        recon = recon + _skip_all(W_skip, x_in)
+    emb = embed(params, cfg, tokens[None], f32)[0]
+
+    def trim(a, axes):
+        return jax.lax.slice(a, [0] * a.ndim, [T if i in axes else n for i, n in enumerate(a.shape)])
+
+    def trim_inter(name, a):
+        if a is None:
+            return None
+        if name == "attn_pattern":  # [L, B, H, T, T]
+            return trim(a, (3, 4))
+        if name == "final_scale" or name == "final_normed":  # [B, T, ...]
+            return trim(a, (1,))
+        return trim(a, (2,))  # [L(+1), B, T, ...]
+
+    inter_T = type(inter)(**{f.name: trim_inter(f.name, getattr(inter, f.name)) for f in dataclasses.fields(inter)})
+    true_T, recon_T = trim(true_out, (1,)), trim(recon, (1,))
+    return dict(
+        logits=trim(logits, (0,)), inter=inter_T, reconstruction=recon_T, errors=true_T - recon_T, mlp_out=true_T,
+        feature_inputs=trim(x_in, (1,)), embeddings=trim(emb, (0,)),
+    )
 
 
 def decode_sparse(
@@ -253,40 +292,38 @@ def replace(
     tokens = np.asarray(tokens)
     if tokens.ndim != 1:
         raise ValueError(f"tokens must be one prompt [T], got shape {tokens.shape}")
-    logits, inter = forward(model.params, cfg, tokens[None], capture=True, dtype=jnp.float32)
-    check_finite_logits(logits[0], inter, "the model's forward pass on this prompt")
-    x_in = inter.hook(tcfg.input_hook)[:, 0]  # [L, T, D]
+    # The forward pass and the encoders run on the prompt padded to its length bucket (repeating its last token),
+    # so that prompts of nearby lengths share their compiled code; attention is causal, so the padding changes
+    # nothing at the prompt's own positions, and features past them are never active.
+    T = tokens.shape[0]
+    padded = np.concatenate([tokens, np.full(length_bucket(T) - T, tokens[-1], tokens.dtype)])
+    logits, inter = forward(model.params, cfg, padded[None], capture=True, dtype=jnp.float32)
+    check_finite_logits(np.asarray(logits[0])[:T], inter, "the model's forward pass on this prompt")
+    x_in = inter.hook(tcfg.input_hook)[:, 0]  # [L, Tb, D]
     true_out = inter.hook(tcfg.output_hook)[:, 0].astype(jnp.float32)
-    acts_dev, pre = _encode_all(tcfg, transcoders.params, x_in, zero_positions)
-    round_off = _round_off(tcfg, transcoders.params, pre, acts_dev, zero_positions, round_off_margin)
+    acts_dev, pre = _encode_all(tcfg, transcoders.params, x_in, zero_positions, T)
+    round_off = _round_off(tcfg, transcoders.params, pre, acts_dev, zero_positions, T, round_off_margin)
     if active_features is None:
         acts = np.asarray(acts_dev)
         idx = np.argwhere(acts != 0).astype(np.int32)  # C order: sorted by (layer, pos, feat)
         values = acts[idx[:, 0], idx[:, 1], idx[:, 2]].astype(np.float32)
         del acts
     else:
-        L, T, F = pre.shape
+        L, _, F = pre.shape
         idx = check_active_features(active_features, L, T, F, zero_positions)
         values = np.asarray(pre[tuple(jnp.asarray(idx[:, i]) for i in range(3))], np.float32)
     del acts_dev, pre
-    recon = decode_sparse(tcfg, transcoders.decoders, idx, values, tokens.shape[0])
-    recon = jnp.asarray(recon) + transcoders.params.b_dec.astype(jnp.float32)[:, None, :]
-    if transcoders.params.W_skip is not None:
-        recon = recon + _skip_all(transcoders.params.W_skip, x_in)
+    recon = decode_sparse(tcfg, transcoders.decoders, idx, values, padded.shape[0])
+    p = transcoders.params
+    out = _finish(cfg, T, model.params, p.b_dec, p.W_skip, jnp.asarray(padded), logits[0], inter, x_in, true_out, recon)
     return Replacement(
         tokens=tokens,
-        logits=logits[0],
-        inter=inter,
         active_features=idx,
         activation_values=values,
-        reconstruction=recon,
-        errors=true_out - recon,
-        mlp_out=true_out,
-        feature_inputs=x_in,
-        embeddings=embed(model.params, cfg, jnp.asarray(tokens)[None], jnp.float32)[0],
         zero_positions=zero_positions,
         round_off=round_off,
         given_features=active_features is not None,
+        **out,
     )
 
 

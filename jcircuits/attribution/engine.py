@@ -568,13 +568,17 @@ def _logit_rows(fz: _Frozen, targets: Targets, work: _Rows, batch_size: int, cou
     """Phase 2: the rows of the logit targets (direct effects on ``logit − mean logit``), ``work``'s first rows;
     one batch run per target position (targets are sorted by position)."""
     K = len(targets)
-    vec = fz.on_mesh(targets.vectors) if fz.mesh is not None else jnp.asarray(targets.vectors)
+    vectors = np.asarray(targets.vectors)
     chunks = []  # (position, first row, end row)
     for p in np.unique(targets.positions):
         a, b = np.searchsorted(targets.positions, p, side="left"), np.searchsorted(targets.positions, p, "right")
         chunks += [(int(p), i, min(i + batch_size, int(b))) for i in range(int(a), int(b), batch_size)]
     for p, i, j in tqdm(chunks, desc="logit rows", disable=not verbose, unit="batch"):
-        args = (fz.static, fz.ctx, vec[i:j], fz.src_index(fz.Tb), jnp.int32(p))
+        # zero rows pad a batch to a size bucket, so prompts with other numbers of targets share compiled code
+        vec = np.zeros((max(j - i, min(buckets.size_bucket(j - i), batch_size)), vectors.shape[1]), vectors.dtype)
+        vec[: j - i] = vectors[i:j]
+        vec = fz.on_mesh(vec) if fz.mesh is not None else jnp.asarray(vec)
+        args = (fz.static, fz.ctx, vec, fz.src_index(fz.Tb), jnp.int32(p))
         out = _launch(rows_for_logits, *args, counter=counter)
         work.store(slice(i, j), out)
     work.row_nodes[:K] = work.n_cols + np.arange(K)

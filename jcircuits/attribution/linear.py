@@ -166,32 +166,33 @@ def contract(st: Static, spec: str, a: jax.Array, b: jax.Array) -> jax.Array:
     return mixed_einsum(spec, a, b)
 
 
-def pad_positions(ctx: LinearContext, n: int) -> LinearContext:
-    """``ctx`` zero-padded to ``n ≥ T`` positions. Exact for the real positions: attention is causal, so padded
-    positions (after the prompt) never receive gradient from targets inside it, and their constants are zero."""
-    T = ctx.embeddings.shape[0]
-    if n == T:
-        return ctx
+_POSITION_AXES = dict(  # the fields of a LinearContext that carry a position axis, and which axes
+    ln1_scale=(1,), pattern=(2, 3), ln2_scale=(1,), errors=(1,), embeddings=(0,), final_scale=(0,),
+    post_attn_scale=(1,), post_mlp_scale=(1,), dec=(1,),
+)
 
+
+@partial(jax.jit, static_argnums=(1,))
+def _pad_fields(fields: dict, n: int) -> dict:
     def pad(a, axes):
         if a is None:
             return None
-        widths = [(0, n - T if i in axes else 0) for i in range(a.ndim)]
-        return jnp.pad(a, widths)
+        return jnp.pad(a, [(0, n - a.shape[i] if i in axes else 0) for i in range(a.ndim)])
 
-    return dataclasses.replace(
-        ctx,
-        ln1_scale=pad(ctx.ln1_scale, (1,)),
-        pattern=pad(ctx.pattern, (2, 3)),
-        ln2_scale=pad(ctx.ln2_scale, (1,)),
-        errors=pad(ctx.errors, (1,)),
-        embeddings=pad(ctx.embeddings, (0,)),
-        final_scale=pad(ctx.final_scale, (0,)),
-        post_attn_scale=pad(ctx.post_attn_scale, (1,)),
-        post_mlp_scale=pad(ctx.post_mlp_scale, (1,)),
-        dec=pad(ctx.dec, (1,)),
-        dec_clt=None if ctx.dec_clt is None else tuple(pad(d, (0,)) for d in ctx.dec_clt),
-    )
+    out = {k: pad(a, _POSITION_AXES[k]) for k, a in fields.items() if k != "dec_clt"}
+    out["dec_clt"] = None if fields["dec_clt"] is None else tuple(pad(d, (0,)) for d in fields["dec_clt"])
+    return out
+
+
+def pad_positions(ctx: LinearContext, n: int) -> LinearContext:
+    """``ctx`` zero-padded to ``n ≥ T`` positions. Exact for the real positions: attention is causal, so padded
+    positions (after the prompt) never receive gradient from targets inside it, and their constants are zero.
+    One compiled program pads every field."""
+    T = ctx.embeddings.shape[0]
+    if n == T:
+        return ctx
+    names = [*_POSITION_AXES, "dec_clt"]
+    return dataclasses.replace(ctx, **_pad_fields({k: getattr(ctx, k) for k in names}, n))
 
 
 def prefix(ctx: LinearContext, n: int) -> LinearContext:
