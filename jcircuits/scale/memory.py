@@ -23,6 +23,9 @@ active features + errors + tokens), the final square adjacency, the dense activa
 replacement step, the padded decoder buffer, and (without sharded loading) one host copy of the model while it is
 converted.
 
+Every array with a position axis is sized at the padded length ``length_bucket(T)`` the engine runs at (the
+replacement step's forward pass, the frozen model and the batches of rows), the graph's rows and columns at ``T``.
+
 The number of active features is not known before the replacement step runs; it is ``l0 × L × (T − 1)`` with ``l0``
 the mean active features per layer and position (default 64; pass the ``n_active`` of an earlier run's graph for an
 exact figure) and the padded width ``K`` is ``2 × l0`` unless given.
@@ -38,7 +41,7 @@ import jax
 import numpy as np
 
 from jcircuits.common.arrays import array_leaves
-from jcircuits.common.buckets import size_bucket  # the engine pads the gathered columns to these sizes
+from jcircuits.common.buckets import length_bucket, size_bucket  # the engine's padded sizes
 from jcircuits.models.config import ModelConfig
 from jcircuits.models.transformer import param_specs
 from jcircuits.scale.sharding import RULES, human, mesh_shape, shard_bytes, spec_for
@@ -189,6 +192,7 @@ def estimate_attribution(
     sizes = mesh_shape(mesh)
     d, m = sizes["data"], sizes["model"]
     L, T, D, H, F, V = cfg.n_layers, n_tokens, cfg.d_model, cfg.n_heads, tcfg.n_features, cfg.vocab_size
+    Tb = length_bucket(T)  # what the engine's position axes are padded to
     l0 = min(DEFAULT_L0 if l0 is None else l0, F)
     if n_active is None:
         n_active = int(round(l0 * L * max(T - 1, 1)))
@@ -202,22 +206,22 @@ def estimate_attribution(
     transcoders = _tree_bytes(transcoder_specs(tcfg), (d, m), params_dtype)
 
     heads = _split(H, m) if H % m == 0 else H
-    pattern = L * heads * T * T * 4  # the replacement step's forward is float32 whatever the storage
-    intermediates = (L + 1 + 5 * L) * T * D * 4 + pattern + 4 * T * _split(V, m if V % m == 0 else 1)
+    pattern = L * heads * Tb * Tb * 4  # the replacement step's forward is float32 whatever the storage
+    intermediates = (L + 1 + 5 * L) * Tb * D * 4 + pattern + 4 * Tb * _split(V, m if V % m == 0 else 1)
     feats_dev = _split(F, m) if F % m == 0 else F
     upcast = 0 if sp == 4 else (params + transcoders) * 4 // sp // L  # one layer's float32 copy at a time
-    replacement = 2 * L * T * feats_dev * 4 + 3 * T * cfg.d_mlp * 4 + upcast
+    replacement = 2 * L * Tb * feats_dev * 4 + 3 * Tb * cfg.d_mlp * 4 + upcast
 
     k_dev = _split(k_pad, m) if k_pad % m == 0 else k_pad
     if tcfg.kind == "clt":
-        dec = T * k_dev * D * s * L * (L + 1) // 2
+        dec = Tb * k_dev * D * s * L * (L + 1) // 2
     else:
-        dec = L * T * k_dev * D * s
+        dec = L * Tb * k_dev * D * s
     cast = 0 if dtype == params_dtype else params * s // sp + transcoders * s // sp
-    context = dec + L * heads * T * T * s + 2 * L * T * D * s + cast
+    context = dec + L * heads * Tb * Tb * s + 2 * L * Tb * D * s + cast
     batch = batch_bytes(
         cfg,
-        n_tokens=T,
+        n_tokens=Tb,
         batch=_split(B, d),
         k_pad=k_dev,
         n_active=n_active,
@@ -239,7 +243,7 @@ def estimate_attribution(
         loading = sum(math.prod(x.shape) * sp for x in leaves) + L * D * F * sp
     host = dict(
         loading=loading,
-        replacement=L * T * F * 4 + L * T * k_pad * D * 4 + n_active * 12,
+        replacement=L * Tb * F * 4 + L * Tb * k_pad * D * 4 + n_active * 12,
         rows=(n_logits + n_rows) * n_cols * 4,
         adjacency=N * N * 4,
     )
