@@ -212,7 +212,7 @@ def _skip_all(W_skip: jax.Array, x_LTD: jax.Array) -> jax.Array:
 
 
 @partial(jax.jit, static_argnums=(0, 1))
-def _finish(cfg, T: int, params, b_dec, W_skip, tokens, logits, inter, x_in, true_out, recon_sparse):
+def _complete_and_trim(cfg, T: int, params, b_dec, W_skip, tokens, logits, inter, x_in, true_out, recon_sparse):
     """The reconstruction (``Σ a·W_dec`` + ``b_dec`` + skip) and errors at the padded length, and everything the
     ``Replacement`` holds trimmed to the prompt's ``T`` positions: one small program per ``T``, while the forward
     pass and the encoders compile once per length bucket."""
@@ -315,7 +315,9 @@ def replace(
     del acts_dev, pre
     recon = decode_sparse(tcfg, transcoders.decoders, idx, values, padded.shape[0])
     p = transcoders.params
-    out = _finish(cfg, T, model.params, p.b_dec, p.W_skip, jnp.asarray(padded), logits[0], inter, x_in, true_out, recon)
+    out = _complete_and_trim(
+        cfg, T, model.params, p.b_dec, p.W_skip, jnp.asarray(padded), logits[0], inter, x_in, true_out, recon
+    )
     return Replacement(
         tokens=tokens,
         active_features=idx,

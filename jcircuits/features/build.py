@@ -145,6 +145,7 @@ def _sample_merge(res: tuple, rows, gidx, vals, real, seed, layer):
     F, R = res_k.shape
     h = _occurrence_hash(seed, layer, rows, gidx)
     key = jnp.where(real, (h >> 8).astype(jnp.float32) * jnp.float32(2.0**-24), -jnp.inf)
+    # the bucket from a second round of the hash over the first (independent of the key's bits)
     bucket = (_occurrence_hash(seed, layer, h, jnp.uint32(0x27D4EB2F)) % jnp.uint32(R)).astype(jnp.int32)
     r = jnp.broadcast_to(rows, key.shape)
     best = jnp.full((F, R), -jnp.inf, jnp.float32).at[r, bucket].max(key)
@@ -275,7 +276,7 @@ def _layer_update_sparse(st: dict, a_PF, valid_P, gidx_P, seed, layer, s: Dashbo
         hexp=e_new,
     )
 
-    # top activations and reservoir: the tables merged by insertion, the full tables from their columns
+    # top activations and sample: from the tables, and for the full tables from their columns
     g_m = jnp.broadcast_to(gidx_P[None, :], (m, P))
     top_v, top_i, _ = _merge_topk(st["top_v"], st["top_i"], tv, tg, s.n_top)
     mv, mi, _ = _merge_topk(st["top_v"][sel], st["top_i"][sel], jnp.where(act_m, a_m, -jnp.inf), g_m, s.n_top)
@@ -311,7 +312,7 @@ def _layer_update(st: dict, a_PF, valid_P, gidx_P, seed, layer, s: DashboardSett
 @partial(jax.jit, static_argnums=(0, 1, 2, 3, 4), donate_argnums=(7,))
 def _step(cfg, tcfg, s, kc, m, params, tc, state, tokens_BS, valid_BS, gidx_BS, seed):
     """One batch: forward, every layer's encoder, the statistics merged. Returns ``(state, the most full tables of
-    one layer)`` (features that fired ``kc`` times or more)."""
+    one layer)`` (features that fired more than ``kc`` times)."""
     _, inter, _ = forward_fn(params, cfg, tokens_BS, capture=True)
     x_L = inter.hook(tcfg.input_hook)  # [L, B, S, D]
     B, S = tokens_BS.shape
@@ -633,8 +634,8 @@ def _sparse_shape(P: int, F: int, transcoders: TranscoderSet) -> tuple[int, int]
 
 
 def _next_kc(kc: int, m: int, n_full: int, P: int) -> int:
-    """``kc`` for the next batches after one with ``n_full`` full tables in a layer (features that fired ``kc``
-    times or more): doubled when they were more than ``m`` (so the dense fallback runs once rather than every
+    """``kc`` for the next batches after one with ``n_full`` full tables in a layer (features that fired more
+    than ``kc`` times): doubled when they were more than ``m`` (so the dense fallback runs once rather than every
     batch); 0 (always dense) once it would pass a quarter of the positions, where the dense update is as cheap."""
     if kc <= 0 or n_full <= m:
         return kc
