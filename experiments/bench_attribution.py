@@ -51,7 +51,7 @@ def hf_config(s):
         "architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": s["V"],
         "hidden_size": s["D"], "intermediate_size": s["F_mlp"], "num_hidden_layers": s["L"],
         "num_attention_heads": s["H"], "num_key_value_heads": s["KV"], "head_dim": s["E"],
-        "max_position_embeddings": 128, "rms_norm_eps": 1e-5, "rope_theta": 500000.0,
+        "max_position_embeddings": max(128, s["T"]), "rms_norm_eps": 1e-5, "rope_theta": 500000.0,
         "rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                          "original_max_position_embeddings": 32},
         "hidden_act": "silu", "tie_word_embeddings": False, "attention_bias": False, "mlp_bias": False,

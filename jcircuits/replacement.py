@@ -277,6 +277,7 @@ def replace(
     zero_positions: int = 1,
     active_features=None,
     round_off_margin: float = ROUND_OFF_MARGIN,
+    capture_patterns: bool = True,
 ) -> Replacement:
     """Run the replacement step on one prompt (``tokens [T]`` int, BOS already prepended), in float32 whatever the
     weights' storage dtype (bfloat16-stored weights are upcast layer by layer, exactly): what decides the node
@@ -286,7 +287,9 @@ def replace(
     that node set. Each given feature's value is its pre-activation (what the activation function passes when the
     feature is active, for ReLU, JumpReLU and TopK alike), every other feature is 0, and reconstruction and errors
     follow from those values. Triples out of range or at zeroed positions raise ``ValueError``.
-    ``round_off_margin``: the relative margin of ``Replacement.round_off`` (see ``RoundOff``)."""
+    ``round_off_margin``: the relative margin of ``Replacement.round_off`` (see ``RoundOff``).
+    ``capture_patterns=False``: ``inter.attn_pattern`` is ``None`` (a long prompt's ``[L, 1, H, T, T]`` is never
+    stored; the frozen model recomputes patterns from ``inter.resid``)."""
     cfg, tcfg = model.cfg, transcoders.cfg
     check_compatible(cfg, tcfg)
     tokens = np.asarray(tokens)
@@ -297,7 +300,9 @@ def replace(
     # nothing at the prompt's own positions, and features past them are never active.
     T = tokens.shape[0]
     padded = np.concatenate([tokens, np.full(length_bucket(T) - T, tokens[-1], tokens.dtype)])
-    logits, inter = forward(model.params, cfg, padded[None], capture=True, dtype=jnp.float32)
+    logits, inter = forward(
+        model.params, cfg, padded[None], capture=True, dtype=jnp.float32, capture_patterns=capture_patterns
+    )
     check_finite_logits(np.asarray(logits[0])[:T], inter, "the model's forward pass on this prompt")
     x_in = inter.hook(tcfg.input_hook)[:, 0]  # [L, Tb, D]
     true_out = inter.hook(tcfg.output_hook)[:, 0].astype(jnp.float32)

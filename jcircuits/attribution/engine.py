@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -35,6 +36,7 @@ from tqdm.auto import tqdm
 
 from jcircuits.attribution.linear import (
     LinearContext,
+    QKContext,
     Static,
     pad_positions,
     rows_for_features,
@@ -49,6 +51,7 @@ from jcircuits.common.runtime import show_progress, use_compilation_cache
 from jcircuits.graph import Graph
 from jcircuits.graph.sparse import SparseAdjacency, assemble_rows, csr_rows, sparsify_rows
 from jcircuits.models import Model, encode_prompt, single_token_id
+from jcircuits.models.layers import apply_rms
 from jcircuits.models.transformer import check_tokens, unembed_matrix
 from jcircuits.replacement import Replacement, replace
 from jcircuits.scale.distributed import to_host
@@ -89,10 +92,20 @@ def source_index(active: np.ndarray, rank: np.ndarray, K, L: int, n_pos: int, n_
     return index
 
 
-def _padded_decoders(transcoders: TranscoderSet, rep: Replacement, rank: np.ndarray, K, dtype):
+ROW_BATCH_BYTES = buckets.ROW_BATCH_BYTES  # the budget of one device batch of rows (``buckets.device_batch``)
+PADDED_DECODER_BYTES = buckets.PADDED_DECODER_BYTES  # see ``buckets.gathers_decoders``
+PATTERN_BYTES = buckets.PATTERN_BYTES  # see ``buckets.recomputes_patterns``
+
+
+def _padded_decoders(transcoders: TranscoderSet, rep: Replacement, rank: np.ndarray, K, dtype, layout="auto"):
     """Decoder vectors of the active features only, scaled by their activations and padded by (layer, position)
-    to the source layout ``(rank, K)``: ``(dec [L, T, K, D], None)`` for a PLT, ``(None, dec_clt)`` for a CLT
-    (``dec_clt[l]`` ``[T, K_l, L-l, D]``)."""
+    to the source layout ``(rank, K)``: ``dict(dec=[L, T, K, D])`` for a PLT, ``dict(dec_clt=…)`` for a CLT
+    (``dec_clt[l]`` ``[T, K_l, L-l, D]``).
+
+    A PLT whose padded vectors would take more than ``PADDED_DECODER_BYTES`` (long prompts: ``L·T·K·D``) is kept
+    gathered when that is smaller: ``dict(dec_rows, dec_idx, dec_val)``, each layer's distinct active decoder
+    rows plus, per padded slot, which row and which activation (``layout``: ``"auto"``, ``"padded"`` or
+    ``"gathered"`` to force one)."""
     act, vals = rep.active_features, rep.activation_values
     L, T, D = transcoders.cfg.n_layers, len(rep.tokens), transcoders.cfg.d_model
     if transcoders.cfg.kind == "clt":
@@ -104,20 +117,53 @@ def _padded_decoders(transcoders: TranscoderSet, rep: Replacement, rank: np.ndar
                 rows = transcoders.decoders.rows(l, act[sel, 2]) * vals[sel, None, None]
                 buf[act[sel, 1], rank[sel]] = rows
             dec_clt.append(jnp.asarray(buf, dtype))
-        return None, tuple(dec_clt)
+        return dict(dec_clt=tuple(dec_clt))
+    uniq = [np.unique(act[act[:, 0] == l, 2]) for l in range(L)]
+    U = size_bucket(max(len(u) for u in uniq))
+    if layout == "auto":
+        big = buckets.gathers_decoders(L, T, K, D, U, jnp.dtype(dtype).itemsize, PADDED_DECODER_BYTES)
+        layout = "gathered" if big else "padded"
+    if layout == "gathered":
+        dec_rows = np.zeros((L, U, D), np.float32)
+        dec_idx = np.zeros((L, T, K), np.int32)
+        dec_val = np.zeros((L, T, K), np.float32)
+        for l, u in enumerate(uniq):
+            sel = act[:, 0] == l
+            if len(u):
+                dec_rows[l, : len(u)] = transcoders.decoders.rows(l, u)
+            dec_idx[l, act[sel, 1], rank[sel]] = np.searchsorted(u, act[sel, 2])
+            dec_val[l, act[sel, 1], rank[sel]] = vals[sel]
+        return dict(dec_rows=jnp.asarray(dec_rows), dec_idx=jnp.asarray(dec_idx), dec_val=jnp.asarray(dec_val))
+    if layout != "padded":
+        raise ValueError(f"decoder layout must be 'auto', 'padded' or 'gathered', got {layout!r}")
     buf = np.zeros((L, T, K, D), np.float32)
     for l in np.unique(act[:, 0]):
         sel = act[:, 0] == l
         rows = transcoders.decoders.rows(int(l), act[sel, 2]) * vals[sel, None]
         buf[l, act[sel, 1], rank[sel]] = rows
-    return jnp.asarray(buf, dtype), None
+    return dict(dec=jnp.asarray(buf, dtype))
 
 
-def build_context(model: Model, transcoders: TranscoderSet, rep: Replacement, dtype=jnp.float32):
+def _qk_context(model: Model, inter) -> QKContext:
+    """What defines the patterns of a capture made without them (``replace(capture_patterns=False)``): each
+    block's normalised attention input, recomputed in float32 from the captured residual stream and ln1 scale as
+    the forward pass computes it, and the float32 query/key weights."""
+    cfg, lp = model.cfg, model.params.layers
+    f32 = lambda a: None if a is None else jnp.asarray(a, jnp.float32)  # noqa: E731
+    attn_in = jax.vmap(lambda x, s, w: apply_rms(x, s, w, cfg.norm_offset))(
+        inter.resid[:-1, 0], inter.ln1_scale[:, 0], f32(lp.ln1)
+    )
+    return QKContext(attn_in=attn_in, wq=f32(lp.wq), wk=f32(lp.wk), q_norm=f32(lp.q_norm), k_norm=f32(lp.k_norm))
+
+
+def build_context(
+    model: Model, transcoders: TranscoderSet, rep: Replacement, dtype=jnp.float32, decoders: str = "auto"
+):
     """The frozen linear model's constants for ``rep`` and the source layout. Returns
     ``(static, ctx, src_index)``: the matrices of ``ctx`` (weights, patterns, decoders, errors, embeddings) are
     stored in ``dtype`` and contracted in it (``linear.contract``: bfloat16 inputs accumulate in float32), its norm
-    scales stay float32; ``ctx`` is zero-padded to ``length_bucket(T)`` positions, and
+    scales stay float32; ``ctx`` is zero-padded to ``length_bucket(T)`` positions (``decoders``: the PLT sources'
+    layout, see ``_padded_decoders``), and
     ``src_index(n_pos)`` gives the (cached, device) column map for a position prefix (see ``source_index``)."""
     cfg, tcfg = model.cfg, transcoders.cfg
     L, T = cfg.n_layers, len(rep.tokens)
@@ -125,15 +171,17 @@ def build_context(model: Model, transcoders: TranscoderSet, rep: Replacement, dt
     clt = tcfg.kind == "clt"
     act = rep.active_features
     rank, K = _source_layout(act, L, T, clt)
-    dec, dec_clt = _padded_decoders(transcoders, rep, rank, K, dtype)
+    sources = _padded_decoders(transcoders, rep, rank, K, dtype, decoders)
     errors = rep.errors.at[:, : rep.zero_positions].set(0.0)
     cast = lambda a: None if a is None else jnp.asarray(a).astype(dtype)  # noqa: E731
     sq = lambda a: None if a is None else cast(a[:, 0])  # noqa: E731  drop the batch axis
     scale = lambda a: None if a is None else jnp.asarray(a[:, 0], jnp.float32)  # noqa: E731  norm scales: f32
+    qk = None if inter.attn_pattern is not None else _qk_context(model, inter)
     ctx = LinearContext(
         layers=jax.tree.map(cast, model.params.layers),
         ln1_scale=scale(inter.ln1_scale),
         pattern=sq(inter.attn_pattern),
+        qk=qk,
         ln2_scale=scale(inter.ln2_scale),
         errors=cast(errors),
         embeddings=cast(rep.embeddings),
@@ -143,8 +191,7 @@ def build_context(model: Model, transcoders: TranscoderSet, rep: Replacement, dt
         post_attn_scale=scale(inter.post_attn_scale),
         post_mlp_scale=scale(inter.post_mlp_scale),
         W_skip=cast(transcoders.params.W_skip),
-        dec=dec,
-        dec_clt=dec_clt,
+        **sources,
     )
     ctx = pad_positions(ctx, length_bucket(T))  # one set of compiled shapes per length bucket
     static = Static(cfg=cfg, input_hook=tcfg.input_hook, output_hook=tcfg.output_hook, compute=str(jnp.dtype(dtype)))
@@ -205,21 +252,41 @@ def _normalize_abs_rows(raw: np.ndarray, out: np.ndarray) -> None:
     out /= np.maximum(out.sum(axis=1, keepdims=True), 1e-8)
 
 
+@dataclasses.dataclass(frozen=True)
+class _LazyBlock:
+    """``rows`` consecutive rows of ``_partial_influence``'s matrix, built by ``make()`` only when one of their
+    weights is non-zero (and dropped after use)."""
+
+    rows: int
+    make: Callable[[], Any]
+
+    @property
+    def shape(self) -> tuple[int]:
+        return (self.rows,)
+
+
 def _partial_influence(rows_hat, row_nodes: np.ndarray, logit_p: np.ndarray, n_cols: int) -> np.ndarray:
     """Influence on the logits of every column node from the rows computed so far, as the reference computes it:
-    ``rows_hat`` (a numpy array or a scipy CSR array, ``[rows, n_cols]``) holds the rows already made absolute
-    and row-normalised (clamp 1e-8); seeded with the logit
-    probabilities on the logit nodes; iterate ``x ← x[row_nodes] @ Â`` until it vanishes, summing. Rows whose
-    weight is zero are skipped (the first steps touch only a few)."""
+    ``rows_hat`` (a numpy array, a scipy CSR array, or a list of blocks of consecutive rows, CSR or
+    ``_LazyBlock``, ``[rows, n_cols]`` in all) holds the rows already made absolute and row-normalised (clamp 1e-8); seeded
+    with the logit probabilities on the logit nodes; iterate ``x ← x[row_nodes] @ Â`` until it vanishes,
+    summing. Rows whose weight is zero are skipped (the first steps touch only a few)."""
     prod = np.zeros(n_cols + len(logit_p), np.float32)
     prod[n_cols:] = logit_p
     influence = np.zeros(n_cols, np.float32)
+    blocks = rows_hat if isinstance(rows_hat, list) else [rows_hat]
     for _ in range(128):
         w = prod[row_nodes]
-        nz = np.flatnonzero(w)
-        if not len(nz):
+        if not w.any():
             break
-        prod_cols = w[nz] @ rows_hat[nz] if 2 * len(nz) < len(w) else w @ rows_hat
+        prod_cols, at = np.zeros(n_cols, np.float32), 0
+        for blk in blocks:  # block by block: no copy of all the rows is ever made
+            wb = w[at : at + blk.shape[0]]
+            at += blk.shape[0]
+            nz = np.flatnonzero(wb)
+            if len(nz):
+                blk = blk.make() if isinstance(blk, _LazyBlock) else blk
+                prod_cols += wb[nz] @ blk[nz] if 2 * len(nz) < len(wb) else wb @ blk
         influence += prod_cols
         prod = np.concatenate([prod_cols, np.zeros(len(logit_p), np.float32)])
     else:
@@ -340,8 +407,9 @@ class _Sparsify:
 class _SparseRows:
     """``_Rows`` for ``adjacency="sparse"``: the same rows (same columns, same order, same float32 values) kept
     as CSR chunks, one per stored batch — exact non-zeros, or sparsified as asked with the |weight| each row
-    lost in ``dropped``. The normalised rows for selection share the chunks' pattern (``data_hat``), so no
-    array is ever ``[rows, n_active]``."""
+    lost in ``dropped``. For selection a chunk keeps each row's normaliser ``max(Σ|row|, 1e-8)`` (``denom``) and
+    ``influence`` rebuilds the normalised rows from it one chunk at a time, bit for bit what ``_normalize_abs_rows``
+    gives: 8 bytes a non-zero (value and column), and no array is ever ``[rows, n_active]``."""
 
     row_nodes: np.ndarray
     visited: np.ndarray
@@ -352,7 +420,7 @@ class _SparseRows:
     n_cols: int
     selecting: bool
     sparsify: _Sparsify | None
-    chunks: list = dataclasses.field(default_factory=list)  # (lengths [m], indices, data, data_hat, dropped)
+    chunks: list = dataclasses.field(default_factory=list)  # (lengths [m], indices, data, denom [m], dropped)
     stored: int = 0  # rows in chunks
     filled: int = 0
 
@@ -377,12 +445,12 @@ class _SparseRows:
             lengths, indices, data, dropped = sparsify_rows(
                 lengths, indices, data, edge_tolerance=sp.edge_tolerance, top_k_edges=sp.top_k_edges
             )
-        hat = None
-        if self.selecting:  # |row| / max(Σ|row|, 1e-8), as _normalize_abs_rows on the stored entries
-            a = np.abs(data)
-            sums = np.bincount(np.repeat(np.arange(len(lengths)), lengths), weights=a, minlength=len(lengths))
-            hat = a / np.repeat(np.maximum(sums.astype(np.float32), np.float32(1e-8)), lengths)
-        self.chunks.append((lengths, indices, data, hat, dropped))
+        denom = None
+        if self.selecting:  # max(Σ|row|, 1e-8) of the stored entries, as _normalize_abs_rows
+            sums = np.bincount(np.repeat(np.arange(len(lengths)), lengths), weights=np.abs(data),
+                               minlength=len(lengths))
+            denom = np.maximum(sums.astype(np.float32), np.float32(1e-8))
+        self.chunks.append((lengths, indices, data, denom, dropped))
         self.stored = at.stop
 
     def store(self, at: slice, out) -> None:
@@ -398,19 +466,18 @@ class _SparseRows:
 
     add_features = _Rows.add_features
 
-    def _csr(self, which: int):
-        c = self.chunks
-        lengths = np.concatenate([x[0] for x in c])
-        indptr = np.concatenate([[0], np.cumsum(lengths)])
-        index = np.int32 if indptr[-1] < 2**31 else np.int64
-        values, indices = np.concatenate([x[which] for x in c]), np.concatenate([x[1] for x in c])
-        return scipy.sparse.csr_array(
-            (values, indices.astype(index), indptr.astype(index)), shape=(len(lengths), self.n_cols)
-        )
-
     def influence(self, logit_p: np.ndarray) -> np.ndarray:
-        """``[n_cols]``: as ``_Rows.influence``, with sparse mat-vecs."""
-        return _partial_influence(self._csr(3), self.row_nodes[: self.filled], logit_p, self.n_cols)
+        """``[n_cols]``: as ``_Rows.influence``, with sparse mat-vecs over the stored chunks, each normalised
+        (``|data| / denom``) only while it is used: no concatenated or normalised copy of all rows."""
+
+        def block(lengths, indices, data, denom):
+            indptr = np.concatenate([[0], np.cumsum(lengths)])
+            index = np.int32 if indptr[-1] < 2**31 else np.int64
+            hat = np.abs(data) / np.repeat(denom, lengths)
+            return scipy.sparse.csr_array((hat, indices, indptr.astype(index)), shape=(len(lengths), self.n_cols))
+
+        blocks = [_LazyBlock(len(c[0]), functools.partial(block, *c[:4])) for c in self.chunks]
+        return _partial_influence(blocks, self.row_nodes[: self.filled], logit_p, self.n_cols)
 
     def adjacency(self) -> tuple[np.ndarray, SparseAdjacency, np.ndarray | None]:
         """``(selected, SparseAdjacency over [selected | errors | tokens | logits], dropped [N] or None)``, the
@@ -455,7 +522,7 @@ def _check_arguments(batch_size, position_buckets, update_interval, max_feature_
     return dtype
 
 
-DENSE_LIMIT_BYTES = 2**30  # adjacency="auto" is dense up to this much row + matrix memory
+DENSE_LIMIT_BYTES = buckets.DENSE_LIMIT_BYTES  # adjacency="auto" is dense up to this (``buckets.dense_rows_fit``)
 
 
 def _check_adjacency(adjacency: str, edge_tolerance, top_k_edges) -> _Sparsify | None:
@@ -490,9 +557,9 @@ def _layout(
         return adjacency
     if sparsify is not None:
         return "sparse"
-    rows = (K + n_feat_rows) * (n_active + L * T + T) * (2 if selecting else 1)
     N = n_feat_rows + L * T + T + K
-    return "dense" if 4 * (rows + N * N) <= DENSE_LIMIT_BYTES else "sparse"
+    fit = buckets.dense_rows_fit(K + n_feat_rows, n_active + L * T + T, N, selecting, DENSE_LIMIT_BYTES)
+    return "dense" if fit else "sparse"
 
 
 def _given_node_set(active_features, tokens: np.ndarray):
@@ -537,8 +604,15 @@ def _replacement_phase(
     encoders, node set, errors) runs in float32 whatever the weights' storage dtype and ``dtype``."""
     tokens = encode_prompt(model, prompt)
     given = _given_node_set(active_features, tokens)
-    rep = replace(model, transcoders, tokens, zero_positions=zero_positions, active_features=given)
+    cfg = model.cfg
+    # the capture is float32 whatever ``dtype``: patterns too large to capture are recomputed per block
+    store = not buckets.recomputes_patterns(cfg.n_layers, cfg.n_heads, length_bucket(len(tokens)), 4, PATTERN_BYTES)
+    rep = replace(
+        model, transcoders, tokens, zero_positions=zero_positions, active_features=given, capture_patterns=store
+    )
     static, ctx, src_index = build_context(model, transcoders, rep, dtype)
+    # the context holds its own (cast, padded) patterns, or recomputes them: the capture's are not needed again
+    rep = dataclasses.replace(rep, inter=dataclasses.replace(rep.inter, attn_pattern=None))
     on_mesh = lambda x: x  # noqa: E731
     if mesh is not None:
         ctx, src_index, on_mesh = place_context(ctx, model.cfg, src_index, mesh)
@@ -589,18 +663,20 @@ def _logit_rows(fz: _Frozen, targets: Targets, work: _Rows, batch_size: int, cou
 class _BatchPlan:
     """How feature targets are cut into device batches (see ``plan_batches``)."""
 
-    full: int  # batch_size rounded up to a multiple of the data axis (selection keeps batch_size)
+    full: int  # batch_size rounded up to a multiple of the data axis, cut by memory (selection keeps batch_size)
     small: int
     pos_buckets: list[int]  # prefix lengths a batch is truncated to
     layer_buckets: list[int]  # a batch transposes only the first n_layers blocks it needs
 
     @classmethod
     def make(cls, fz: _Frozen, batch_size: int, position_buckets: int):
-        d = fz.data
-        full = -(-batch_size // d) * d
+        d, ctx, cfg = fz.data, fz.ctx, fz.static.cfg
+        K = cfg.d_model if ctx.dec_clt is not None else ctx.n_sources
+        per_row = buckets.row_bytes(cfg.n_layers, fz.Tb, cfg.d_model, K, fz.rep.n_active)
+        full = buckets.device_batch(batch_size, d, per_row, ROW_BATCH_BYTES)
         small = -(-max(1, full // 4) // d) * d
         pos = buckets.position_buckets(fz.Tb, position_buckets)
-        return cls(full, small, pos, buckets.position_buckets(fz.static.cfg.n_layers, 3))
+        return cls(full, small, pos, buckets.position_buckets(cfg.n_layers, 3))
 
     def batches(self, idx: np.ndarray, act: np.ndarray, Tb: int):
         """``(B, n_pos, members)`` for targets ``idx``; layer-0 targets only see tokens: own cheap batches."""
@@ -814,10 +890,10 @@ def attribute(
     else:
         work = _Rows.empty(K, n_feat_rows, n_active, L, fz.T, fz.Tb, selecting)
     counter = {"compile_s": 0.0}
+    plan = _BatchPlan.make(fz, batch_size, position_buckets)
     with _timed(timings, "logit_rows_s"):
-        _logit_rows(fz, targets, work, batch_size, counter, verbose)
+        _logit_rows(fz, targets, work, min(batch_size, plan.full), counter, verbose)
     with _timed(timings, "feature_rows_s"):
-        plan = _BatchPlan.make(fz, batch_size, position_buckets)
         _feature_rows(
             fz, targets, work, n_feat_rows, batch_size, update_interval, plan, counter, verbose, eligible
         )

@@ -52,9 +52,10 @@ from jcircuits.common.pytree import pytree_dataclass
 from jcircuits.models import layers as nn
 from jcircuits.models.config import ModelConfig
 from jcircuits.models.hooks import input_field, output_field
-from jcircuits.models.transformer import LayerParams
+from jcircuits.models.transformer import LayerParams, layer_rope_array, layer_windows_array
 
 __all__ = [
+    "QKContext",
     "LinearContext",
     "LayerConsts",
     "contract",
@@ -71,16 +72,35 @@ __all__ = [
 
 
 @pytree_dataclass
+class QKContext:
+    """What defines a prompt's frozen attention patterns, kept instead of the ``[L, H, T, T]`` patterns on long
+    prompts: each block's normalised attention input ``attn_in [L, T, D]`` and its float32 query/key weights
+    (QK-norm gains where the model has them). The scan recomputes one block's pattern at a time
+    (``_with_pattern``: the forward pass's own ``attention_pattern``, causal prefix and sliding window
+    included), so memory is ``O(L·T·D)`` plus one block's ``[H, T, T]`` while it is transposed."""
+
+    attn_in: jax.Array  # [L, T, D] float32
+    wq: jax.Array  # [L, D, H, E] float32
+    wk: jax.Array  # [L, D, KV, E] float32
+    q_norm: jax.Array | None = None  # [L, E]
+    k_norm: jax.Array | None = None
+
+
+@pytree_dataclass
 class LinearContext:
     """Every constant of the frozen linear model for one prompt (device arrays; per-layer fields lead with L).
 
     ``dec`` holds PLT decoder vectors already scaled by activations, ``[L, T, K, D]`` (zero padding), or for a
-    CLT ``dec_clt[l]`` ``[T, K_l, L-l, D]`` per source layer. ``errors`` has the zeroed positions zeroed.
+    CLT ``dec_clt[l]`` ``[T, K_l, L-l, D]`` per source layer. A long prompt's PLT sources are kept *gathered*
+    instead (``dec`` is None): each layer's distinct active decoder rows ``dec_rows [L, U, D]`` (float32), and per
+    padded source slot the row ``dec_idx [L, T, K]`` and activation ``dec_val [L, T, K]`` (0 for padding); the scan
+    builds one layer's ``[T, K, D]`` at a time (``_layer_decoders``), bit for bit the vectors ``dec`` would hold.
+    ``errors`` has the zeroed positions zeroed.
     """
 
     layers: LayerParams
     ln1_scale: jax.Array  # [L, T, 1]
-    pattern: jax.Array  # [L, H, T, T]
+    pattern: jax.Array | None  # [L, H, T, T], or None: recomputed per block from ``attn_in`` (``QKContext``)
     ln2_scale: jax.Array  # [L, T, 1]
     errors: jax.Array  # [L, T, D]
     embeddings: jax.Array  # [T, D]
@@ -92,6 +112,15 @@ class LinearContext:
     W_skip: jax.Array | None = None  # [L, D, D]
     dec: jax.Array | None = None  # PLT [L, T, K, D]
     dec_clt: tuple | None = None  # CLT: tuple of [T, K_l, L-l, D]
+    dec_rows: jax.Array | None = None  # gathered PLT sources: [L, U, D] float32
+    dec_idx: jax.Array | None = None  # [L, T, K] int32 rows of dec_rows
+    dec_val: jax.Array | None = None  # [L, T, K] float32 activations (0: padding)
+    qk: QKContext | None = None  # what defines the patterns, when they are not stored
+
+    @property
+    def n_sources(self) -> int:
+        """K, the padded source slots per (layer, position) of a PLT (``dec`` or the gathered form)."""
+        return (self.dec if self.dec is not None else self.dec_idx).shape[2]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -168,7 +197,7 @@ def contract(st: Static, spec: str, a: jax.Array, b: jax.Array) -> jax.Array:
 
 _POSITION_AXES = dict(  # the fields of a LinearContext that carry a position axis, and which axes
     ln1_scale=(1,), pattern=(2, 3), ln2_scale=(1,), errors=(1,), embeddings=(0,), final_scale=(0,),
-    post_attn_scale=(1,), post_mlp_scale=(1,), dec=(1,),
+    post_attn_scale=(1,), post_mlp_scale=(1,), dec=(1,), dec_idx=(1,), dec_val=(1,), qk=(1,),
 )
 
 
@@ -179,7 +208,9 @@ def _pad_fields(fields: dict, n: int) -> dict:
             return None
         return jnp.pad(a, [(0, n - a.shape[i] if i in axes else 0) for i in range(a.ndim)])
 
-    out = {k: pad(a, _POSITION_AXES[k]) for k, a in fields.items() if k != "dec_clt"}
+    out = {k: pad(a, _POSITION_AXES[k]) for k, a in fields.items() if k not in ("dec_clt", "qk")}
+    qk = fields["qk"]
+    out["qk"] = None if qk is None else dataclasses.replace(qk, attn_in=pad(qk.attn_in, (1,)))
     out["dec_clt"] = None if fields["dec_clt"] is None else tuple(pad(d, (0,)) for d in fields["dec_clt"])
     return out
 
@@ -205,7 +236,8 @@ def prefix(ctx: LinearContext, n: int) -> LinearContext:
     return dataclasses.replace(
         ctx,
         ln1_scale=cut(ctx.ln1_scale),
-        pattern=ctx.pattern[:, :, :n, :n],
+        pattern=None if ctx.pattern is None else ctx.pattern[:, :, :n, :n],
+        qk=None if ctx.qk is None else dataclasses.replace(ctx.qk, attn_in=ctx.qk.attn_in[:, :n]),
         ln2_scale=cut(ctx.ln2_scale),
         errors=cut(ctx.errors),
         embeddings=ctx.embeddings[:n],
@@ -214,6 +246,8 @@ def prefix(ctx: LinearContext, n: int) -> LinearContext:
         post_mlp_scale=cut(ctx.post_mlp_scale),
         dec=cut(ctx.dec),
         dec_clt=None if ctx.dec_clt is None else tuple(d[:n] for d in ctx.dec_clt),
+        dec_idx=cut(ctx.dec_idx),
+        dec_val=cut(ctx.dec_val),
     )
 
 
@@ -238,6 +272,10 @@ def layers_prefix(ctx: LinearContext, m: int) -> LinearContext:
         dec_clt=None
         if ctx.dec_clt is None
         else tuple(d[:, :, : m - l] for l, d in enumerate(ctx.dec_clt[:m])),
+        dec_rows=cut(ctx.dec_rows),
+        dec_idx=cut(ctx.dec_idx),
+        dec_val=cut(ctx.dec_val),
+        qk=None if ctx.qk is None else jax.tree.map(cut, ctx.qk),
     )
 
 
@@ -248,17 +286,50 @@ class LayerConsts:
 
     lp: LayerParams
     ln1: jax.Array  # [T, 1]
-    pattern: jax.Array  # [H, T, T]
+    pattern: jax.Array | None  # [H, T, T] (None: ``_with_pattern`` recomputes it from ``qk``)
     ln2: jax.Array  # [T, 1]
     err: jax.Array  # [T, D]
     post_attn: jax.Array | None = None  # [T, 1]
     post_mlp: jax.Array | None = None  # [T, 1]
     skip: jax.Array | None = None  # [D, D]
     dec: jax.Array | None = None  # PLT [T, K, D]
+    dec_rows: jax.Array | None = None  # gathered PLT sources: [U, D], [T, K], [T, K]
+    dec_idx: jax.Array | None = None
+    dec_val: jax.Array | None = None
+    qk: QKContext | None = None  # one block's slice
+    window: jax.Array | None = None  # [] int32 sliding window (0: global), with ``qk``
+    rope: jax.Array | None = None  # [] int32 RoPE table index, with ``qk``
 
 
-def _layer_consts(ctx: LinearContext) -> LayerConsts:
+def _with_pattern(st: Static, c: LayerConsts) -> LayerConsts:
+    """``c`` with its block's frozen pattern ``[H, T, T]``: the stored one, or recomputed from ``c.qk`` exactly as
+    the forward pass computes it (float32, then the compute dtype). Equal to the stored pattern to float32
+    round-off: ``attn_in`` is recomputed outside the forward pass's fusion."""
+    if c.pattern is not None:
+        return c
+    cfg, qk = st.cfg, c.qk
+    T = qk.attn_in.shape[0]
+    cos_all, sin_all = nn.rope_cos_sin(jnp.arange(T), cfg)
+    cos, sin = nn.layer_rope(cos_all, sin_all, c.rope)
+    mask = nn.attention_mask(T, T, c.window)
+    P = nn.attention_pattern(qk.attn_in[None], qk.wq, qk.wk, cos, sin, mask, cfg, qk.q_norm, qk.k_norm)[0]
+    dt = jnp.float32 if st.compute == "float32" else jnp.bfloat16
+    return dataclasses.replace(c, pattern=P.astype(dt))
+
+
+def _layer_decoders(st: Static, c: LayerConsts) -> jax.Array:
+    """One block's PLT source vectors ``[T, K, D]`` in the compute dtype: stored (``c.dec``), or built from the
+    gathered form, ``dec_rows[dec_idx] · dec_val`` in float32 then cast, as the host builds ``dec``."""
+    if c.dec is not None:
+        return c.dec
+    dt = jnp.float32 if st.compute == "float32" else jnp.bfloat16
+    return (c.dec_rows[c.dec_idx] * c.dec_val[..., None]).astype(dt)
+
+
+def _layer_consts(st: Static, ctx: LinearContext) -> LayerConsts:
     """Per-layer constants to scan over (all lead with L)."""
+    L = ctx.errors.shape[0]
+    recompute = ctx.pattern is None
     return LayerConsts(
         lp=ctx.layers,
         ln1=ctx.ln1_scale,
@@ -269,6 +340,12 @@ def _layer_consts(ctx: LinearContext) -> LayerConsts:
         err=ctx.errors,
         skip=ctx.W_skip,
         dec=ctx.dec,
+        dec_rows=ctx.dec_rows,
+        dec_idx=ctx.dec_idx,
+        dec_val=ctx.dec_val,
+        qk=ctx.qk,
+        window=jnp.asarray(layer_windows_array(st.cfg)[:L]) if recompute else None,
+        rope=jnp.asarray(layer_rope_array(st.cfg)[:L]) if recompute else None,
     )
 
 
@@ -336,9 +413,9 @@ def backward_rows(st: Static, ctx: LinearContext, g0_BTD, enc_BD, pos_B, start_B
     """
     L = ctx.errors.shape[0]  # may be a prefix of the model's blocks (``layers_prefix``)
     B, T, D = g0_BTD.shape
-    consts = _layer_consts(ctx)
+    consts = _layer_consts(st, ctx)
     clt = ctx.dec_clt is not None
-    K = D if clt else ctx.dec.shape[2]
+    K = D if clt else ctx.n_sources
     top = jnp.max(start_B)
     zeros_out = lambda dt: (jnp.zeros((B, T, K), dt), jnp.zeros((B, T), dt))  # noqa: E731
 
@@ -353,15 +430,16 @@ def backward_rows(st: Static, ctx: LinearContext, g0_BTD, enc_BD, pos_B, start_B
         return jax.vmap(one)(e, pos_B)
 
     def full(layer, g, c):  # rows already started pass through; rows starting here are injected
+        c = _with_pattern(st, c)
         zero = jnp.zeros((T, D), g.dtype)
         _, vjp = jax.vjp(lambda x, s: _block(st, c, x, s), zero, zero)
         gx, gslot = jax.vmap(vjp)(g)
         err = contract(st, "btd,td->bt", gslot, c.err)
-        src = gslot if clt else contract(st, "btd,tkd->btk", gslot, c.dec)
+        src = gslot if clt else contract(st, "btd,tkd->btk", gslot, _layer_decoders(st, c))
         return gx + inject(layer, c, g.dtype), (src, err)
 
     def first(layer, g, c):  # the batch's highest start: every gradient is still zero, only inject
-        return inject(layer, c, g.dtype), zeros_out(g.dtype)
+        return inject(layer, _with_pattern(st, c), g.dtype), zeros_out(g.dtype)
 
     def skip(layer, g, c):
         return g, zeros_out(g.dtype)
@@ -427,7 +505,7 @@ def token_rows_for_layer0(st: Static, ctx: LinearContext, pos_B, feat_B, valid_B
     T, D = ctx.embeddings.shape[0], st.cfg.d_model
     f32 = jnp.float32
     enc = ctx.W_enc[0][:, feat_B].T.astype(f32) * valid_B[:, None].astype(f32)  # [B, D]
-    c0 = jax.tree.map(lambda a: a[0], _layer_consts(ctx))
+    c0 = _with_pattern(st, jax.tree.map(lambda a: a[0], _layer_consts(st, ctx)))
     zero = jnp.zeros((T, D), f32)
 
     def one(e_D, p):

@@ -1,12 +1,15 @@
 """The shape-bucket policy: which padded sizes the attribution engine compiles for.
 
 XLA compiles one program per distinct static shape, so the engine pads every size that varies from prompt to
-prompt to a few buckets; the memory estimator plans with the same padded sizes. Both import them from here.
+prompt to a few buckets; the memory estimator plans with the same padded sizes. Both import them from here, and
+the rule that cuts a long prompt's device batches of rows by memory (``device_batch``).
 """
 
 from __future__ import annotations
 
-__all__ = ["length_bucket", "size_bucket", "position_buckets"]
+__all__ = ["length_bucket", "size_bucket", "position_buckets", "row_bytes", "device_batch", "ROW_BATCH_BYTES",
+           "gathers_decoders", "PADDED_DECODER_BYTES", "dense_rows_fit", "DENSE_LIMIT_BYTES",
+           "recomputes_patterns", "PATTERN_BYTES"]
 
 
 def length_bucket(T: int) -> int:
@@ -28,3 +31,55 @@ def size_bucket(n: int) -> int:
 def position_buckets(T: int, n_buckets: int) -> list[int]:
     """Prefix lengths a feature batch is truncated to: ``n_buckets`` even steps up to ``T``."""
     return sorted({max(1, -(-T * k // n_buckets)) for k in range(1, n_buckets + 1)})
+
+
+ROW_BATCH_BYTES = 2**31  # a device batch of rows is cut so that its largest buffers stay near this
+
+
+def row_bytes(L: int, Tb: int, D: int, n_sources: int, n_active: int) -> int:
+    """Bytes one target row occupies on a device while its batch runs, at most (a full-length prefix): the
+    per-layer source edges the scan stacks ``[L, T, K]`` and their flat copy, the gathered row ``[n_active]``
+    and its error/token columns, and the transposed block's cotangents (about eight ``[T, D]`` arrays), all
+    float32. ``n_sources``: K for a PLT, D for a CLT (its scan stacks slot gradients)."""
+    return 4 * (2 * L * Tb * n_sources + n_active + L * Tb + Tb + 8 * Tb * D)
+
+
+def device_batch(batch_size: int, data: int, per_row: int, budget: int = ROW_BATCH_BYTES) -> int:
+    """The rows one device batch holds: ``batch_size`` rounded up to a multiple of the data axis, cut (to a power
+    of two times the data axis, at least one row per device) while a device's share would take more than
+    ``budget`` bytes at ``per_row`` each. Only how rows are grouped on the device changes: which rows are
+    computed, and in which order, does not."""
+    full = -(-batch_size // data) * data
+    fit = max(1, budget // max(per_row, 1))  # rows per device
+    if full // data <= fit:
+        return full
+    return data * (1 << (fit.bit_length() - 1))
+
+
+PADDED_DECODER_BYTES = 2**28  # above this, a PLT's source vectors are kept gathered, if that is smaller
+
+
+def gathers_decoders(L: int, Tb: int, K: int, D: int, U: int, itemsize: int, limit: int = PADDED_DECODER_BYTES):
+    """Whether the frozen model keeps a PLT's active decoder vectors *gathered* (each layer's ``U`` distinct rows
+    in float32 plus a row index and an activation per padded slot) rather than padded ``[L, T, K, D]`` in the
+    compute dtype: when the padded store would exceed ``limit`` and the gathered one is smaller."""
+    padded = L * Tb * K * D * itemsize
+    return padded > max(limit, L * U * D * 4 + L * Tb * K * 8)
+
+
+DENSE_LIMIT_BYTES = 2**30  # attribute(adjacency="auto") keeps rows dense up to this much row + matrix memory
+
+
+def dense_rows_fit(n_rows: int, n_cols: int, N: int, selecting: bool, limit: int = DENSE_LIMIT_BYTES) -> bool:
+    """Whether ``attribute(adjacency="auto")`` keeps its working rows dense: ``n_rows`` float32 rows of ``n_cols``
+    (twice with selection: raw and normalised) plus the final ``[N, N]`` matrix fit in ``limit`` bytes."""
+    return 4 * (n_rows * n_cols * (2 if selecting else 1) + N * N) <= limit
+
+
+PATTERN_BYTES = 2**30  # above this, the frozen attention patterns are recomputed per block, not stored
+
+
+def recomputes_patterns(L: int, H: int, Tb: int, itemsize: int, limit: int = PATTERN_BYTES) -> bool:
+    """Whether a prompt's frozen attention patterns ``[L, H, T, T]`` (``itemsize`` bytes each) are too large to
+    store, so the frozen model keeps what defines them and recomputes one block's at a time."""
+    return L * H * Tb * Tb * itemsize > limit

@@ -354,6 +354,7 @@ def forward(
     mlp_state: Any = None,
     mlp_at: str = "mlp_out",
     dtype=None,
+    capture_patterns: bool = True,
 ):
     """Run the model on ``tokens [B, T]`` (int). Returns ``logits [B, T, V]`` (float32, after any final
     soft-cap), or ``(logits, Intermediates)`` with ``capture=True``, plus the final ``mlp_state`` when ``mlp_fn``
@@ -361,7 +362,8 @@ def forward(
 
     ``dtype``: compute in this dtype whatever the weights' storage (each layer's weights are cast inside the
     layer scan, so a bfloat16-stored model runs in float32 with one layer's float32 copy at a time); default: the
-    weights' own dtype.
+    weights' own dtype. ``capture_patterns=False`` leaves ``attn_pattern`` out of the capture (``None``): the
+    ``[L, B, H, T, T]`` stack is what a long prompt cannot afford.
 
     Validates tokens eagerly (shape, context length, vocabulary) and dispatches to a jitted implementation.
     """
@@ -369,15 +371,17 @@ def forward(
     if mlp_at not in ("mlp_out", "mlp_out_raw"):
         raise ValueError(f"mlp_at must be 'mlp_out' or 'mlp_out_raw', got {mlp_at!r}")
     dtype = None if dtype is None else jnp.dtype(dtype)
-    out = _forward_jit(params, cfg, jnp.asarray(tokens), frozen, capture, mlp_fn, mlp_state, mlp_at, dtype)
+    out = _forward_jit(
+        params, cfg, jnp.asarray(tokens), frozen, capture, mlp_fn, mlp_state, mlp_at, dtype, capture_patterns
+    )
     if mlp_fn is not None:
         return out
     logits, inter, _ = out
     return (logits, inter) if capture else logits
 
 
-@partial(jax.jit, static_argnums=(1, 4, 5, 7, 8))
-def _forward_jit(params, cfg, tokens, frozen, capture, mlp_fn, mlp_state, mlp_at, dtype):
+@partial(jax.jit, static_argnums=(1, 4, 5, 7, 8, 9))
+def _forward_jit(params, cfg, tokens, frozen, capture, mlp_fn, mlp_state, mlp_at, dtype, capture_patterns):
     return forward_fn(
         params,
         cfg,
@@ -388,11 +392,22 @@ def _forward_jit(params, cfg, tokens, frozen, capture, mlp_fn, mlp_state, mlp_at
         mlp_state=mlp_state,
         mlp_at=mlp_at,
         dtype=dtype,
+        capture_patterns=capture_patterns,
     )
 
 
 def forward_fn(
-    params, cfg, tokens, *, frozen=None, capture=False, mlp_fn=None, mlp_state=None, mlp_at="mlp_out", dtype=None
+    params,
+    cfg,
+    tokens,
+    *,
+    frozen=None,
+    capture=False,
+    mlp_fn=None,
+    mlp_state=None,
+    mlp_at="mlp_out",
+    dtype=None,
+    capture_patterns=True,
 ):
     """Un-jitted ``forward`` for composing inside other jitted functions. Always returns
     ``(logits, intermediates_or_None, mlp_state)``.
@@ -441,7 +456,7 @@ def forward_fn(
                 resid=out,
                 resid_mid=mid,
                 attn_out=a,
-                attn_pattern=pattern,
+                attn_pattern=pattern if capture_patterns else None,
                 ln1_scale=ln1_s,
                 ln2_scale=ln2_s,
                 mlp_in=points.mlp_in,

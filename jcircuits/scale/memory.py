@@ -5,23 +5,31 @@ arrays that are alive at the peak of a run, each divided by how ``jcircuits.scal
 
 * resident: model params and the transcoders' encoder arrays (``param_specs``/``transcoder_specs``) in their
   storage dtype ``params_dtype`` (default ``dtype``);
-* the replacement step, always float32: the captured intermediates (kept for the whole run), attention patterns,
-  the encoder pre-activations/activations ``[L, T, F]``, and one layer's float32 copy of bfloat16-stored
-  weights and encoders (they are upcast layer by layer);
-* the frozen linear model of the prompt (``LinearContext``): decoder vectors of active features padded by
-  (layer, position) ``[L, T, K, D]`` (a CLT keeps one ``[T, K, L-l, D]`` block per source layer), errors, patterns,
-  and a cast copy of the weights when ``dtype`` differs from the params' dtype;
+* the replacement step, always float32: the captured intermediates (kept for the whole run), attention patterns
+  ``[L, H, T, T]`` (the capture's, twice while it is trimmed, and dropped once the frozen model holds its own),
+  the encoder pre-activations/activations ``[L, T, F]``, and one layer's float32 copy of bfloat16-stored weights
+  and encoders (they are upcast layer by layer);
+* the frozen linear model of the prompt (``LinearContext``): its patterns, or on long prompts
+  (``buckets.recomputes_patterns``) what defines them (attention inputs ``[L, T, D]``, query/key weights) plus one
+  block's recomputed ``[H, T, T]`` in the batch term; decoder vectors of active features padded by
+  (layer, position) ``[L, T, K, D]``, or on long prompts *gathered* (each layer's distinct active rows plus an
+  index and an activation per slot, ``buckets.gathers_decoders``; a CLT keeps one ``[T, K, L-l, D]`` block per
+  source layer), errors, patterns, and a cast copy of the weights when ``dtype`` differs from the params' dtype;
 * one batch of rows (the engine's largest buffers, split over ``data``): the per-layer source edges stacked by the
   backward scan ``[L, B, T, K]`` (CLT: slot gradients and contracted edges), the gathered rows ``[B, n_active]``
   in float32, and the batch of residual-stream gradients and attention intermediates of one block. Gradients and
   contraction outputs are float32 in both precision modes, so a bfloat16 (mixed) batch costs the float32 bytes
-  plus the bfloat16 copies of each matmul's cotangent input (``mixed=True``); only the context halves.
-  ``batch_bytes`` is this term alone; ``tests/test_sharding.py`` checks it against XLA's own ``compiled.memory_analysis()``.
+  plus the bfloat16 copies of each matmul's cotangent input (``mixed=True``); only the context halves. ``B`` is
+  the engine's device batch (``buckets.device_batch``: ``batch_size``, cut on long prompts so a batch stays near
+  ``ROW_BATCH_BYTES``). ``batch_bytes`` is this term alone; ``tests/test_sharding.py`` checks it against XLA's own
+  ``compiled.memory_analysis()``.
 
-On the host: the ``[rows, columns]`` working matrix of float32 rows (``max_feature_nodes`` + logits rows by all
-active features + errors + tokens), the final square adjacency, the dense activations copied to the host by the
-replacement step, the padded decoder buffer, and (without sharded loading) one host copy of the model while it is
-converted.
+On the host: the working rows — dense ``[rows, columns]`` float32 (twice while selecting) and the final square
+adjacency when they fit ``DENSE_LIMIT_BYTES`` (``buckets.dense_rows_fit``, as ``adjacency="auto"`` decides), else
+CSR rows at 12 bytes per non-zero with ``ROW_DENSITY`` of the columns non-zero (a stated assumption: a target row
+reaches the features below its layer and up to its position) — the dense activations copied to the host by the
+replacement step, the host decoder buffer, and (without sharded loading) one host copy of the model while it is
+converted. ``single_memory_peak`` is the peak when devices and host share one memory (CPU runs).
 
 Every array with a position axis is sized at the padded length ``length_bucket(T)`` the engine runs at (the
 replacement step's forward pass, the frozen model and the batches of rows), the graph's rows and columns at ``T``.
@@ -41,7 +49,15 @@ import jax
 import numpy as np
 
 from jcircuits.common.arrays import array_leaves
-from jcircuits.common.buckets import length_bucket, size_bucket  # the engine's padded sizes
+from jcircuits.common.buckets import (  # the engine's padded sizes and memory rules
+    dense_rows_fit,
+    device_batch,
+    gathers_decoders,
+    length_bucket,
+    recomputes_patterns,
+    row_bytes,
+    size_bucket,
+)
 from jcircuits.models.config import ModelConfig
 from jcircuits.models.transformer import param_specs
 from jcircuits.scale.sharding import RULES, human, mesh_shape, shard_bytes, spec_for
@@ -57,6 +73,7 @@ __all__ = [
 ]
 
 DEFAULT_L0 = 64
+ROW_DENSITY = 0.25  # non-zero share of a sparse-layout row's columns (measured 0.20 on the medium case, T=256)
 
 
 @dataclasses.dataclass
@@ -69,9 +86,20 @@ class MemoryEstimate:
 
     @property
     def device_peak(self) -> int:
+        """The largest of: the replacement step (the capture and its trimmed copy, both with their attention
+        patterns), building the frozen model (the capture's patterns and the context's), and the rows (the
+        context and one batch; the capture's patterns are dropped by then)."""
         d = self.device
         resident = d["params"] + d["transcoders"] + d["intermediates"]
-        return resident + max(d["replacement"], d["context"] + d["batch"])
+        p = d["patterns"]
+        return resident + max(2 * p + d["replacement"], p + d["context"], d["context"] + d["batch"])
+
+    @property
+    def single_memory_peak(self) -> int:
+        """Peak bytes when devices and host share one memory (a CPU run): the device peak plus what the host
+        holds beside it (the rows and the final matrix while the rows run, the replacement's copies before)."""
+        h = self.host
+        return max(self.device_peak + h["rows"] + h["adjacency"], self.device_peak + h["replacement"], h["loading"])
 
     @property
     def host_peak(self) -> int:
@@ -89,6 +117,8 @@ class MemoryEstimate:
             + ", ".join(f"{k} {human(v)}" for k, v in self.device.items()),
             f"  host:       peak {human(self.host_peak)} = "
             + ", ".join(f"{k} {human(v)}" for k, v in self.host.items()),
+            f"  one memory for both (CPU devices): peak {human(self.single_memory_peak)}; rows kept "
+            f"{s['layout']}, decoder vectors {s['decoders']}, attention patterns {s['patterns']}",
         ]
         return "\n".join(lines)
 
@@ -199,26 +229,41 @@ def estimate_attribution(
     if k_pad is None:
         k_pad = max(1, int(math.ceil(2 * l0)))
     n_rows = n_active if max_feature_nodes is None else min(max_feature_nodes, n_active)
+    selecting = n_rows < n_active
     s, sp = dtype.itemsize, params_dtype.itemsize
-    B = _split(batch_size, d) * d  # the engine rounds the batch up to a multiple of the data axis
+    clt = tcfg.kind == "clt"
+    # the engine's device batch: batch_size rounded up to the data axis, cut by memory on long prompts
+    per_row = row_bytes(L, Tb, D, D if clt else k_pad, n_active)
+    B = device_batch(batch_size, d, per_row)
 
     params = _tree_bytes(param_specs(cfg), (d, m), params_dtype)
     transcoders = _tree_bytes(transcoder_specs(tcfg), (d, m), params_dtype)
 
     heads = _split(H, m) if H % m == 0 else H
-    pattern = L * heads * Tb * Tb * 4  # the replacement step's forward is float32 whatever the storage
-    intermediates = (L + 1 + 5 * L) * Tb * D * 4 + pattern + 4 * Tb * _split(V, m if V % m == 0 else 1)
+    recompute = recomputes_patterns(L, H, Tb, 4)  # as the engine decides: too large to store, recomputed
+    # the replacement step's forward is float32 whatever the storage
+    patterns = 0 if recompute else L * heads * Tb * Tb * 4
+    intermediates = (L + 1 + 5 * L) * Tb * D * 4 + 4 * Tb * _split(V, m if V % m == 0 else 1)
     feats_dev = _split(F, m) if F % m == 0 else F
     upcast = 0 if sp == 4 else (params + transcoders) * 4 // sp // L  # one layer's float32 copy at a time
     replacement = 2 * L * Tb * feats_dev * 4 + 3 * Tb * cfg.d_mlp * 4 + upcast
 
     k_dev = _split(k_pad, m) if k_pad % m == 0 else k_pad
-    if tcfg.kind == "clt":
+    U = min(F, size_bucket(max(1, math.ceil(n_active / L))))  # distinct active features of a layer, at most
+    gathered = not clt and gathers_decoders(L, Tb, k_pad, D, U, s)
+    if clt:
         dec = Tb * k_dev * D * s * L * (L + 1) // 2
+    elif gathered:  # each layer's distinct rows (float32, whole) + a row index and an activation per slot
+        dec = L * U * D * 4 + L * Tb * k_dev * 8
     else:
         dec = L * Tb * k_dev * D * s
     cast = 0 if dtype == params_dtype else params * s // sp + transcoders * s // sp
-    context = dec + L * heads * Tb * Tb * s + 2 * L * Tb * D * s + cast
+    if recompute:  # attention inputs and float32 query/key weights instead of [L, H, T, T]
+        kv = _split(cfg.n_kv_heads, m) if cfg.n_kv_heads % m == 0 else cfg.n_kv_heads
+        frozen_attn = L * Tb * D * 4 + L * D * (heads + kv) * cfg.head_dim * 4
+    else:
+        frozen_attn = L * heads * Tb * Tb * s
+    context = dec + frozen_attn + 2 * L * Tb * D * s + cast
     batch = batch_bytes(
         cfg,
         n_tokens=Tb,
@@ -226,9 +271,13 @@ def estimate_attribution(
         k_pad=k_dev,
         n_active=n_active,
         itemsize=4,
-        clt=tcfg.kind == "clt",
+        clt=clt,
         mixed=s < 4,
     )
+    if gathered:  # the scan builds one layer's [T, K, D] source vectors at a time
+        batch += Tb * k_dev * D * s
+    if recompute:  # and one block's pattern (scores and softmax, float32)
+        batch += 2 * heads * Tb * Tb * 4
 
     n_cols = n_active + L * T + T
     n_logits = max_n_logits
@@ -241,16 +290,26 @@ def estimate_attribution(
         loading = loading * 4 // max(1, m)
     else:  # load_model converts the whole checkpoint on the host, then copies it to the devices
         loading = sum(math.prod(x.shape) * sp for x in leaves) + L * D * F * sp
+    dense = dense_rows_fit(n_logits + n_rows, n_cols, N, selecting)
+    decoders_host = L * U * D * 4 + L * T * k_pad * 8 if gathered else L * T * k_pad * D * 4
+    if dense:  # [rows, columns] float32 (and its normalised copy while selecting), then the [N, N] matrix
+        rows = (n_logits + n_rows) * n_cols * 4 * (2 if selecting else 1)
+        adjacency = N * N * 4
+    else:  # CSR: value + column + normalised value per non-zero, and one arriving batch's dense block
+        nnz = int((n_logits + n_rows) * n_cols * ROW_DENSITY)
+        rows = nnz * 12 + B * n_cols * 4 + int(B * n_cols * ROW_DENSITY) * 16
+        adjacency = int((n_logits + n_rows) * (N - n_logits) * ROW_DENSITY) * 8
     host = dict(
         loading=loading,
-        replacement=L * Tb * F * 4 + L * Tb * k_pad * D * 4 + n_active * 12,
-        rows=(n_logits + n_rows) * n_cols * 4,
-        adjacency=N * N * 4,
+        replacement=L * Tb * F * 4 + decoders_host + n_active * 36,
+        rows=rows,
+        adjacency=adjacency,
     )
     device = dict(
         params=params,
         transcoders=transcoders,
         intermediates=intermediates,
+        patterns=patterns,
         replacement=replacement,
         context=context,
         batch=batch,
@@ -265,6 +324,9 @@ def estimate_attribution(
         n_feature_rows=n_rows,
         n_columns=n_cols,
         n_logits=n_logits,
+        layout="dense" if dense else "sparse",
+        decoders="gathered" if gathered else "padded",
+        patterns="recomputed" if recompute else "stored",
     )
     return MemoryEstimate(device=device, host=host, settings=settings)
 

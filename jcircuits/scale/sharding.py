@@ -228,6 +228,19 @@ def intermediates_axes(inter: Any) -> Any:
     )
 
 
+def _qk_axes(qk: Any, cfg: ModelConfig) -> Any:
+    """Logical axes of ``attribution.linear.QKContext`` (what defines the patterns of a long prompt)."""
+    lay = param_axes(cfg).layers
+    return dataclasses.replace(
+        qk,
+        attn_in=("layers", "positions", "embed"),
+        wq=lay.wq,
+        wk=lay.wk,
+        q_norm=None if qk.q_norm is None else lay.q_norm,
+        k_norm=None if qk.k_norm is None else lay.k_norm,
+    )
+
+
 def context_axes(ctx: Any, cfg: ModelConfig) -> Any:
     """Logical axes of the frozen linear model of one prompt (``attribution.linear.LinearContext``, matched by
     field name so this module needs no import from ``attribution``): weights as ``param_axes``, attention
@@ -238,7 +251,8 @@ def context_axes(ctx: Any, cfg: ModelConfig) -> Any:
         ctx,
         layers=param_axes(cfg).layers,
         ln1_scale=per_pos,
-        pattern=("layers", "q_heads", "positions", "positions"),
+        pattern=None if ctx.pattern is None else ("layers", "q_heads", "positions", "positions"),
+        qk=None if getattr(ctx, "qk", None) is None else _qk_axes(ctx.qk, cfg),
         ln2_scale=per_pos,
         errors=("layers", "positions", "embed"),
         embeddings=("positions", "embed"),
@@ -249,6 +263,9 @@ def context_axes(ctx: Any, cfg: ModelConfig) -> Any:
         post_mlp_scale=None if ctx.post_mlp_scale is None else per_pos,
         W_skip=None if ctx.W_skip is None else ("layers", "embed", "embed_out"),
         dec=None if ctx.dec is None else ("layers", "positions", "sources", "embed"),
+        dec_rows=None if getattr(ctx, "dec_rows", None) is None else ("layers", None, "embed"),
+        dec_idx=None if getattr(ctx, "dec_idx", None) is None else ("layers", "positions", "sources"),
+        dec_val=None if getattr(ctx, "dec_val", None) is None else ("layers", "positions", "sources"),
         dec_clt=None
         if dec_clt is None
         else tuple(("positions", "sources", "layers_out", "embed") for _ in dec_clt),
