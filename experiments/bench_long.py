@@ -57,9 +57,19 @@ def worker_ours(case_dir: Path, out_json: Path, kw: dict) -> None:
     wall = time.perf_counter() - t
     path = case_dir / "ours.safetensors"
     g.save(path)
+    # the estimator's prediction for this run, given the run's own number of active features and slot width
+    from jcircuits.common.buckets import size_bucket
+    from jcircuits.scale.memory import estimate_attribution
+
+    act = g.active_features
+    L, T = cfg.n_layers, len(toks)
+    K = size_bucket(int(np.bincount(act[:, 0] * T + act[:, 1], minlength=L * T).max()))
+    est = estimate_attribution(cfg, tcs.cfg, n_tokens=T, batch_size=case["batch_size"],
+                               max_feature_nodes=case["max_feature_nodes"], n_active=len(act), k_pad=K)
     info = dict(wall_s=wall, timings=g.settings["timings"], layout=g.settings["adjacency"],
                 n_active=int(g.settings["n_active"]), n_selected=len(g.selected_features),
-                graph_bytes=path.stat().st_size)
+                graph_bytes=path.stat().st_size, estimate_gib=est.single_memory_peak / 2**30,
+                estimate=est.settings)
     out_json.write_text(json.dumps(info))
 
 
@@ -155,9 +165,10 @@ def write_table(rows, args, argv):
          f"Machine: {facts['cpu']}, {facts['cores']} cores. Each entry is one fresh process (a first call: "
          "compilation included; no persistent cache) under `/usr/bin/time`: wall seconds of the whole process "
          "(loading, attribution, saving) and its peak resident memory.\n",
-         "| T | n active | ours wall (s) | ours attribute (s) | rows/s | ours peak RSS (GiB) | layout | graph file (MB) "
-         "| CT wall (s) | CT attribute (s) | CT peak RSS (GiB) | rel. max diff | selected overlap |",
-         "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+         "| T | n active | ours wall (s) | ours attribute (s) | rows/s | ours peak RSS (GiB) | estimated (GiB) "
+         "| layout | graph file (MB) | CT wall (s) | CT attribute (s) | CT peak RSS (GiB) | rel. max diff "
+         "| selected overlap |",
+         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     f = lambda x, nd=1: "–" if x is None else f"{x:.{nd}f}"  # noqa: E731
     for r in rows:
         ok = r["ours_status"] == "ok"
@@ -167,7 +178,7 @@ def write_table(rows, args, argv):
         L.append(
             f"| {r['T']} | {r.get('n_active', '–')} | {f(r['ours_wall']) if ok else r['ours_status']} "
             f"| {f(r.get('wall_s'))} | {f(r.get('timings', {}).get('rows_per_s'), 0)} | {f(r['ours_rss'], 2)} "
-            f"| {r.get('layout', '–')} | {f(r['graph_bytes'] / 1e6) if ok else '–'} | {ct_wall} "
+            f"| {f(r.get('estimate_gib'), 2)} | {r.get('layout', '–')} | {f(r['graph_bytes'] / 1e6) if ok else '–'} | {ct_wall} "
             f"| {f(r.get('ref_attr_s'))} | {f(r.get('ref_rss'), 2)} "
             f"| {format(ag['rel_diff'], '.1e') if 'rel_diff' in ag else '–'} "
             f"| {(str(ag['n_sel_common']) + '/' + str(ag['n_sel_ref'])) if ag else '–'} |")

@@ -33,7 +33,7 @@ def position_buckets(T: int, n_buckets: int) -> list[int]:
     return sorted({max(1, -(-T * k // n_buckets)) for k in range(1, n_buckets + 1)})
 
 
-ROW_BATCH_BYTES = 2**31  # a device batch of rows is cut so that its largest buffers stay near this
+ROW_BATCH_BYTES = 2**30  # a device batch of rows is cut so that its largest buffers stay near this
 
 
 def row_bytes(L: int, Tb: int, D: int, n_sources: int, n_active: int) -> int:
