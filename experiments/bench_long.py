@@ -4,6 +4,9 @@
         [--ref-timeout 1200] [--ref-python PY] [--workdir DIR] [--out experiments/results/long_prompts_cpu.md]
         [--ours-kw JSON]
 
+Circuit-tracer results already in ``--workdir/results.json`` are reused at lengths not in ``--ref-lengths`` (marked
+``*``) and compared with the new graphs.
+
 The case is ``bench_attribution.py``'s medium one (8 layers, d_model 512, 8 heads / 4 KV, d_mlp 2048, vocab 2048,
 8192-feature JumpReLU PLTs calibrated so ~532 features are active per token, max_feature_nodes 2048, batch 256)
 at prompt length T: seeded ids after a BOS, transcoders calibrated on that prompt. Each side runs once per length
@@ -111,6 +114,9 @@ def main(argv=None) -> int:
     lengths = [int(x) for x in args.lengths.split(",")]
     ref_lengths = {int(x) for x in args.ref_lengths.split(",") if x}
     work = Path(args.workdir)
+    prior = {}  # circuit-tracer results of an earlier run in this workdir (they do not depend on our code)
+    if (work / "results.json").exists():
+        prior = {r["T"]: r for r in json.loads((work / "results.json").read_text()) if "ref_status" in r}
     rows = []
     for T in lengths:
         s = case_for(T)
@@ -140,16 +146,20 @@ def main(argv=None) -> int:
             if st == "ok":
                 ref = dict(np.load(case_dir / "ref.npz"))
                 row["ref_attr_s"] = json.loads(str(ref["meta"]))["times"][-1]
-                if row["ours_status"] == "ok":
-                    from jcircuits.graph import Graph
-
-                    g = Graph.load(case_dir / "ours.safetensors")
-                    ours = dict(active_features=g.active_features, selected_features=g.selected_features,
-                                adjacency_matrix=g.dense_adjacency(), logit_token_ids=g.logit_token_ids)
-                    row["agreement"] = BA.agreement(ours, ref)
             else:
                 print(tail)
             print(f"T={T} circuit-tracer: {st} {wall:.1f} s, peak RSS {rss} GiB", flush=True)
+        elif T in prior:  # reuse: same case, same circuit-tracer; compared with this run's graph below
+            row.update({k: v for k, v in prior[T].items() if k.startswith("ref_")}, ref_reused=True)
+            print(f"T={T} circuit-tracer: {row['ref_status']} (reused from an earlier run)", flush=True)
+        if row.get("ref_status") == "ok" and row["ours_status"] == "ok":
+            from jcircuits.graph import Graph
+
+            ref = dict(np.load(case_dir / "ref.npz"))
+            g = Graph.load(case_dir / "ours.safetensors")
+            ours = dict(active_features=g.active_features, selected_features=g.selected_features,
+                        adjacency_matrix=g.dense_adjacency(), logit_token_ids=g.logit_token_ids)
+            row["agreement"] = BA.agreement(ours, ref)
         rows.append(row)
         (work / "results.json").write_text(json.dumps(rows, indent=1))
     if args.out:
@@ -169,12 +179,17 @@ def write_table(rows, args, argv):
          "| layout | graph file (MB) | CT wall (s) | CT attribute (s) | CT peak RSS (GiB) | rel. max diff "
          "| selected overlap |",
          "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    if any(r.get("ref_reused") for r in rows):
+        L.insert(3, "`*`: circuit-tracer's run reused from an earlier invocation in the same work directory (same case "
+                    "files; its result does not depend on our code); the comparison is against this run's graph.\n")
     f = lambda x, nd=1: "–" if x is None else f"{x:.{nd}f}"  # noqa: E731
     for r in rows:
         ok = r["ours_status"] == "ok"
         ag = r.get("agreement") or {}
         ct = r.get("ref_status")
         ct_wall = f(r.get("ref_wall")) if ct == "ok" else (ct or "not run")
+        if r.get("ref_reused"):
+            ct_wall += "*"
         L.append(
             f"| {r['T']} | {r.get('n_active', '–')} | {f(r['ours_wall']) if ok else r['ours_status']} "
             f"| {f(r.get('wall_s'))} | {f(r.get('timings', {}).get('rows_per_s'), 0)} | {f(r['ours_rss'], 2)} "

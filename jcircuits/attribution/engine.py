@@ -302,7 +302,7 @@ class _Frozen:
     """Phase 0's output: the prompt's replacement step and its frozen linear model, placed on device(s)."""
 
     tokens: np.ndarray
-    rep: Replacement
+    rep: Replacement  # node set, values, logits, round-off; its capture and [L, T, D] arrays dropped (in ctx)
     static: Static
     ctx: LinearContext  # zero-padded to Tb positions
     src_index: Callable[..., jax.Array]  # see ``build_context``
@@ -611,8 +611,12 @@ def _replacement_phase(
         model, transcoders, tokens, zero_positions=zero_positions, active_features=given, capture_patterns=store
     )
     static, ctx, src_index = build_context(model, transcoders, rep, dtype)
-    # the context holds its own (cast, padded) patterns, or recomputes them: the capture's are not needed again
-    rep = dataclasses.replace(rep, inter=dataclasses.replace(rep.inter, attn_pattern=None))
+    # the frozen model holds what the rows need (its own patterns, or what recomputes them; errors, embeddings):
+    # the capture and the per-position arrays of the replacement step are not needed again (on a long prompt
+    # they are several [L, T, D] arrays and the [L, H, T, T] patterns)
+    rep = dataclasses.replace(
+        rep, inter=None, reconstruction=None, errors=None, mlp_out=None, feature_inputs=None, embeddings=None
+    )
     on_mesh = lambda x: x  # noqa: E731
     if mesh is not None:
         ctx, src_index, on_mesh = place_context(ctx, model.cfg, src_index, mesh)

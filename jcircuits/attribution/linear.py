@@ -23,7 +23,9 @@ Rows are computed for a batch of targets at once, and three facts keep the work 
   to the first ``n`` positions is exactly the same linear map there. ``rows_for_features`` takes a static prefix
   length ``n`` (a few buckets) and transposes only that prefix; sources at later positions get exact zeros.
 Decoder contractions happen inside the scan, per layer, against decoders padded by position (``[T, K, D]``,
-``einsum('btd,tkd->btk')``) — never a ``[B, n_active, D]`` array.
+``einsum('btd,tkd->btk')``) — never a ``[B, n_active, D]`` array. On long prompts neither ``[L, T, K, D]`` nor ``[L, H, T, T]`` is
+stored: the scan builds one block's decoder vectors from the gathered form (``_layer_decoders``) and recomputes
+one block's pattern from what defines it (``QKContext``, ``_with_pattern``) just before transposing it.
 
 The constants travel as named pytrees: ``LinearContext`` for the prompt, ``LayerConsts`` for the one block a scan
 step transposes.

@@ -80,11 +80,12 @@ def test_device_batch_is_cut_by_memory_and_the_graph_does_not_change(monkeypatch
                                atol=1e-6 * np.abs(want.adjacency_matrix).max())
 
 
-def test_the_capture_patterns_are_dropped_once_the_context_holds_its_own():
+def test_the_capture_is_dropped_once_the_context_holds_its_own():
     model = tiny_model("llama", seed=3)
     ts = tiny_transcoders(model.cfg, kind="plt", activation="jumprelu", seed=4)
     fz = engine._replacement_phase(model, ts, TOKENS, 1, np.float32, None)
-    assert fz.rep.inter.attn_pattern is None and fz.ctx.pattern is not None
+    assert fz.rep.inter is None and fz.rep.errors is None and fz.ctx.pattern is not None
+    assert fz.rep.n_active == len(fz.rep.activation_values) > 0
 
 
 def test_block_by_block_influence_equals_one_csr():
@@ -130,7 +131,7 @@ def test_recomputed_patterns_give_the_stored_graph(monkeypatch, case):
     want = attribute(model, ts, TOKENS, **KW)
     _long_prompt_layout(monkeypatch)
     fz = engine._replacement_phase(model, ts, TOKENS, 1, np.float32, None)
-    assert fz.ctx.pattern is None and fz.ctx.qk is not None and fz.rep.inter.attn_pattern is None
+    assert fz.ctx.pattern is None and fz.ctx.qk is not None and fz.rep.inter is None
     assert (fz.ctx.dec_idx is not None) == (kind == "plt")  # gathered; a CLT keeps its per-layer blocks
     got = attribute(model, ts, TOKENS, **KW)
     np.testing.assert_array_equal(got.selected_features, want.selected_features)
