@@ -333,7 +333,7 @@ def cost_analysis_block(case_dir: Path, B: int):
     rep = replace(model, tcs, toks)
     st, ctx, src = engine.build_context(model, tcs, rep)
     T, D = len(toks), cfg.d_model
-    consts = linear._layer_consts(ctx)
+    consts = linear._layer_consts(st, ctx)
     c0 = jax.tree.map(lambda a: None if a is None else a[0], consts, is_leaf=lambda x: x is None)
 
     def full(g, c):
