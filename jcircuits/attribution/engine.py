@@ -97,7 +97,7 @@ PADDED_DECODER_BYTES = buckets.PADDED_DECODER_BYTES  # see ``buckets.gathers_dec
 PATTERN_BYTES = buckets.PATTERN_BYTES  # see ``buckets.recomputes_patterns``
 
 
-def _padded_decoders(transcoders: TranscoderSet, rep: Replacement, rank: np.ndarray, K, dtype, layout="auto"):
+def _source_vectors(transcoders: TranscoderSet, rep: Replacement, rank: np.ndarray, K, dtype, layout="auto"):
     """Decoder vectors of the active features only, scaled by their activations and padded by (layer, position)
     to the source layout ``(rank, K)``: ``dict(dec=[L, T, K, D])`` for a PLT, ``dict(dec_clt=…)`` for a CLT
     (``dec_clt[l]`` ``[T, K_l, L-l, D]``).
@@ -163,7 +163,7 @@ def build_context(
     ``(static, ctx, src_index)``: the matrices of ``ctx`` (weights, patterns, decoders, errors, embeddings) are
     stored in ``dtype`` and contracted in it (``linear.contract``: bfloat16 inputs accumulate in float32), its norm
     scales stay float32; ``ctx`` is zero-padded to ``length_bucket(T)`` positions (``decoders``: the PLT sources'
-    layout, see ``_padded_decoders``), and
+    layout, see ``_source_vectors``), and
     ``src_index(n_pos)`` gives the (cached, device) column map for a position prefix (see ``source_index``)."""
     cfg, tcfg = model.cfg, transcoders.cfg
     L, T = cfg.n_layers, len(rep.tokens)
@@ -171,7 +171,7 @@ def build_context(
     clt = tcfg.kind == "clt"
     act = rep.active_features
     rank, K = _source_layout(act, L, T, clt)
-    sources = _padded_decoders(transcoders, rep, rank, K, dtype, decoders)
+    sources = _source_vectors(transcoders, rep, rank, K, dtype, decoders)
     errors = rep.errors.at[:, : rep.zero_positions].set(0.0)
     cast = lambda a: None if a is None else jnp.asarray(a).astype(dtype)  # noqa: E731
     sq = lambda a: None if a is None else cast(a[:, 0])  # noqa: E731  drop the batch axis
@@ -470,13 +470,15 @@ class _SparseRows:
         """``[n_cols]``: as ``_Rows.influence``, with sparse mat-vecs over the stored chunks, each normalised
         (``|data| / denom``) only while it is used: no concatenated or normalised copy of all rows."""
 
-        def block(lengths, indices, data, denom):
-            indptr = np.concatenate([[0], np.cumsum(lengths)])
-            index = np.int32 if indptr[-1] < 2**31 else np.int64
+        def block(lengths, indices, data, denom, indptr):
             hat = np.abs(data) / np.repeat(denom, lengths)
-            return scipy.sparse.csr_array((hat, indices, indptr.astype(index)), shape=(len(lengths), self.n_cols))
+            return scipy.sparse.csr_array((hat, indices, indptr), shape=(len(lengths), self.n_cols))
 
-        blocks = [_LazyBlock(len(c[0]), functools.partial(block, *c[:4])) for c in self.chunks]
+        blocks = []
+        for lengths, indices, data, denom, _ in self.chunks:  # a chunk's row pointers once, its values per use
+            indptr = np.concatenate([[0], np.cumsum(lengths)])
+            indptr = indptr.astype(np.int32 if indptr[-1] < 2**31 else np.int64)
+            blocks.append(_LazyBlock(len(lengths), functools.partial(block, lengths, indices, data, denom, indptr)))
         return _partial_influence(blocks, self.row_nodes[: self.filled], logit_p, self.n_cols)
 
     def adjacency(self) -> tuple[np.ndarray, SparseAdjacency, np.ndarray | None]:

@@ -315,8 +315,7 @@ def _with_pattern(st: Static, c: LayerConsts) -> LayerConsts:
     cos, sin = nn.layer_rope(cos_all, sin_all, c.rope)
     mask = nn.attention_mask(T, T, c.window)
     P = nn.attention_pattern(qk.attn_in[None], qk.wq, qk.wk, cos, sin, mask, cfg, qk.q_norm, qk.k_norm)[0]
-    dt = jnp.float32 if st.compute == "float32" else jnp.bfloat16
-    return dataclasses.replace(c, pattern=P.astype(dt))
+    return dataclasses.replace(c, pattern=P.astype(_compute_dtype(st)))
 
 
 def _layer_decoders(st: Static, c: LayerConsts) -> jax.Array:
@@ -324,8 +323,12 @@ def _layer_decoders(st: Static, c: LayerConsts) -> jax.Array:
     gathered form, ``dec_rows[dec_idx] · dec_val`` in float32 then cast, as the host builds ``dec``."""
     if c.dec is not None:
         return c.dec
-    dt = jnp.float32 if st.compute == "float32" else jnp.bfloat16
-    return (c.dec_rows[c.dec_idx] * c.dec_val[..., None]).astype(dt)
+    return (c.dec_rows[c.dec_idx] * c.dec_val[..., None]).astype(_compute_dtype(st))
+
+
+def _compute_dtype(st: Static):
+    """The dtype stored constants take in ``st.compute`` mode (what ``build_context`` casts them to)."""
+    return jnp.float32 if st.compute == "float32" else jnp.bfloat16
 
 
 def _layer_consts(st: Static, ctx: LinearContext) -> LayerConsts:
