@@ -49,7 +49,14 @@ from jcircuits.common import buckets
 from jcircuits.common.buckets import length_bucket, size_bucket
 from jcircuits.common.runtime import show_progress, use_compilation_cache
 from jcircuits.graph import Graph
-from jcircuits.graph.sparse import SparseAdjacency, assemble_rows, csr_rows, sparsify_rows
+from jcircuits.graph.sparse import (
+    SparseAdjacency,
+    assemble_rows,
+    column_indices,
+    compact_columns,
+    csr_rows,
+    sparsify_rows,
+)
 from jcircuits.models import Model, encode_prompt, single_token_id
 from jcircuits.models.layers import apply_rms
 from jcircuits.models.transformer import check_tokens, unembed_matrix
@@ -409,7 +416,9 @@ class _SparseRows:
     as CSR chunks, one per stored batch — exact non-zeros, or sparsified as asked with the |weight| each row
     lost in ``dropped``. For selection a chunk keeps each row's normaliser ``max(Σ|row|, 1e-8)`` (``denom``) and
     ``influence`` rebuilds the normalised rows from it one chunk at a time, bit for bit what ``_normalize_abs_rows``
-    gives: 8 bytes a non-zero (value and column), and no array is ever ``[rows, n_active]``."""
+    gives. A chunk's columns are kept as runs of consecutive columns (`ColumnRuns`) where that is smaller — an
+    exact row's non-zeros are a few spans, so about 4 bytes a non-zero (its value) instead of 8 — and expanded
+    only while a chunk is used; no array is ever ``[rows, n_active]``."""
 
     row_nodes: np.ndarray
     visited: np.ndarray
@@ -420,7 +429,7 @@ class _SparseRows:
     n_cols: int
     selecting: bool
     sparsify: _Sparsify | None
-    chunks: list = dataclasses.field(default_factory=list)  # (lengths [m], indices, data, denom [m], dropped)
+    chunks: list = dataclasses.field(default_factory=list)  # (lengths [m], columns, data, denom [m], dropped)
     stored: int = 0  # rows in chunks
     filled: int = 0
 
@@ -450,7 +459,7 @@ class _SparseRows:
             sums = np.bincount(np.repeat(np.arange(len(lengths)), lengths), weights=np.abs(data),
                                minlength=len(lengths))
             denom = np.maximum(sums.astype(np.float32), np.float32(1e-8))
-        self.chunks.append((lengths, indices, data, denom, dropped))
+        self.chunks.append((lengths, compact_columns(lengths, indices), data, denom, dropped))
         self.stored = at.stop
 
     def store(self, at: slice, out) -> None:
@@ -470,15 +479,15 @@ class _SparseRows:
         """``[n_cols]``: as ``_Rows.influence``, with sparse mat-vecs over the stored chunks, each normalised
         (``|data| / denom``) only while it is used: no concatenated or normalised copy of all rows."""
 
-        def block(lengths, indices, data, denom, indptr):
+        def block(lengths, cols, data, denom, indptr):
             hat = np.abs(data) / np.repeat(denom, lengths)
-            return scipy.sparse.csr_array((hat, indices, indptr), shape=(len(lengths), self.n_cols))
+            return scipy.sparse.csr_array((hat, column_indices(cols), indptr), shape=(len(lengths), self.n_cols))
 
         blocks = []
-        for lengths, indices, data, denom, _ in self.chunks:  # a chunk's row pointers once, its values per use
+        for lengths, cols, data, denom, _ in self.chunks:  # a chunk's row pointers once, its values per use
             indptr = np.concatenate([[0], np.cumsum(lengths)])
             indptr = indptr.astype(np.int32 if indptr[-1] < 2**31 else np.int64)
-            blocks.append(_LazyBlock(len(lengths), functools.partial(block, lengths, indices, data, denom, indptr)))
+            blocks.append(_LazyBlock(len(lengths), functools.partial(block, lengths, cols, data, denom, indptr)))
         return _partial_influence(blocks, self.row_nodes[: self.filled], logit_p, self.n_cols)
 
     def adjacency(self) -> tuple[np.ndarray, SparseAdjacency, np.ndarray | None]:

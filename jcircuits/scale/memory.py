@@ -26,8 +26,10 @@ arrays that are alive at the peak of a run, each divided by how ``jcircuits.scal
 
 On the host: the working rows — dense ``[rows, columns]`` float32 (twice while selecting) and the final square
 adjacency when they fit ``DENSE_LIMIT_BYTES`` (``buckets.dense_rows_fit``, as ``adjacency="auto"`` decides), else
-CSR rows at 8 bytes per non-zero with ``ROW_DENSITY`` of the columns non-zero (a stated assumption: a target row
-reaches the features below its layer and up to its position) — the dense activations copied to the host by the
+exact sparse rows with ``ROW_DENSITY`` of the columns non-zero (a stated assumption: a target row
+reaches the features below its layer and up to its position) at 4 bytes a non-zero, their columns kept as runs
+(``graph.sparse.ColumnRuns``: at most ``2L + 1`` a row, one per source layer's features and errors, one for the
+tokens, 8 bytes each) — the dense activations copied to the host by the
 replacement step, the host decoder buffer, and (without sharded loading) one host copy of the model while it is
 converted. ``single_memory_peak`` is the peak when devices and host share one memory (CPU runs).
 
@@ -295,9 +297,10 @@ def estimate_attribution(
     if dense:  # [rows, columns] float32 (and its normalised copy while selecting), then the [N, N] matrix
         rows = (n_logits + n_rows) * n_cols * 4 * (2 if selecting else 1)
         adjacency = N * N * 4
-    else:  # CSR: value + column per non-zero, and one arriving batch's dense block
+    else:  # a value per non-zero, columns as runs; one arriving batch's dense block and its CSR transients
         nnz = int((n_logits + n_rows) * n_cols * ROW_DENSITY)
-        rows = nnz * 8 + B * n_cols * 4 + int(B * n_cols * ROW_DENSITY) * 16
+        runs = (n_logits + n_rows) * (2 * L + 1) * 8
+        rows = nnz * 4 + runs + B * n_cols * 4 + int(B * n_cols * ROW_DENSITY) * 16
         adjacency = int((n_logits + n_rows) * (N - n_logits) * ROW_DENSITY) * 8
     host = dict(
         loading=loading,

@@ -18,8 +18,11 @@ from jcircuits.graph import (
     prune_graph,
 )
 from jcircuits.graph.sparse import (
+    ColumnRuns,
     SparseAdjacency,
     assemble_rows,
+    column_indices,
+    compact_columns,
     csr_rows,
     sparsify_rows,
     threshold_score,
@@ -192,3 +195,33 @@ def test_assemble_rows_reorders_rows_and_maps_columns():
     col_map = np.array([0, -1, 1, 2])  # column 1 is dropped
     A = assemble_rows(chunks, np.array([2, -1, 0]), col_map, 3)
     np.testing.assert_array_equal(A.toarray(), [[5, 7, 8], [0, 0, 0], [1, 2, 0]])
+
+
+def test_column_runs_give_back_the_indices_and_never_cross_a_row():
+    # attribution-like rows: a few spans each, one row ending at column c and the next starting at c + 1, empty rows
+    block = np.zeros((6, 40), np.float32)
+    block[0, 3:17] = 1.0
+    block[0, 20:25] = 2.0
+    block[1, 25:40] = 3.0  # row 0 ends at 24, row 1 starts at 25: two runs, not one
+    block[3, 0:40] = 4.0
+    block[3, 10] = 0.0  # an exact zero inside a span splits it
+    block[5, 39] = 5.0
+    lengths, idx, data = csr_rows(block, col_offset=7)
+    cols = compact_columns(lengths, idx)
+    assert isinstance(cols, ColumnRuns)
+    np.testing.assert_array_equal(cols.start, [10, 27, 32, 7, 18, 46])
+    np.testing.assert_array_equal(cols.length, [14, 5, 15, 10, 29, 1])
+    got = column_indices(cols)
+    assert got.dtype == np.int32 and got.tobytes() == idx.tobytes()
+    assert cols.nbytes < idx.nbytes / 5
+    # scattered entries: runs would not be smaller, so the indices are kept as they are
+    rng = np.random.default_rng(1)
+    scattered = np.where(rng.random((8, 200)) < 0.2, 1.0, 0.0).astype(np.float32)
+    lengths, idx, _ = csr_rows(scattered)
+    assert compact_columns(lengths, idx) is idx
+    assert compact_columns(np.zeros(3, np.int64), np.zeros(0, np.int32)).shape == (0,)
+    # assemble_rows takes either form
+    lengths, idx, data = csr_rows(block)
+    order = np.concatenate([np.arange(6), np.full(34, -1)])
+    A = assemble_rows([(lengths, compact_columns(lengths, idx), data)], order, np.arange(40), 40)
+    np.testing.assert_array_equal(A.toarray()[:6], block)
