@@ -21,9 +21,11 @@ to a few bucket sizes so one compilation serves every layer group (the start lay
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import dataclasses
 import functools
+import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -62,7 +64,7 @@ from jcircuits.models.layers import apply_rms
 from jcircuits.models.transformer import check_tokens, unembed_matrix
 from jcircuits.replacement import Replacement, replace
 from jcircuits.scale.distributed import to_host
-from jcircuits.scale.sharding import place_context
+from jcircuits.scale.sharding import data_slices, place_context
 from jcircuits.transcoders import TranscoderSet
 
 __all__ = ["attribute", "attribute_batch", "build_context"]
@@ -947,22 +949,33 @@ def attribute_batch(
     *,
     target_positions=None,
     verbose: bool | None = None,
+    mesh=None,
+    split: str = "prompts",
     **kwargs,
 ) -> list[Graph]:
     """The attribution graphs of ``prompts`` (``P`` texts or token-id sequences), in order: ``[Graph] * P``,
     each equal bit for bit to ``attribute(model, transcoders, prompt, target_positions=…, **kwargs)``.
 
     Every prompt is tokenized and its target positions checked before any work, so a bad prompt fails at once
-    (``ValueError`` naming its index). The prompts then run one after another through ``attribute``'s phases:
-    the frozen model of each is padded to its length bucket, and every row function is compiled per padded
-    shape (length bucket, active-feature bucket, batch size), so prompts that share buckets share compiled code
-    and only the first prompt of a bucket compiles. Rows of different prompts do not share a device batch (their
-    frozen constants differ; stacking them would change the compiled shapes and with them float32 round-off,
-    so graphs would no longer equal single calls bit for bit). ``verbose`` shows one bar over the prompts.
-    ``kwargs``: ``attribute``'s other keyword arguments.
+    (``ValueError`` naming its index). The prompts then run through ``attribute``'s phases: the frozen model of
+    each is padded to its length bucket, and every row function is compiled per padded shape (length bucket,
+    active-feature bucket, batch size), so prompts that share buckets share compiled code and only the first
+    prompt of a bucket compiles. ``verbose`` shows one bar over the prompts. ``kwargs``: ``attribute``'s other
+    keyword arguments.
+
+    ``mesh`` (a ``(data, model)`` mesh): with ``split="prompts"`` (default) each row of the data axis runs whole
+    prompts — ``D`` at a time, each slice taking the next prompt (longest first) when it finishes one, on its own
+    ``(1, model)`` mesh (``scale.sharding.data_slices``; the weights are copied onto each slice and sharded over its
+    model axis). A slice runs exactly the single call's program on its devices, so each graph equals
+    ``attribute(…, mesh=<that slice>)`` bit for bit, and with ``model = 1`` (one device a slice) ``attribute(…)``
+    without a mesh. With ``split="rows"`` the prompts run one after another, each batch of rows split over the
+    data axis (``attribute(…, mesh=mesh)``). Rows of different prompts never share a device batch: their frozen
+    constants differ, and stacking them would change the compiled shapes and with them float32 round-off.
     """
     if isinstance(prompts, (str, np.ndarray)):
         raise TypeError("attribute_batch takes a sequence of prompts; for one prompt call attribute")
+    if split not in ("prompts", "rows"):
+        raise ValueError(f"split must be 'prompts' or 'rows', got {split!r}")
     prompts = list(prompts)
     if not prompts:
         raise ValueError("attribute_batch: no prompts")
@@ -974,7 +987,50 @@ def attribute_batch(
             positions_of(target_positions, len(tokens[-1]))
         except (ValueError, TypeError) as e:
             raise type(e)(f"prompt {i}: {e}") from None
-    graphs = []
-    for t in tqdm(tokens, desc="prompts", disable=not show_progress(verbose), unit="graph"):
-        graphs.append(attribute(model, transcoders, t, target_positions=target_positions, verbose=False, **kwargs))
-    return graphs
+    kwargs = dict(kwargs, target_positions=target_positions, verbose=False)
+    with tqdm(total=len(tokens), desc="prompts", disable=not show_progress(verbose), unit="graph") as bar:
+        if mesh is None or split == "rows":
+            graphs = []
+            for t in tokens:
+                graphs.append(attribute(model, transcoders, t, mesh=mesh, **kwargs))
+                bar.update(1)
+            return graphs
+        return _split_prompts(model, transcoders, tokens, data_slices(mesh), bar, kwargs)
+
+
+def _on_slice(model: Model, transcoders: TranscoderSet, sub) -> tuple[Model, TranscoderSet, Any, Any]:
+    """``model`` and ``transcoders`` with their device arrays copied onto data slice ``sub``'s first device (the
+    replacement step runs there), that device, and the mesh the rows run on (``None`` for a one-device slice)."""
+    dev = sub.devices.flat[0]
+    m = dataclasses.replace(model, params=jax.device_put(model.params, dev))
+    t = dataclasses.replace(transcoders, params=jax.device_put(transcoders.params, dev))
+    return m, t, dev, (sub if sub.devices.size > 1 else None)
+
+
+def _split_prompts(model, transcoders, tokens: list[np.ndarray], slices: list, bar, kwargs: dict) -> list[Graph]:
+    """``attribute_batch``'s prompt split: one worker thread per data slice (JAX and numpy release the GIL, so
+    the slices' device work and host work overlap); the first failure stops every worker and is raised."""
+    graphs: list[Graph | None] = [None] * len(tokens)
+    order = iter(sorted(range(len(tokens)), key=lambda i: -len(tokens[i])))  # longest first: even finishing times
+    lock, failed = threading.Lock(), threading.Event()
+
+    def work(sub) -> None:
+        try:
+            m, t, dev, rows_mesh = _on_slice(model, transcoders, sub)
+            with jax.default_device(dev):
+                while not failed.is_set():
+                    with lock:
+                        i = next(order, None)
+                    if i is None:
+                        return
+                    graphs[i] = attribute(m, t, tokens[i], mesh=rows_mesh, **kwargs)
+                    bar.update(1)
+        except BaseException:
+            failed.set()
+            raise
+
+    with concurrent.futures.ThreadPoolExecutor(len(slices), thread_name_prefix="attribute-slice") as pool:
+        futures = [pool.submit(work, sub) for sub in slices]
+        for f in futures:
+            f.result()
+    return graphs  # type: ignore[return-value]

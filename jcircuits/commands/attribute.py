@@ -92,6 +92,8 @@ def cmd_attribute(args) -> int:
     if args.prompts_file is not None:
         return _attribute_prompts_file(args)
     check_prompt_arguments(args.prompt, args.tokens, args.chat)
+    if args.split is not None:
+        raise UsageError("--split is for --prompts-file (it chooses what --mesh's DATA axis splits over many prompts)")
     if (args.slug or args.serve) and not args.graph_dir:
         raise UsageError("--slug and --serve need --graph-dir DIR (where the graph JSON is written)")
     if args.adjacency == "dense" and (args.edge_tolerance is not None or args.top_k_edges is not None):
@@ -210,6 +212,8 @@ def _attribute_prompts_file(args) -> int:
         )
     if not args.graph_dir:
         raise UsageError("--prompts-file needs --graph-dir DIR (one graph per prompt is written there)")
+    if args.split is not None and not args.mesh:
+        raise UsageError("--split chooses what the mesh's DATA axis splits: add --mesh DATAxMODEL, or drop --split")
     prompts = _read_prompts(args.prompts_file)
     out_dir = output_dir(args.graph_dir, "--graph-dir")
     code = preflight(run_settings(args, prompt=max(prompts, key=len)))  # plans for the longest prompt
@@ -222,7 +226,8 @@ def _attribute_prompts_file(args) -> int:
     load_s = time.perf_counter() - t0
     texts = [prompt_of(model, q, None, args.chat) for q in prompts]  # --chat formats every line as a chat turn
     t1 = time.perf_counter()
-    graphs = attribute_batch(model, transcoders, texts, verbose=not args.quiet, **_attribute_options(args, None))
+    options = _attribute_options(args, None)
+    graphs = attribute_batch(model, transcoders, texts, verbose=not args.quiet, split=args.split or "prompts", **options)
     run_s = time.perf_counter() - t1
     for slug, graph in zip(prompt_slugs(prompts), graphs, strict=True):
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -326,6 +331,13 @@ def register(sub) -> None:
         "--prompts-file",
         metavar="FILE",
         help="one prompt per line: a graph per prompt in --graph-dir (named by its slug, listed for the viewer)",
+    )
+    a.add_argument(
+        "--split",
+        choices=["prompts", "rows"],
+        default=None,
+        help="with --prompts-file and --mesh: what DATA splits — whole prompts, one a data slice at a time "
+        "(default), or each prompt's batches of rows",
     )
     a.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     a.add_argument("--slug", help="name of the graph JSON in --graph-dir (default: the output file's stem)")

@@ -43,6 +43,7 @@ __all__ = [
     "make_mesh",
     "parse_mesh",
     "mesh_shape",
+    "data_slices",
     "spec_for",
     "shardings",
     "transcoder_axes",
@@ -132,6 +133,24 @@ def mesh_shape(mesh: Mesh | Mapping[str, int] | tuple[int, int]) -> dict[str, in
         return {DATA: int(mesh.get(DATA, 1)), MODEL: int(mesh.get(MODEL, 1))}
     d, m = mesh
     return {DATA: int(d), MODEL: int(m)}
+
+
+def data_slices(mesh: Mesh) -> list[Mesh]:
+    """The ``data`` rows of ``mesh``, each a ``(1, model)`` mesh of its own devices (for work split by prompt:
+    each slice runs whole prompts, its ``model`` axis still sharding the weights). Every device must belong to
+    this process: with several processes, give each its own prompts and a mesh of its local devices."""
+    mine = {d.id for d in jax.local_devices()}
+    if any(d.id not in mine for d in mesh.devices.flat):
+        raise ValueError(
+            "splitting prompts over the data axis needs a mesh of this process's own devices; with several "
+            "processes give each its share of the prompts (jcircuits.scale.distributed.process_slice) and a mesh "
+            "of jax.local_devices(), or split rows instead"
+        )
+    ax = mesh.axis_names.index(DATA)
+    return [
+        Mesh(np.take(mesh.devices, [i], axis=ax), mesh.axis_names, axis_types=mesh.axis_types)
+        for i in range(mesh.shape[DATA])
+    ]
 
 
 # ------------------------------------------------------------------------------------------------- specs

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 
+import jax
 import numpy as np
+import pytest
 
 from jcircuits.cli import main
 from jcircuits.commands.attribute import prompt_slugs
@@ -40,3 +42,18 @@ def test_prompts_file_writes_a_graph_per_line_and_an_index(tmp_path):
     assert main(["attribute", "--prompt", prompts[2], "--target-position=-2,-1", "-q", "-o", str(single)]) == 0
     a, b = Graph.load(single), Graph.load(out / "2-plus-3-is.safetensors")
     assert np.array_equal(a.adjacency_matrix, b.adjacency_matrix)
+
+
+@pytest.mark.skipif(jax.device_count() < 2, reason="needs XLA_FLAGS=--xla_force_host_platform_device_count=8")
+def test_a_mesh_splits_the_prompts_file_and_the_graphs_do_not_change(tmp_path, capsys):
+    prompts = ["the capital of texas is", "2 plus 3 is", "the state containing dallas is"]
+    (tmp_path / "prompts.txt").write_text("\n".join(prompts) + "\n")
+    argv = ["attribute", "--prompts-file", str(tmp_path / "prompts.txt"), "-q"]
+    assert main([*argv, "--graph-dir", str(tmp_path / "one")]) == 0
+    mesh = f"{jax.device_count()}x1"  # a data slice a device: each prompt runs on one device
+    assert main([*argv, "--graph-dir", str(tmp_path / "two"), "--mesh", mesh]) == 0
+    assert "attributed 3 prompts" in capsys.readouterr().out
+    for slug in ("the-capital-of-texas-is", "2-plus-3-is", "the-state-containing-dallas-is"):
+        a, b = (Graph.load(tmp_path / d / f"{slug}.safetensors") for d in ("one", "two"))
+        assert np.array_equal(a.adjacency_matrix, b.adjacency_matrix), slug
+        assert np.array_equal(a.active_features, b.active_features) and a.input_string == b.input_string
