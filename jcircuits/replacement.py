@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jcircuits.common.buckets import length_bucket
+from jcircuits.common.buckets import encode_chunk, length_bucket
 from jcircuits.models import Intermediates, forward, forward_fn
 from jcircuits.models.hooks import input_field, output_field
 from jcircuits.models.model import Model
@@ -269,6 +269,52 @@ def decode_sparse(
     return out
 
 
+def _node_set(tcfg, tc, x_in: jax.Array, zero_positions: int, T: int, margin: float, given: np.ndarray | None):
+    """``(active features [n, 3], values [n], RoundOff)`` from the feature inputs ``x_in [L, Tb, D]``: the
+    features the activation function keeps (or the ``given`` ones, valued at their pre-activations).
+
+    The ``[L, positions, F]`` activations are made ``buckets.encode_chunk`` positions at a time (all of them on
+    short prompts; the last chunk zero-padded, its extra positions never active), each chunk's non-zeros kept on
+    the host, so a long prompt never holds ``[L, T, F]``."""
+    L, Tb, _ = x_in.shape
+    C = encode_chunk(L, Tb, tcfg.n_features)
+    parts = []
+    for c0 in range(0, Tb, C):
+        x = x_in[:, c0 : c0 + C]
+        if x.shape[1] < C:
+            x = jnp.pad(x, ((0, 0), (0, C - x.shape[1]), (0, 0)))
+        acts_dev, pre = _encode_all(tcfg, tc, x, zero_positions - c0, T - c0)
+        ro = _round_off(tcfg, tc, pre, acts_dev, zero_positions - c0, T - c0, margin)
+        if given is None:
+            acts = np.asarray(acts_dev)
+            idx = np.argwhere(acts != 0).astype(np.int32)  # C order: sorted by (layer, pos, feat)
+            values = acts[idx[:, 0], idx[:, 1], idx[:, 2]].astype(np.float32)
+            del acts
+        else:
+            idx = given[(given[:, 1] >= c0) & (given[:, 1] < c0 + C)].copy()
+            idx[:, 1] -= c0
+            values = np.asarray(pre[tuple(jnp.asarray(idx[:, i]) for i in range(3))], np.float32)
+        del acts_dev, pre
+        idx[:, 1] += c0
+        ro.features[:, 1] += c0
+        parts.append((idx, values, ro))
+    if len(parts) == 1:
+        return parts[0]
+    idx = np.concatenate([p[0] for p in parts])
+    by_layer = np.argsort(idx[:, 0], kind="stable")  # chunks are in position order: (layer, pos, feat) order
+    cat = lambda name: np.concatenate([getattr(p[2], name) for p in parts])  # noqa: E731
+    ro_feats = cat("features")
+    ro_order = np.argsort(ro_feats[:, 0], kind="stable")
+    round_off = RoundOff(
+        features=ro_feats[ro_order],
+        pre=cat("pre")[ro_order],
+        threshold=cat("threshold")[ro_order],
+        active=cat("active")[ro_order],
+        margin=float(margin),
+    )
+    return idx[by_layer], np.concatenate([p[1] for p in parts])[by_layer], round_off
+
+
 def replace(
     model: Model,
     transcoders: TranscoderSet,
@@ -306,18 +352,11 @@ def replace(
     check_finite_logits(np.asarray(logits[0])[:T], inter, "the model's forward pass on this prompt")
     x_in = inter.hook(tcfg.input_hook)[:, 0]  # [L, Tb, D]
     true_out = inter.hook(tcfg.output_hook)[:, 0].astype(jnp.float32)
-    acts_dev, pre = _encode_all(tcfg, transcoders.params, x_in, zero_positions, T)
-    round_off = _round_off(tcfg, transcoders.params, pre, acts_dev, zero_positions, T, round_off_margin)
-    if active_features is None:
-        acts = np.asarray(acts_dev)
-        idx = np.argwhere(acts != 0).astype(np.int32)  # C order: sorted by (layer, pos, feat)
-        values = acts[idx[:, 0], idx[:, 1], idx[:, 2]].astype(np.float32)
-        del acts
-    else:
-        L, _, F = pre.shape
-        idx = check_active_features(active_features, L, T, F, zero_positions)
-        values = np.asarray(pre[tuple(jnp.asarray(idx[:, i]) for i in range(3))], np.float32)
-    del acts_dev, pre
+    given = None
+    if active_features is not None:
+        L, F = tcfg.n_layers, tcfg.n_features
+        given = check_active_features(active_features, L, T, F, zero_positions)
+    idx, values, round_off = _node_set(tcfg, transcoders.params, x_in, zero_positions, T, round_off_margin, given)
     recon = decode_sparse(tcfg, transcoders.decoders, idx, values, padded.shape[0])
     p = transcoders.params
     out = _complete_and_trim(

@@ -56,6 +56,21 @@ def device_batch(batch_size: int, data: int, per_row: int, budget: int = ROW_BAT
     return data * (1 << (fit.bit_length() - 1))
 
 
+ENCODE_CHUNK_BYTES = 2**28  # the replacement step encodes at most this much [L, positions, F] float32 at a time
+
+
+def encode_chunk(L: int, Tb: int, F: int, limit: int | None = None) -> int:
+    """Positions the replacement step encodes at a time: all ``Tb`` while ``[L, Tb, F]`` float32 fits ``limit``
+    (default ``ENCODE_CHUNK_BYTES``), else ``Tb`` split into the fewest even chunks (a multiple of 16 positions,
+    the last one padded) that do."""
+    limit = ENCODE_CHUNK_BYTES if limit is None else limit
+    n = -(-L * Tb * F * 4 // limit)
+    if n <= 1:
+        return Tb
+    per = -(-Tb // n)
+    return -(-per // 16) * 16
+
+
 PADDED_DECODER_BYTES = 2**28  # above this, a PLT's source vectors are kept gathered, if that is smaller
 
 

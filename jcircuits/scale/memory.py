@@ -7,7 +7,8 @@ arrays that are alive at the peak of a run, each divided by how ``jcircuits.scal
   storage dtype ``params_dtype`` (default ``dtype``);
 * the replacement step, always float32: the captured intermediates (kept for the whole run), attention patterns
   ``[L, H, T, T]`` (the capture's, twice while it is trimmed, and dropped once the frozen model holds its own),
-  the encoder pre-activations/activations ``[L, T, F]``, and one layer's float32 copy of bfloat16-stored weights
+  the encoder pre-activations/activations ``[L, C, F]`` of ``C = buckets.encode_chunk`` positions at a time (all
+  ``T`` on short prompts), and one layer's float32 copy of bfloat16-stored weights
   and encoders (they are upcast layer by layer);
 * the frozen linear model of the prompt (``LinearContext``): its patterns, or on long prompts
   (``buckets.recomputes_patterns``) what defines them (attention inputs ``[L, T, D]``, query/key weights) plus one
@@ -29,8 +30,8 @@ adjacency when they fit ``DENSE_LIMIT_BYTES`` (``buckets.dense_rows_fit``, as ``
 exact sparse rows with ``ROW_DENSITY`` of the columns non-zero (a stated assumption: a target row
 reaches the features below its layer and up to its position) at 4 bytes a non-zero, their columns kept as runs
 (``graph.sparse.ColumnRuns``: at most ``2L + 1`` a row, one per source layer's features and errors, one for the
-tokens, 8 bytes each) — the dense activations copied to the host by the
-replacement step, the host decoder buffer, and (without sharded loading) one host copy of the model while it is
+tokens, 8 bytes each) — the dense activations the replacement step copies to the host (a chunk of positions at
+a time), the host decoder buffer, and (without sharded loading) one host copy of the model while it is
 converted. ``single_memory_peak`` is the peak when devices and host share one memory (CPU runs).
 
 Every array with a position axis is sized at the padded length ``length_bucket(T)`` the engine runs at (the
@@ -54,6 +55,7 @@ from jcircuits.common.arrays import array_leaves
 from jcircuits.common.buckets import (  # the engine's padded sizes and memory rules
     dense_rows_fit,
     device_batch,
+    encode_chunk,
     gathers_decoders,
     length_bucket,
     recomputes_patterns,
@@ -248,7 +250,8 @@ def estimate_attribution(
     intermediates = (L + 1 + 5 * L) * Tb * D * 4 + 4 * Tb * _split(V, m if V % m == 0 else 1)
     feats_dev = _split(F, m) if F % m == 0 else F
     upcast = 0 if sp == 4 else (params + transcoders) * 4 // sp // L  # one layer's float32 copy at a time
-    replacement = 2 * L * Tb * feats_dev * 4 + 3 * Tb * cfg.d_mlp * 4 + upcast
+    chunk = encode_chunk(L, Tb, F)  # positions encoded at a time (all of them on short prompts)
+    replacement = 2 * L * chunk * feats_dev * 4 + 3 * Tb * cfg.d_mlp * 4 + upcast
 
     k_dev = _split(k_pad, m) if k_pad % m == 0 else k_pad
     U = min(F, size_bucket(max(1, math.ceil(n_active / L))))  # distinct active features of a layer, at most
@@ -304,7 +307,7 @@ def estimate_attribution(
         adjacency = int((n_logits + n_rows) * (N - n_logits) * ROW_DENSITY) * 8
     host = dict(
         loading=loading,
-        replacement=L * Tb * F * 4 + decoders_host + n_active * 36,
+        replacement=L * chunk * F * 4 + decoders_host + n_active * 36,
         rows=rows,
         adjacency=adjacency,
     )

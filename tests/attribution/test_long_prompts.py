@@ -159,3 +159,44 @@ def test_long_prompt_layout_keeps_the_definition_at_an_earlier_target(monkeypatc
     err_cols = [n_sel + l * T + t for l, t in [(0, 3), (L - 1, 7), (1, 12)]]
     tok_cols = [n_sel + L * T + t for t in (0, 7, T - 1)]
     _assert_columns_match_perturbations(model, ts, g, rep, [*feat_cols, *err_cols, *tok_cols])
+
+
+def _triples(a: np.ndarray) -> set:
+    return set(map(tuple, a.tolist()))
+
+
+@pytest.mark.parametrize("arch,kind,act,top_k", [("llama", "plt", "jumprelu", None), ("gemma2", "clt", "relu", None),
+                                                 ("qwen3", "plt", "topk", 6)])
+def test_the_replacement_step_encodes_long_prompts_in_position_chunks(monkeypatch, arch, kind, act, top_k):
+    import jcircuits.replacement as replacement
+
+    model = tiny_model(arch, seed=3)
+    ts = tiny_transcoders(model.cfg, kind=kind, activation=act, seed=4, top_k=top_k)
+    tokens = np.random.default_rng(7).integers(1, model.cfg.vocab_size, 40)  # padded to 48 positions
+    want = replace(model, ts, tokens)
+    given = replace(model, ts, tokens, active_features=want.active_features)  # unchunked, node set given
+    L, F = model.cfg.n_layers, ts.cfg.n_features
+    widths = []
+    real = replacement._encode_all
+    monkeypatch.setattr(replacement, "_encode_all", lambda tcfg, tc, x, *a: widths.append(x.shape[1]) or real(tcfg, tc, x, *a))
+    monkeypatch.setattr(buckets, "ENCODE_CHUNK_BYTES", L * F * 4 * 30)  # 30 positions fit: 2 chunks of 32
+    got = replace(model, ts, tokens)
+    assert widths == [32, 32]  # the second chunk: 16 positions and 16 of padding, never active
+    # the node set: equal outside the features whose presence round-off decides (listed by both runs)
+    undecided = _triples(want.round_off.features) | _triples(got.round_off.features)
+    assert len(undecided) <= 0.02 * want.n_active, len(undecided)  # the margin excludes almost nothing
+    assert _triples(want.active_features) - undecided == _triples(got.active_features) - undecided
+    assert np.all(np.diff(got.active_features[:, 0]) >= 0)  # sorted by (layer, position, feature) again
+    key = lambda a: (a[:, 0] * 10**4 + a[:, 1]) * 10**4 + a[:, 2]  # noqa: E731
+    assert np.all(np.diff(key(got.active_features)) > 0) and np.all(np.diff(key(got.round_off.features)) > 0)
+    common = np.intersect1d(key(want.active_features), key(got.active_features))
+    pick = lambda r: r.activation_values[np.isin(key(r.active_features), common)]  # noqa: E731
+    np.testing.assert_allclose(pick(got), pick(want), rtol=1e-5, atol=1e-6)
+    if not undecided:  # then errors and reconstruction follow the same node set
+        np.testing.assert_allclose(np.asarray(got.errors), np.asarray(want.errors), rtol=1e-5, atol=1e-5)
+    # a given node set is kept as given, chunk by chunk, each valued at its pre-activation
+    widths.clear()
+    got = replace(model, ts, tokens, active_features=want.active_features)
+    assert widths == [32, 32]
+    np.testing.assert_array_equal(got.active_features, want.active_features)
+    np.testing.assert_allclose(got.activation_values, given.activation_values, rtol=1e-5, atol=1e-6)
