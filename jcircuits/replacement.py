@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jcircuits.common.buckets import encode_chunk, length_bucket
+from jcircuits.common.buckets import attention_block, encode_chunk, length_bucket
 from jcircuits.models import Intermediates, forward, forward_fn
 from jcircuits.models.hooks import input_field, output_field
 from jcircuits.models.model import Model
@@ -335,7 +335,8 @@ def replace(
     follow from those values. Triples out of range or at zeroed positions raise ``ValueError``.
     ``round_off_margin``: the relative margin of ``Replacement.round_off`` (see ``RoundOff``).
     ``capture_patterns=False``: ``inter.attn_pattern`` is ``None`` (a long prompt's ``[L, 1, H, T, T]`` is never
-    stored; the frozen model recomputes patterns from ``inter.resid``)."""
+    stored; the frozen model recomputes patterns from ``inter.resid``), and the forward pass attends
+    ``buckets.attention_block`` query rows at a time."""
     cfg, tcfg = model.cfg, transcoders.cfg
     check_compatible(cfg, tcfg)
     tokens = np.asarray(tokens)
@@ -346,8 +347,10 @@ def replace(
     # nothing at the prompt's own positions, and features past them are never active.
     T = tokens.shape[0]
     padded = np.concatenate([tokens, np.full(length_bucket(T) - T, tokens[-1], tokens.dtype)])
+    block = None if capture_patterns else attention_block(padded.shape[0])  # no [H, T, T] held either
     logits, inter = forward(
-        model.params, cfg, padded[None], capture=True, dtype=jnp.float32, capture_patterns=capture_patterns
+        model.params, cfg, padded[None], capture=True, dtype=jnp.float32, capture_patterns=capture_patterns,
+        attention_block=block,
     )
     check_finite_logits(np.asarray(logits[0])[:T], inter, "the model's forward pass on this prompt")
     x_in = inter.hook(tcfg.input_hook)[:, 0]  # [L, Tb, D]

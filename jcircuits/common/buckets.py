@@ -71,6 +71,16 @@ def encode_chunk(L: int, Tb: int, F: int, limit: int | None = None) -> int:
     return -(-per // 16) * 16
 
 
+ATTENTION_BLOCK = 256  # query rows a long prompt's forward pass attends at a time
+
+
+def attention_block(Tb: int) -> int | None:
+    """Query rows per attention block for a forward pass that does not capture its patterns (a long prompt):
+    ``ATTENTION_BLOCK`` when it divides ``Tb`` (lengths past 1024 are bucketed to multiples of 256) and is
+    smaller, else ``None`` (the whole pattern at once)."""
+    return ATTENTION_BLOCK if Tb > ATTENTION_BLOCK and Tb % ATTENTION_BLOCK == 0 else None
+
+
 PADDED_DECODER_BYTES = 2**28  # above this, a PLT's source vectors are kept gathered, if that is smaller
 
 

@@ -260,21 +260,46 @@ def unembed(params: Params, cfg: ModelConfig, x_BTD: jax.Array, final_scale=None
     return nn.softcap(logits, cfg.final_softcap), normed, scale
 
 
-def block_attention(lp: LayerParams, cfg: ModelConfig, x, window, cos, sin, frozen=None):
+def _blocked_attention(lp: LayerParams, cfg: ModelConfig, h, window, cos, sin, q_block: int):
+    """What attention adds, ``[B, T, D]``, computed ``q_block`` query rows at a time (``lax.map``): each block's
+    pattern ``[B, H, q_block, T]`` lives only while its rows mix the values, so no ``[H, T, T]`` is ever held.
+    Row by row the same softmax over the same keys as the whole pattern, up to float32 round-off."""
+    B, T, _ = h.shape
+    q = nn.project_queries(h, lp.wq, cos, sin, lp.q_norm, cfg)
+    k = nn.project_keys(h, lp.wk, cos, sin, lp.k_norm, cfg)
+    v = nn.project_values(h, lp.wv)
+    n = T // q_block
+    q = jnp.moveaxis(q.reshape(B, n, q_block, *q.shape[2:]), 1, 0)  # [n, B, q_block, H, E]
+
+    def rows(args):
+        i, q_i = args
+        mask = nn.attention_mask(q_block, T, window, q_start=i * q_block)
+        return nn.mix_values(nn.softmax_pattern(q_i, k, mask, cfg, h.dtype), v, lp.wo, cfg)
+
+    out = jax.lax.map(rows, (jnp.arange(n), q))  # [n, B, q_block, D]
+    return jnp.moveaxis(out, 0, 1).reshape(B, T, -1)
+
+
+def block_attention(lp: LayerParams, cfg: ModelConfig, x, window, cos, sin, frozen=None, q_block=None):
     """Attention half of a block. ``frozen`` is ``None`` or ``(ln1_scale, pattern, post_attn_scale)``; an entry
-    that is ``None`` is computed live (e.g. patterns frozen, scales live).
+    that is ``None`` is computed live (e.g. patterns frozen, scales live). ``q_block`` (live patterns only, a
+    divisor of ``T``): attention ``q_block`` query rows at a time, and no pattern is returned (``None``).
 
     Returns ``(resid_mid, aux)`` with ``aux = (ln1_scale, pattern, post_attn_scale, attn_out)``.
     """
     T = x.shape[1]
     ln1_s = nn.rms_scale(x, cfg.rms_norm_eps) if frozen is None or frozen[0] is None else frozen[0]
     h = nn.apply_rms(x, ln1_s, lp.ln1, cfg.norm_offset)
-    if frozen is None or frozen[1] is None:
-        mask = nn.attention_mask(T, T, window)
-        pattern = nn.attention_pattern(h, lp.wq, lp.wk, cos, sin, mask, cfg, lp.q_norm, lp.k_norm)
+    live = frozen is None or frozen[1] is None
+    if live and q_block is not None and q_block < T:
+        pattern, a = None, _blocked_attention(lp, cfg, h, window, cos, sin, q_block)
     else:
-        pattern = frozen[1]
-    a = nn.attention_values(h, pattern, lp.wv, lp.wo, cfg)
+        if live:
+            mask = nn.attention_mask(T, T, window)
+            pattern = nn.attention_pattern(h, lp.wq, lp.wk, cos, sin, mask, cfg, lp.q_norm, lp.k_norm)
+        else:
+            pattern = frozen[1]
+        a = nn.attention_values(h, pattern, lp.wv, lp.wo, cfg)
     post_s = None
     if cfg.post_norms:
         post_s = nn.rms_scale(a, cfg.rms_norm_eps) if frozen is None or frozen[2] is None else frozen[2]
@@ -355,6 +380,7 @@ def forward(
     mlp_at: str = "mlp_out",
     dtype=None,
     capture_patterns: bool = True,
+    attention_block: int | None = None,
 ):
     """Run the model on ``tokens [B, T]`` (int). Returns ``logits [B, T, V]`` (float32, after any final
     soft-cap), or ``(logits, Intermediates)`` with ``capture=True``, plus the final ``mlp_state`` when ``mlp_fn``
@@ -363,7 +389,9 @@ def forward(
     ``dtype``: compute in this dtype whatever the weights' storage (each layer's weights are cast inside the
     layer scan, so a bfloat16-stored model runs in float32 with one layer's float32 copy at a time); default: the
     weights' own dtype. ``capture_patterns=False`` leaves ``attn_pattern`` out of the capture (``None``): the
-    ``[L, B, H, T, T]`` stack is what a long prompt cannot afford.
+    ``[L, B, H, T, T]`` stack is what a long prompt cannot afford. ``attention_block`` (a divisor of ``T``; only
+    without captured or frozen patterns): attention runs that many query rows at a time, so no layer holds its
+    ``[B, H, T, T]`` either (equal to the whole-pattern forward to float32 round-off).
 
     Validates tokens eagerly (shape, context length, vocabulary) and dispatches to a jitted implementation.
     """
@@ -371,8 +399,15 @@ def forward(
     if mlp_at not in ("mlp_out", "mlp_out_raw"):
         raise ValueError(f"mlp_at must be 'mlp_out' or 'mlp_out_raw', got {mlp_at!r}")
     dtype = None if dtype is None else jnp.dtype(dtype)
+    if attention_block is not None:
+        T = np.shape(tokens)[1]
+        if (capture and capture_patterns) or (frozen is not None and frozen.attn_pattern is not None):
+            raise ValueError("attention_block computes patterns in blocks: pass capture_patterns=False, no frozen ones")
+        if attention_block < 1 or T % attention_block:
+            raise ValueError(f"attention_block must divide the {T} positions, got {attention_block}")
     out = _forward_jit(
-        params, cfg, jnp.asarray(tokens), frozen, capture, mlp_fn, mlp_state, mlp_at, dtype, capture_patterns
+        params, cfg, jnp.asarray(tokens), frozen, capture, mlp_fn, mlp_state, mlp_at, dtype, capture_patterns,
+        attention_block,
     )
     if mlp_fn is not None:
         return out
@@ -380,8 +415,10 @@ def forward(
     return (logits, inter) if capture else logits
 
 
-@partial(jax.jit, static_argnums=(1, 4, 5, 7, 8, 9))
-def _forward_jit(params, cfg, tokens, frozen, capture, mlp_fn, mlp_state, mlp_at, dtype, capture_patterns):
+@partial(jax.jit, static_argnums=(1, 4, 5, 7, 8, 9, 10))
+def _forward_jit(
+    params, cfg, tokens, frozen, capture, mlp_fn, mlp_state, mlp_at, dtype, capture_patterns, attention_block
+):
     return forward_fn(
         params,
         cfg,
@@ -393,6 +430,7 @@ def _forward_jit(params, cfg, tokens, frozen, capture, mlp_fn, mlp_state, mlp_at
         mlp_at=mlp_at,
         dtype=dtype,
         capture_patterns=capture_patterns,
+        attention_block=attention_block,
     )
 
 
@@ -408,6 +446,7 @@ def forward_fn(
     mlp_at="mlp_out",
     dtype=None,
     capture_patterns=True,
+    attention_block=None,
 ):
     """Un-jitted ``forward`` for composing inside other jitted functions. Always returns
     ``(logits, intermediates_or_None, mlp_state)``.
@@ -439,7 +478,7 @@ def forward_fn(
             lp = jax.tree.map(lambda a: a.astype(dtype), lp)
         cos, sin = nn.layer_rope(cos_all, sin_all, rope)
         mid, (ln1_s, pattern, post_a, a) = block_attention(
-            lp, cfg, x, window, cos, sin, None if fzl is None else fzl[:3]
+            lp, cfg, x, window, cos, sin, None if fzl is None else fzl[:3], attention_block
         )
         points, (ln2_s, post_m) = block_mlp_points(lp, cfg, mid, None if fzl is None else fzl[3:])
         if mlp_fn is None:

@@ -105,9 +105,10 @@ def test_block_by_block_influence_equals_one_csr():
 
 
 def _long_prompt_layout(monkeypatch):
-    """What a long prompt gets, forced on a short one: patterns recomputed per block, gathered decoders, one
-    row a device batch."""
+    """What a long prompt gets, forced on a short one: patterns recomputed per block, a forward pass attending 8
+    query rows at a time, gathered decoders, one row a device batch."""
     monkeypatch.setattr(engine, "PATTERN_BYTES", 0)
+    monkeypatch.setattr(buckets, "ATTENTION_BLOCK", 8)
     monkeypatch.setattr(engine, "PADDED_DECODER_BYTES", 0)
     monkeypatch.setattr(engine, "ROW_BATCH_BYTES", 1)
 
@@ -150,7 +151,9 @@ def test_long_prompt_layout_keeps_the_definition_at_an_earlier_target(monkeypatc
     ts = tiny_transcoders(model.cfg, kind, act, skip, input_hook=ih, output_hook=oh)
     _long_prompt_layout(monkeypatch)
     g = attribute(model, ts, TOKENS, batch_size=64, target_positions=[7, -1], verbose=False)
-    rep = replace(model, ts, TOKENS)
+    rep = replace(model, ts, TOKENS)  # the reference: whole patterns, captured and frozen
+    assert len(rep.round_off) == 0  # no feature within round-off of its threshold: the blocked forward's node set
+    np.testing.assert_array_equal(g.active_features, rep.active_features)  # must then be the same
     L, T = model.cfg.n_layers, len(TOKENS)
     assert sorted(set(g.logit_positions.tolist())) == [7, T - 1]
     n_sel = len(g.selected_features)
@@ -200,3 +203,23 @@ def test_the_replacement_step_encodes_long_prompts_in_position_chunks(monkeypatc
     assert widths == [32, 32]
     np.testing.assert_array_equal(got.active_features, want.active_features)
     np.testing.assert_allclose(got.activation_values, given.activation_values, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma2", "gemma3", "qwen3"])
+def test_a_forward_pass_attending_in_query_blocks_equals_the_whole_pattern_one(arch):
+    """Blocked attention (no ``[H, T, T]`` held) against the whole pattern: sliding windows, soft-caps, QK-norm and
+    two RoPE bases included."""
+    from jcircuits.models.transformer import forward
+
+    model = tiny_model(arch, seed=5)
+    tokens = np.random.default_rng(3).integers(1, model.cfg.vocab_size, (1, 48))
+    want, inter = forward(model.params, model.cfg, tokens, capture=True)
+    got, blocked = forward(model.params, model.cfg, tokens, capture=True, capture_patterns=False, attention_block=16)
+    assert blocked.attn_pattern is None and inter.attn_pattern is not None
+    scale = np.abs(np.asarray(want)).max()
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=0, atol=2e-6 * scale)
+    np.testing.assert_allclose(np.asarray(blocked.resid), np.asarray(inter.resid), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="capture_patterns=False"):
+        forward(model.params, model.cfg, tokens, capture=True, attention_block=16)
+    with pytest.raises(ValueError, match="must divide the 48 positions"):
+        forward(model.params, model.cfg, tokens, capture=True, capture_patterns=False, attention_block=20)
