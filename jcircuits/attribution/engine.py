@@ -964,7 +964,7 @@ def attribute_batch(
     keyword arguments.
 
     ``mesh`` (a ``(data, model)`` mesh): with ``split="prompts"`` (default) each row of the data axis runs whole
-    prompts — ``D`` at a time, each slice taking the next prompt (longest first) when it finishes one, on its own
+    prompts — ``D`` at a time, the prompts dealt to the slices in turn (longest first), each slice on its own
     ``(1, model)`` mesh (``scale.sharding.data_slices``; the weights are copied onto each slice and sharded over its
     model axis). A slice runs exactly the single call's program on its devices, so each graph equals
     ``attribute(…, mesh=<that slice>)`` bit for bit, and with ``model = 1`` (one device a slice) ``attribute(…)``
@@ -1011,17 +1011,17 @@ def _split_prompts(model, transcoders, tokens: list[np.ndarray], slices: list, b
     """``attribute_batch``'s prompt split: one worker thread per data slice (JAX and numpy release the GIL, so
     the slices' device work and host work overlap); the first failure stops every worker and is raised."""
     graphs: list[Graph | None] = [None] * len(tokens)
-    order = iter(sorted(range(len(tokens)), key=lambda i: -len(tokens[i])))  # longest first: even finishing times
-    lock, failed = threading.Lock(), threading.Event()
+    # longest first, dealt in turn: even loads, and a prompt always lands on the same slice, so a second batch of
+    # these prompts finds every shape already compiled there (executables are per device on CPU and TPU)
+    order = sorted(range(len(tokens)), key=lambda i: (-len(tokens[i]), i))
+    failed = threading.Event()
 
-    def work(sub) -> None:
+    def work(sub, mine: list[int]) -> None:
         try:
             m, t, dev, rows_mesh = _on_slice(model, transcoders, sub)
             with jax.default_device(dev):
-                while not failed.is_set():
-                    with lock:
-                        i = next(order, None)
-                    if i is None:
+                for i in mine:
+                    if failed.is_set():
                         return
                     graphs[i] = attribute(m, t, tokens[i], mesh=rows_mesh, **kwargs)
                     bar.update(1)
@@ -1029,8 +1029,9 @@ def _split_prompts(model, transcoders, tokens: list[np.ndarray], slices: list, b
             failed.set()
             raise
 
-    with concurrent.futures.ThreadPoolExecutor(len(slices), thread_name_prefix="attribute-slice") as pool:
-        futures = [pool.submit(work, sub) for sub in slices]
+    D = len(slices)
+    with concurrent.futures.ThreadPoolExecutor(D, thread_name_prefix="attribute-slice") as pool:
+        futures = [pool.submit(work, sub, order[k::D]) for k, sub in enumerate(slices)]
         for f in futures:
             f.result()
     return graphs  # type: ignore[return-value]
